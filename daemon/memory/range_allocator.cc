@@ -1,0 +1,71 @@
+#include "daemon/memory/range_allocator.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace tidepool {
+
+RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t alignment)
+    : capacity_(capacity & ~(alignment - 1)), alignment_(alignment) {
+  if (capacity_ > 0) free_.emplace(0, capacity_);
+}
+
+absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError("allocation of 0 bytes");
+  const uint64_t rounded = RoundUp(size);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < rounded) continue;
+    const uint64_t offset = it->first;
+    const uint64_t rest = it->second - rounded;
+    free_.erase(it);
+    if (rest > 0) free_.emplace(offset + rounded, rest);
+    allocated_.emplace(offset, rounded);
+    used_ += rounded;
+    peak_ = std::max(peak_, used_);
+    return offset;
+  }
+  return absl::ResourceExhaustedError(
+      absl::StrCat("no free range of ", rounded, " bytes (", used_, " of ",
+                   capacity_, " bytes in use, largest free ", largest_free(),
+                   ")"));
+}
+
+absl::Status RangeAllocator::Free(uint64_t offset) {
+  auto it = allocated_.find(offset);
+  if (it == allocated_.end()) {
+    return absl::InternalError(
+        absl::StrCat("free of unallocated offset ", offset));
+  }
+  uint64_t start = offset;
+  uint64_t size = it->second;
+  allocated_.erase(it);
+  used_ -= size;
+  auto next = free_.lower_bound(start);
+  if (next != free_.end() && next->first == start + size) {
+    size += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == start) {
+      start = prev->first;
+      size += prev->second;
+      free_.erase(prev);
+    }
+  }
+  free_.emplace(start, size);
+  return absl::OkStatus();
+}
+
+bool RangeAllocator::CanAllocate(uint64_t size) const {
+  return largest_free() >= RoundUp(size);
+}
+
+uint64_t RangeAllocator::largest_free() const {
+  uint64_t best = 0;
+  for (const auto& [offset, size] : free_) best = std::max(best, size);
+  return best;
+}
+
+}  // namespace tidepool
