@@ -1,6 +1,7 @@
 # Project-wide compile options and the test helper.
 
-set(TIDEPOOL_WARNINGS -Wall -Wextra -Wno-unused-parameter)
+set(TIDEPOOL_WARNINGS -Wall -Wextra -Wno-unused-parameter
+    -Wno-missing-field-initializers)
 
 # tidepool_library(NAME SOURCES ... DEPS ...): a static library built with
 # the project's warnings.

@@ -1,0 +1,166 @@
+#include "daemon/backend/sim_backend.h"
+
+#include <chrono>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "common/futex.h"
+#include "common/status_macros.h"
+
+namespace tidepool {
+namespace {
+constexpr uint64_t kSimGranularity = 2ull << 20;  // as VMM on H100
+constexpr uint64_t kControlPageBytes = 4096;
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SimBackend>> SimBackend::Create(
+    const BackendOptions& options, uint8_t* host_pool, uint64_t host_bytes) {
+  if (options.pool_bytes < kSimGranularity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sim device pool must be at least ", kSimGranularity,
+                     " bytes, got ", options.pool_bytes));
+  }
+  if (options.sim_link_gbps < 0) {
+    return absl::InvalidArgumentError("sim_link_gbps must be >= 0");
+  }
+  std::unique_ptr<SimBackend> b(new SimBackend());
+  const uint64_t capacity = options.pool_bytes & ~(kSimGranularity - 1);
+  b->desc_.name = absl::StrCat("sim", options.sim_index);
+  b->desc_.uuid = absl::StrCat("SIM-", options.sim_index);
+  b->desc_.backend = "sim";
+  b->desc_.ordinal = options.sim_index;
+  b->desc_.capacity_bytes = capacity;
+  b->desc_.granularity = kSimGranularity;
+  b->host_ = host_pool;
+  b->host_bytes_ = host_bytes;
+  b->link_bytes_per_second_ = options.sim_link_gbps * 1e9;
+  TP_ASSIGN_OR_RETURN(b->device_fd_,
+                      CreateMemfd("tidepool-sim-device", capacity));
+  TP_ASSIGN_OR_RETURN(b->device_,
+                      SharedMapping::Map(b->device_fd_.get(), capacity));
+  TP_ASSIGN_OR_RETURN(b->control_fd_,
+                      CreateMemfd("tidepool-sim-control", kControlPageBytes));
+  TP_ASSIGN_OR_RETURN(b->control_, SharedMapping::Map(b->control_fd_.get(),
+                                                      kControlPageBytes));
+  auto* page = new (b->control_.data()) wire::ControlPage();
+  page->magic = wire::kControlMagic;
+  page->version = 1;
+  page->arrived_sequence.store(0);
+  page->arrived_wake.store(0);
+  b->worker_ = std::thread([raw = b.get()] { raw->WorkerLoop(); });
+  return b;
+}
+
+SimBackend::~SimBackend() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (worker_.joinable()) worker_.join();
+}
+
+absl::StatusOr<uint64_t> SimBackend::Submit(CopyBatch batch) {
+  auto in_range = [](const CopyOp& op, uint64_t dev, uint64_t host,
+                     bool check_host) {
+    return op.device_offset + op.bytes <= dev &&
+           (!check_host || op.host_offset + op.bytes <= host);
+  };
+  for (const auto& op : batch.to_host) {
+    if (!in_range(op, desc_.capacity_bytes, host_bytes_, true)) {
+      return absl::InternalError("copy outside the pools");
+    }
+  }
+  for (const auto& op : batch.to_device) {
+    if (!in_range(op, desc_.capacity_bytes, host_bytes_, true)) {
+      return absl::InternalError("copy outside the pools");
+    }
+  }
+  for (const auto& op : batch.zero_device) {
+    if (!in_range(op, desc_.capacity_bytes, 0, false)) {
+      return absl::InternalError("zero fill outside the pool");
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  const uint64_t seq = ++submitted_;
+  queue_.emplace_back(seq, std::move(batch));
+  return seq;
+}
+
+absl::Status SimBackend::Drain() {
+  absl::MutexLock lock(&mu_);
+  struct Target {
+    SimBackend* backend;
+    uint64_t sequence;
+  } target{this, submitted_};
+  mu_.Await(absl::Condition(
+      +[](Target* t) { return t->backend->completed_ >= t->sequence; },
+      &target));
+  return absl::OkStatus();
+}
+
+uint64_t SimBackend::CompletedSequence() const {
+  absl::MutexLock lock(&mu_);
+  return completed_;
+}
+
+void SimBackend::FillAttachReply(wire::AttachReply* reply) const {
+  reply->backend = wire::Backend::kSim;
+  reply->device_ordinal = desc_.ordinal;
+  reply->device_pool_bytes = desc_.capacity_bytes;
+  reply->control_page_bytes = control_.size();
+}
+
+void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
+  const auto start = std::chrono::steady_clock::now();
+  if (src == nullptr) {
+    std::memset(dst, 0, bytes);
+  } else {
+    std::memcpy(dst, src, bytes);
+  }
+  if (link_bytes_per_second_ > 0) {
+    // Model the link: the copy takes at least bytes / bandwidth.
+    const auto budget = std::chrono::duration<double>(
+        static_cast<double>(bytes) / link_bytes_per_second_);
+    std::this_thread::sleep_until(
+        start + std::chrono::duration_cast<std::chrono::nanoseconds>(budget));
+  }
+}
+
+void SimBackend::WorkerLoop() {
+  for (;;) {
+    std::pair<uint64_t, CopyBatch> item;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](SimBackend* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu_) {
+            return b->stop_ || !b->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // stopping and drained
+      item = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    // One worker runs batches in order, so write-backs always precede the
+    // loads submitted after them.
+    const CopyBatch& batch = item.second;
+    for (const auto& op : batch.to_host) {
+      Copy(host_ + op.host_offset, device_.data() + op.device_offset, op.bytes);
+    }
+    for (const auto& op : batch.zero_device) {
+      Copy(device_.data() + op.device_offset, nullptr, op.bytes);
+    }
+    for (const auto& op : batch.to_device) {
+      Copy(device_.data() + op.device_offset, host_ + op.host_offset, op.bytes);
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      completed_ = item.first;
+    }
+    page()->arrived_sequence.store(item.first, std::memory_order_release);
+    page()->arrived_wake.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&page()->arrived_wake);
+  }
+}
+
+}  // namespace tidepool

@@ -1,0 +1,65 @@
+// The sim backend: a "device" that is a memfd region of fixed capacity,
+// copies done by a worker thread (optionally throttled to a modelled link
+// bandwidth), and arrival signalled through a sequence counter in a shared
+// control page that clients futex-wait on. Real bytes move.
+#pragma once
+
+#include <deque>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "common/shared_memory.h"
+#include "daemon/backend/device_backend.h"
+
+namespace tidepool {
+
+class SimBackend : public DeviceBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<SimBackend>> Create(
+      const BackendOptions& options, uint8_t* host_pool, uint64_t host_bytes);
+  ~SimBackend() override;
+
+  const DeviceDescription& description() const override { return desc_; }
+  absl::StatusOr<uint64_t> Submit(CopyBatch batch) override;
+  absl::Status Drain() override;
+  uint64_t CompletedSequence() const override;
+  int device_pool_fd() const override { return device_fd_.get(); }
+  int control_page_fd() const override { return control_fd_.get(); }
+  uint64_t control_page_bytes() const override { return control_.size(); }
+  void FillAttachReply(wire::AttachReply* reply) const override;
+  absl::Status AddSession(uint64_t, const wire::AttachRequest&) override {
+    return absl::OkStatus();
+  }
+  void RemoveSession(uint64_t) override {}
+  absl::StatusOr<uint64_t> DriverFreeBytes() const override {
+    return desc_.capacity_bytes;
+  }
+  uint8_t* HostVisibleDeviceMemory() const override { return device_.data(); }
+
+ private:
+  SimBackend() = default;
+  void WorkerLoop();
+  void Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes);
+  wire::ControlPage* page() const {
+    return reinterpret_cast<wire::ControlPage*>(control_.data());
+  }
+
+  DeviceDescription desc_;
+  uint8_t* host_ = nullptr;
+  uint64_t host_bytes_ = 0;
+  double link_bytes_per_second_ = 0;
+  UniqueFd device_fd_;
+  SharedMapping device_;
+  UniqueFd control_fd_;
+  SharedMapping control_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::pair<uint64_t, CopyBatch>> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t submitted_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t completed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread worker_;
+};
+
+}  // namespace tidepool

@@ -1,0 +1,213 @@
+#include "daemon/config/config.h"
+
+#include <cctype>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace tidepool {
+namespace {
+
+absl::StatusOr<uint64_t> SizeValue(const toml::node& node,
+                                   absl::string_view key) {
+  if (auto v = node.value<int64_t>()) {
+    if (*v < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(key, " must be >= 0"));
+    }
+    return static_cast<uint64_t>(*v);
+  }
+  if (auto s = node.value<std::string>()) {
+    auto parsed = ParseSize(*s);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, ": ", parsed.status().message()));
+    }
+    return *parsed;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(key, " must be a size such as \"16GiB\""));
+}
+
+absl::StatusOr<std::string> StringValue(const toml::node& node,
+                                        absl::string_view key) {
+  if (auto s = node.value<std::string>()) return *s;
+  return absl::InvalidArgumentError(absl::StrCat(key, " must be a string"));
+}
+
+absl::StatusOr<double> NumberValue(const toml::node& node,
+                                   absl::string_view key) {
+  if (auto v = node.value<double>()) return *v;
+  return absl::InvalidArgumentError(absl::StrCat(key, " must be a number"));
+}
+
+absl::Status ParseDevice(const toml::table& table, size_t index,
+                         BackendOptions* out) {
+  for (const auto& [k, node] : table) {
+    const std::string key(k.str());
+    const std::string where = absl::StrCat("device[", index, "].", key);
+    if (key == "name") {
+      TP_ASSIGN_OR_RETURN(out->name, StringValue(node, where));
+    } else if (key == "backend") {
+      TP_ASSIGN_OR_RETURN(out->backend, StringValue(node, where));
+    } else if (key == "pool_bytes") {
+      TP_ASSIGN_OR_RETURN(out->pool_bytes, SizeValue(node, where));
+    } else if (key == "reserve_bytes") {
+      TP_ASSIGN_OR_RETURN(out->reserve_bytes, SizeValue(node, where));
+    } else if (key == "sim_link_gbps") {
+      TP_ASSIGN_OR_RETURN(out->sim_link_gbps, NumberValue(node, where));
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown key ", where));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ParseSize(absl::string_view text) {
+  std::string s(absl::StripAsciiWhitespace(text));
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) ||
+                          s[i] == '.')) {
+    ++i;
+  }
+  double number = 0;
+  if (i == 0 || !absl::SimpleAtod(s.substr(0, i), &number)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' is not a size (e.g. 16GiB, 64MiB, 4096)"));
+  }
+  std::string unit = absl::AsciiStrToLower(
+      absl::StripAsciiWhitespace(absl::string_view(s).substr(i)));
+  double scale;
+  if (unit.empty() || unit == "b") {
+    scale = 1;
+  } else if (unit == "k" || unit == "kib") {
+    scale = 1ull << 10;
+  } else if (unit == "m" || unit == "mib") {
+    scale = 1ull << 20;
+  } else if (unit == "g" || unit == "gib") {
+    scale = 1ull << 30;
+  } else if (unit == "t" || unit == "tib") {
+    scale = 1ull << 40;
+  } else if (unit == "kb") {
+    scale = 1e3;
+  } else if (unit == "mb") {
+    scale = 1e6;
+  } else if (unit == "gb") {
+    scale = 1e9;
+  } else if (unit == "tb") {
+    scale = 1e12;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown size unit '", unit, "' in '", text, "'"));
+  }
+  const double bytes = number * scale;
+  if (bytes >= 1.8e19) {
+    return absl::InvalidArgumentError(absl::StrCat("size '", text,
+                                                   "' is too large"));
+  }
+  return static_cast<uint64_t>(bytes);
+}
+
+absl::StatusOr<DaemonConfig> ParseConfig(absl::string_view toml_text,
+                                         absl::string_view source_name) {
+  toml::table root;
+  try {
+    root = toml::parse(std::string_view(toml_text.data(), toml_text.size()),
+                       std::string_view(source_name.data(), source_name.size()));
+  } catch (const toml::parse_error& e) {
+    std::ostringstream where;
+    where << e.source().begin;
+    return absl::InvalidArgumentError(absl::StrCat(
+        source_name, ": ", std::string(e.description()), " at ", where.str()));
+  }
+  DaemonConfig c;
+  for (const auto& [k, node] : root) {
+    const std::string key(k.str());
+    if (key == "socket") {
+      TP_ASSIGN_OR_RETURN(c.socket, StringValue(node, key));
+    } else if (key == "fd_socket") {
+      TP_ASSIGN_OR_RETURN(c.fd_socket, StringValue(node, key));
+    } else if (key == "metrics_address") {
+      TP_ASSIGN_OR_RETURN(c.metrics_address, StringValue(node, key));
+    } else if (key == "host_pool_bytes") {
+      TP_ASSIGN_OR_RETURN(c.host_pool_bytes, SizeValue(node, key));
+    } else if (key == "chunk_size_bytes") {
+      TP_ASSIGN_OR_RETURN(c.chunk_size_bytes, SizeValue(node, key));
+    } else if (key == "default_policy") {
+      TP_ASSIGN_OR_RETURN(c.default_policy, StringValue(node, key));
+    } else if (key == "attach_timeout_seconds") {
+      auto v = node.value<int64_t>();
+      if (!v || *v <= 0 || *v > 3600) {
+        return absl::InvalidArgumentError(
+            "attach_timeout_seconds must be an integer in 1..3600");
+      }
+      c.attach_timeout_seconds = static_cast<int>(*v);
+    } else if (key == "device") {
+      const toml::array* arr = node.as_array();
+      if (arr == nullptr) {
+        return absl::InvalidArgumentError(
+            "device must be an array of tables ([[device]])");
+      }
+      for (size_t i = 0; i < arr->size(); ++i) {
+        const toml::table* t = (*arr)[i].as_table();
+        if (t == nullptr) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("device[", i, "] must be a table"));
+        }
+        BackendOptions d;
+        TP_RETURN_IF_ERROR(ParseDevice(*t, i, &d));
+        c.devices.push_back(d);
+      }
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_name, ": unknown key '", key, "'"));
+    }
+  }
+  return c;
+}
+
+absl::StatusOr<DaemonConfig> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("cannot read config file " + path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseConfig(buffer.str(), path);
+}
+
+absl::Status DaemonConfig::Validate() const {
+  if (socket.empty()) return absl::InvalidArgumentError("socket is empty");
+  if (host_pool_bytes < (1ull << 20)) {
+    return absl::InvalidArgumentError("host_pool_bytes must be >= 1MiB");
+  }
+  if (chunk_size_bytes < 4096 || chunk_size_bytes > host_pool_bytes) {
+    return absl::InvalidArgumentError(
+        "chunk_size_bytes must be >= 4KiB and <= host_pool_bytes");
+  }
+  std::set<std::string> names;
+  for (const auto& d : devices) {
+    if (d.backend != "auto" && d.backend != "sim" && d.backend != "cuda") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "device backend '", d.backend, "' is not auto, sim or cuda"));
+    }
+    if (d.sim_link_gbps < 0) {
+      return absl::InvalidArgumentError("sim_link_gbps must be >= 0");
+    }
+  }
+  if (default_policy != "cpu" && default_policy != "cuda" &&
+      default_policy != "auto" && default_policy != "static") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "default_policy '", default_policy,
+        "' is not one of cuda, cpu, static, auto"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tidepool

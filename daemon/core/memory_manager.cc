@@ -1,0 +1,700 @@
+#include "daemon/core/memory_manager.h"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include <glog/logging.h>
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace tidepool {
+namespace {
+
+constexpr uint64_t kHostAlignment = 4096;
+
+absl::StatusOr<Token> NewToken() {
+  Token token;
+  size_t got = 0;
+  while (got < token.size()) {
+    ssize_t n = ::getrandom(token.data() + got, token.size() - got, 0);
+    if (n < 0) return absl::ErrnoToStatus(errno, "getrandom");
+    got += static_cast<size_t>(n);
+  }
+  return token;
+}
+
+bool TokensEqual(const Token& a, const Token& b) {
+  uint8_t diff = 0;  // constant time: no early exit on the first mismatch
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
+}  // namespace
+
+absl::string_view PolicyName(Policy policy) {
+  switch (policy) {
+    case Policy::kCuda:
+      return "cuda";
+    case Policy::kCpu:
+      return "cpu";
+    case Policy::kStatic:
+      return "static";
+    case Policy::kAuto:
+      return "auto";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<Policy> ParsePolicy(absl::string_view name) {
+  for (Policy p : {Policy::kCuda, Policy::kCpu, Policy::kStatic, Policy::kAuto}) {
+    if (PolicyName(p) == name) return p;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown policy '", name, "' (cuda, cpu, static or auto)"));
+}
+
+size_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF64:
+    case DType::kI64:
+      return 8;
+    case DType::kF32:
+    case DType::kI32:
+      return 4;
+    case DType::kF16:
+    case DType::kBF16:
+      return 2;
+    case DType::kU8:
+    case DType::kI8:
+      return 1;
+  }
+  return 0;
+}
+
+absl::string_view ReclaimReasonName(ReclaimReason reason) {
+  switch (reason) {
+    case ReclaimReason::kClosed:
+      return "closed";
+    case ReclaimReason::kDisconnected:
+      return "disconnected";
+    case ReclaimReason::kAttachTimeout:
+      return "attach_timeout";
+  }
+  return "unknown";
+}
+
+MemoryManager::MemoryManager(ManagerOptions options, HostPool host_pool,
+                             std::vector<std::unique_ptr<DeviceBackend>> devices)
+    : options_(std::move(options)),
+      host_pool_(std::move(host_pool)),
+      devices_(std::move(devices)),
+      host_allocator_(host_pool_.size(), kHostAlignment) {
+  for (const auto& d : devices_) {
+    const auto& desc = d->description();
+    device_state_.push_back(Device{
+        std::make_unique<RangeAllocator>(desc.capacity_bytes,
+                                         std::max<uint64_t>(desc.granularity,
+                                                            kHostAlignment)),
+        std::make_unique<LruEvictionPolicy>()});
+  }
+}
+
+MemoryManager::~MemoryManager() {
+  for (auto& d : devices_) d->Drain().IgnoreError();
+}
+
+absl::StatusOr<size_t> MemoryManager::ResolveDevice(
+    const std::string& name) const {
+  if (devices_.empty()) return absl::UnavailableError("no devices configured");
+  if (name.empty()) return 0;
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    const auto& d = devices_[i]->description();
+    if (d.name == name || d.uuid == name ||
+        absl::StrCat(d.ordinal) == name ||
+        absl::StrCat(d.backend, ":", d.ordinal) == name) {
+      return i;
+    }
+  }
+  std::string known;
+  for (const auto& d : devices_) {
+    absl::StrAppend(&known, known.empty() ? "" : ", ", d->description().name);
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no device '", name, "' on this node (have: ", known, ")"));
+}
+
+absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
+    const OpenParams& params) {
+  if (params.pid <= 0) {
+    return absl::InvalidArgumentError("pid must be the client's process id");
+  }
+  if (params.client_name.size() > 64) {
+    return absl::InvalidArgumentError("client_name longer than 64 bytes");
+  }
+  TP_ASSIGN_OR_RETURN(const size_t device, ResolveDevice(params.device));
+  const Policy policy = params.policy.value_or(options_.default_policy);
+  if (policy == Policy::kStatic || policy == Policy::kAuto) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy '", PolicyName(policy),
+        "' is not available in this tidepoold; use 'cpu' or 'cuda'"));
+  }
+  TP_ASSIGN_OR_RETURN(Token token, NewToken());
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_session_id_++;
+  Session s{.id = id,
+            .token = token,
+            .policy = policy,
+            .device = device,
+            .device_quota = params.device_quota,
+            .host_quota = params.host_quota,
+            .pid = params.pid,
+            .client_name = params.client_name,
+            .opened_at = absl::Now(),
+            .packer = ChunkPacker(options_.chunk_size)};
+  s.stats.id = id;
+  sessions_.emplace(id, std::move(s));
+  LOG(INFO) << "session " << id << " opened: pid " << params.pid << ", policy "
+            << PolicyName(policy) << ", device "
+            << devices_[device]->description().name;
+  return OpenedSession{id,
+                       token,
+                       policy,
+                       &devices_[device]->description(),
+                       options_.chunk_size,
+                       host_pool_.size()};
+}
+
+absl::StatusOr<MemoryManager::Session*> MemoryManager::Authenticate(
+    uint64_t id, const Token& token) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || !TokensEqual(it->second.token, token)) {
+    // One message for both, so that ids cannot be probed.
+    return absl::PermissionDeniedError(
+        absl::StrCat("unknown session ", id, " or wrong token"));
+  }
+  return &it->second;
+}
+
+absl::Status MemoryManager::CloseSession(uint64_t id, const Token& token) {
+  {
+    absl::MutexLock lock(&mu_);
+    TP_RETURN_IF_ERROR(Authenticate(id, token).status());
+  }
+  Reclaim(id, ReclaimReason::kClosed);
+  return absl::OkStatus();
+}
+
+ChunkView MemoryManager::View(const Chunk& c) {
+  return ChunkView{c.id,
+                   c.bytes,
+                   c.group,
+                   c.device_offset.has_value(),
+                   c.dirty,
+                   c.host_offset,
+                   c.device_offset};
+}
+
+absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
+                                                    Group group, uint64_t bytes,
+                                                    CopyBatch& batch) {
+  Chunk chunk{.id = next_chunk_id_,
+              .session_id = session.id,
+              .device = session.device,
+              .group = group,
+              .bytes = bytes};
+  if (session.policy == Policy::kCuda) {
+    // Device-only: the chunk lives on the GPU for its whole life.
+    Device& dev = device_state_[session.device];
+    const uint64_t rounded = dev.allocator->RoundUp(bytes);
+    if (session.device_quota != 0 &&
+        session.stats.device_bytes + rounded > session.device_quota) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "policy cuda: chunk of ", bytes, " bytes exceeds the session's "
+          "device quota (", session.stats.device_bytes, " of ",
+          session.device_quota, " bytes used)"));
+    }
+    auto offset = dev.allocator->Allocate(bytes);
+    if (!offset.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "policy cuda: the model does not fit on ",
+          devices_[session.device]->description().name, ": a chunk of ", bytes,
+          " bytes needs room but ", dev.allocator->used(), " of ",
+          dev.allocator->capacity(),
+          " bytes are in use; use policy 'cpu' to offload"));
+    }
+    chunk.device_offset = *offset;
+    batch.zero_device.push_back(CopyOp{0, *offset, rounded});
+    session.stats.device_bytes += rounded;
+    session.stats.peak_device_bytes =
+        std::max(session.stats.peak_device_bytes, session.stats.device_bytes);
+  } else {
+    const uint64_t rounded = host_allocator_.RoundUp(bytes);
+    if (session.host_quota != 0 &&
+        session.stats.host_bytes + rounded > session.host_quota) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "chunk of ", bytes, " bytes exceeds the session's host quota (",
+          session.stats.host_bytes, " of ", session.host_quota,
+          " bytes used)"));
+    }
+    auto offset = host_allocator_.Allocate(bytes);
+    if (!offset.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "host pool exhausted: a chunk of ", bytes, " bytes does not fit (",
+          host_allocator_.used(), " of ", host_allocator_.capacity(),
+          " bytes in use); raise host_pool_bytes"));
+    }
+    // Host homes are reused between sessions: never hand out old bytes.
+    std::memset(host_pool_.data() + *offset, 0, rounded);
+    chunk.host_offset = *offset;
+    session.stats.host_bytes += rounded;
+  }
+  ++next_chunk_id_;
+  session.chunks.push_back(chunk.id);
+  ++session.stats.chunks;
+  const uint64_t id = chunk.id;
+  chunks_.emplace(id, std::move(chunk));
+  return id;
+}
+
+void MemoryManager::DestroyChunk(uint64_t chunk_id) {
+  auto it = chunks_.find(chunk_id);
+  if (it == chunks_.end()) return;
+  Chunk& c = it->second;
+  if (c.device_offset) {
+    device_state_[c.device].allocator->Free(*c.device_offset).IgnoreError();
+  }
+  if (c.host_offset) host_allocator_.Free(*c.host_offset).IgnoreError();
+  chunks_.erase(it);
+}
+
+absl::StatusOr<RegisterResult> MemoryManager::Register(
+    uint64_t id, const Token& token, const std::vector<TensorSpec>& specs) {
+  if (specs.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (specs.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("too many tensors in one request (", specs.size(),
+                     " > ", options_.max_tensors_per_request, ")"));
+  }
+  // Validate every spec before touching any state.
+  std::vector<uint64_t> sizes;
+  sizes.reserve(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const TensorSpec& t = specs[i];
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor #", i, " '", t.name.substr(0, 64), "': ", why));
+    };
+    if (t.name.empty()) return bad("empty name");
+    if (t.name.size() > options_.max_name_bytes) return bad("name too long");
+    if (t.shape.size() > options_.max_dims) return bad("too many dimensions");
+    const uint64_t elem = DTypeSize(t.dtype);
+    if (elem == 0) return bad("unknown dtype");
+    uint64_t bytes = elem;
+    for (int64_t d : t.shape) {
+      if (d < 0) return bad("negative dimension");
+      if (d == 0) return bad("empty tensor (a dimension is 0)");
+      if (bytes > host_pool_.size() / static_cast<uint64_t>(d)) {
+        return bad("larger than the host pool");
+      }
+      bytes *= static_cast<uint64_t>(d);
+    }
+    sizes.push_back(bytes);
+  }
+
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  // All or nothing: remember what to undo if a later tensor fails.
+  const ChunkPacker saved_packer = session->packer;
+  std::vector<uint64_t> new_chunks;
+  std::vector<uint64_t> new_tensors;
+  CopyBatch batch;
+  RegisterResult result;
+  absl::Status status;
+  for (size_t i = 0; i < specs.size() && status.ok(); ++i) {
+    const TensorSpec& t = specs[i];
+    const int group = static_cast<int>(t.group);
+    ChunkPacker::Slot slot = session->packer.Place(group, sizes[i]);
+    uint64_t chunk_id;
+    if (slot.new_chunk) {
+      auto created = CreateChunk(*session, t.group, slot.chunk_bytes, batch);
+      if (!created.ok()) {
+        status = absl::Status(created.status().code(),
+                              absl::StrCat("tensor '", t.name.substr(0, 64),
+                                           "': ", created.status().message()));
+        break;
+      }
+      chunk_id = *created;
+      new_chunks.push_back(chunk_id);
+      if (slot.appendable) session->packer.SetOpenChunk(group, chunk_id);
+    } else {
+      chunk_id = *session->packer.OpenChunk(group);
+    }
+    const uint64_t tensor_id = next_tensor_id_++;
+    session->tensors.emplace(
+        tensor_id, Tensor{tensor_id, t.name, t.dtype, t.group, chunk_id,
+                          slot.offset_in_chunk, sizes[i]});
+    chunks_.at(chunk_id).tensors.push_back(tensor_id);
+    new_tensors.push_back(tensor_id);
+    result.tensors.push_back(
+        {tensor_id, chunk_id, slot.offset_in_chunk, sizes[i]});
+  }
+  if (!status.ok()) {
+    for (uint64_t t : new_tensors) {
+      auto& tensor = session->tensors.at(t);
+      auto& owners = chunks_.at(tensor.chunk_id).tensors;
+      owners.erase(std::remove(owners.begin(), owners.end(), t), owners.end());
+      session->tensors.erase(t);
+    }
+    for (uint64_t c : new_chunks) {
+      const Chunk& chunk = chunks_.at(c);
+      if (chunk.host_offset) {
+        session->stats.host_bytes -= host_allocator_.RoundUp(chunk.bytes);
+      }
+      if (chunk.device_offset) {
+        session->stats.device_bytes -=
+            device_state_[session->device].allocator->RoundUp(chunk.bytes);
+      }
+      --session->stats.chunks;
+      session->chunks.pop_back();
+      DestroyChunk(c);
+    }
+    session->packer = saved_packer;
+    return status;
+  }
+  session->stats.tensors += new_tensors.size();
+  if (!batch.zero_device.empty()) {
+    TP_ASSIGN_OR_RETURN(const uint64_t seq,
+                        SubmitBatch(session->device, std::move(batch)));
+    for (uint64_t c : new_chunks) chunks_.at(c).arrival_sequence = seq;
+  }
+  for (uint64_t c : new_chunks) result.new_chunks.push_back(View(chunks_.at(c)));
+  return result;
+}
+
+void MemoryManager::Evict(Chunk& chunk, CopyBatch& batch) {
+  Session& owner = sessions_.at(chunk.session_id);
+  Device& dev = device_state_[owner.device];
+  const uint64_t rounded = dev.allocator->RoundUp(chunk.bytes);
+  if (chunk.dirty) {
+    batch.to_host.push_back(
+        CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
+    owner.stats.bytes_to_host += chunk.bytes;
+  } else {
+    ++owner.stats.clean_evictions;
+  }
+  ++owner.stats.evictions;
+  batch.wait_sessions.push_back(owner.id);
+  dev.allocator->Free(*chunk.device_offset).IgnoreError();
+  chunk.device_offset.reset();
+  chunk.dirty = false;
+  owner.stats.device_bytes -= rounded;
+}
+
+absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
+                                     const std::vector<uint64_t>& pinned,
+                                     CopyBatch& batch) {
+  Device& dev = device_state_[session.device];
+  const uint64_t rounded = dev.allocator->RoundUp(bytes);
+  auto over_quota = [&] {
+    return session.device_quota != 0 &&
+           session.stats.device_bytes + rounded > session.device_quota;
+  };
+  if (session.device_quota != 0 && rounded > session.device_quota) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a chunk of ", bytes, " bytes exceeds the session's "
+                     "device quota of ", session.device_quota, " bytes"));
+  }
+  std::vector<EvictionCandidate> candidates;
+  while (over_quota() || !dev.allocator->CanAllocate(bytes)) {
+    // Over quota, only the session's own chunks may go.
+    const bool own_only = over_quota();
+    candidates.clear();
+    for (auto& [cid, c] : chunks_) {
+      if (!c.device_offset || c.compute_count > 0 || !c.host_offset) continue;
+      if (std::find(pinned.begin(), pinned.end(), cid) != pinned.end()) {
+        continue;
+      }
+      const Session& owner = sessions_.at(c.session_id);
+      if (owner.device != session.device) continue;
+      if (own_only && c.session_id != session.id) continue;
+      candidates.push_back(
+          {cid, c.session_id, c.bytes, c.dirty, c.last_use_tick});
+    }
+    if (candidates.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "device ", devices_[session.device]->description().name,
+          " cannot hold this request: a chunk of ", bytes,
+          " bytes needs room, ", dev.allocator->used(), " of ",
+          dev.allocator->capacity(),
+          " bytes are in use by chunks that are being computed on; release "
+          "tensors or acquire fewer at once"));
+    }
+    const size_t victim = dev.eviction->ChooseVictim(candidates);
+    Evict(chunks_.at(candidates[victim].chunk_id), batch);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
+                                                    CopyBatch batch) {
+  auto& wait = batch.wait_sessions;
+  std::sort(wait.begin(), wait.end());
+  wait.erase(std::unique(wait.begin(), wait.end()), wait.end());
+  return devices_[device]->Submit(std::move(batch));
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::Acquire(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  // Check the whole request before changing anything.
+  std::vector<uint64_t> needed;  // chunks, in first-use order
+  std::set<uint64_t> seen;
+  for (uint64_t t : tensor_ids) {
+    auto it = session->tensors.find(t);
+    if (it == session->tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t, " appears twice in one acquire"));
+    }
+    absl::Status legal =
+        CheckTransition(it->second.state, TensorState::kCompute);
+    if (!legal.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " '", it->second.name, "': ", legal.message()));
+    }
+    const uint64_t c = it->second.chunk_id;
+    if (std::find(needed.begin(), needed.end(), c) == needed.end()) {
+      needed.push_back(c);
+    }
+  }
+  CopyBatch batch;
+  std::vector<uint64_t> loaded;
+  absl::Status status;
+  for (uint64_t cid : needed) {
+    Chunk& c = chunks_.at(cid);
+    if (c.device_offset) continue;
+    status = MakeRoom(*session, c.bytes, needed, batch);
+    if (!status.ok()) break;
+    auto offset = device_state_[session->device].allocator->Allocate(c.bytes);
+    if (!offset.ok()) {
+      status = offset.status();
+      break;
+    }
+    c.device_offset = *offset;
+    c.dirty = false;
+    batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
+    session->stats.device_bytes +=
+        device_state_[session->device].allocator->RoundUp(c.bytes);
+    session->stats.peak_device_bytes =
+        std::max(session->stats.peak_device_bytes, session->stats.device_bytes);
+    loaded.push_back(cid);
+  }
+  if (!status.ok()) {
+    // Undo the loads of this request; evictions already planned still run.
+    for (uint64_t cid : loaded) {
+      Chunk& c = chunks_.at(cid);
+      device_state_[session->device].allocator->Free(*c.device_offset)
+          .IgnoreError();
+      session->stats.device_bytes -=
+          device_state_[session->device].allocator->RoundUp(c.bytes);
+      c.device_offset.reset();
+    }
+    batch.to_device.clear();
+    if (!batch.to_host.empty()) {
+      SubmitBatch(session->device, std::move(batch)).IgnoreError();
+    }
+    return status;
+  }
+  if (!batch.to_device.empty() || !batch.to_host.empty()) {
+    for (const auto& op : batch.to_device) {
+      session->stats.bytes_to_device += op.bytes;
+    }
+    TP_ASSIGN_OR_RETURN(const uint64_t seq,
+                        SubmitBatch(session->device, std::move(batch)));
+    for (uint64_t cid : loaded) chunks_.at(cid).arrival_sequence = seq;
+  }
+  AcquireResult result;
+  result.ready_sequence = 0;
+  const uint64_t tick = ++tick_;
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session->tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    tensor.state = TensorState::kCompute;
+    ++c.compute_count;
+    c.last_use_tick = tick;
+    if (mode == AccessMode::kReadWrite && c.host_offset) c.dirty = true;
+    result.ready_sequence = std::max(result.ready_sequence, c.arrival_sequence);
+    result.tensors.push_back(
+        {t, *c.device_offset + tensor.offset, tensor.bytes});
+  }
+  ++session->stats.acquires;
+  return result;
+}
+
+absl::Status MemoryManager::Release(uint64_t id, const Token& token,
+                                    const std::vector<uint64_t>& tensor_ids,
+                                    TensorState target) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (target != TensorState::kHold && target != TensorState::kHoldAfterBwd &&
+      target != TensorState::kFree) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("release target must be HOLD, HOLD_AFTER_BWD or FREE, "
+                     "not ",
+                     TensorStateName(target)));
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  std::set<uint64_t> seen;
+  for (uint64_t t : tensor_ids) {
+    auto it = session->tensors.find(t);
+    if (it == session->tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t, " appears twice in one release"));
+    }
+    absl::Status legal = CheckTransition(it->second.state, target);
+    if (!legal.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " '", it->second.name, "': ", legal.message()));
+    }
+  }
+  const uint64_t tick = ++tick_;
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session->tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    if (tensor.state == TensorState::kCompute) --c.compute_count;
+    tensor.state = target;
+    c.last_use_tick = tick;
+    if (target == TensorState::kFree) {
+      // A chunk whose tensors are all FREE holds nothing worth keeping:
+      // evicting it must not cost a write-back.
+      bool all_free = true;
+      for (uint64_t other : c.tensors) {
+        all_free &= session->tensors.at(other).state == TensorState::kFree;
+      }
+      if (all_free) c.dirty = false;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StatsView> MemoryManager::Stats(uint64_t id,
+                                               const Token& token) {
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  StatsView v;
+  v.session = session->stats;
+  const auto& alloc = *device_state_[session->device].allocator;
+  v.device_pool = {alloc.capacity(), alloc.used(), alloc.peak()};
+  v.host_pool = {host_allocator_.capacity(), host_allocator_.used(),
+                 host_allocator_.peak()};
+  v.sessions = static_cast<uint32_t>(sessions_.size());
+  return v;
+}
+
+absl::StatusOr<std::vector<ChunkView>> MemoryManager::Chunks(
+    uint64_t id, const Token& token) {
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  std::vector<ChunkView> out;
+  for (uint64_t c : session->chunks) out.push_back(View(chunks_.at(c)));
+  return out;
+}
+
+absl::StatusOr<AttachGrant> MemoryManager::Attach(
+    const wire::AttachRequest& request, const PeerCredentials& peer) {
+  Token token;
+  std::memcpy(token.data(), request.token, token.size());
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session,
+                      Authenticate(request.session_id, token));
+  if (session->attached) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("session ", session->id, " is already attached"));
+  }
+  if (peer.pid != session->pid) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "session ", session->id, " belongs to pid ", session->pid,
+        ", not to the connecting pid ", peer.pid));
+  }
+  DeviceBackend* backend = devices_[session->device].get();
+  TP_RETURN_IF_ERROR(backend->AddSession(session->id, request));
+  session->attached = true;
+  return AttachGrant{backend, host_pool_.fd(), host_pool_.size()};
+}
+
+void MemoryManager::Detached(uint64_t id) {
+  Reclaim(id, ReclaimReason::kDisconnected);
+}
+
+void MemoryManager::ReapUnattached(absl::Time now) {
+  std::vector<uint64_t> stale;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, s] : sessions_) {
+      if (!s.attached && now - s.opened_at > options_.attach_timeout) {
+        stale.push_back(id);
+      }
+    }
+  }
+  for (uint64_t id : stale) Reclaim(id, ReclaimReason::kAttachTimeout);
+}
+
+void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
+  std::vector<uint64_t> chunk_ids;
+  size_t device;
+  bool was_attached;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return;  // already reclaimed
+    device = it->second.device;
+    was_attached = it->second.attached;
+    chunk_ids = std::move(it->second.chunks);
+    // From here no request authenticates as this session. Its chunks stay
+    // allocated, pinned so that no eviction picks them, until the copies
+    // already submitted for them have finished.
+    sessions_.erase(it);
+    for (uint64_t c : chunk_ids) chunks_.at(c).compute_count = 1 << 30;
+    LOG(INFO) << "session " << id << " reclaimed (" << ReclaimReasonName(reason)
+              << "): " << chunk_ids.size() << " chunks";
+  }
+  devices_[device]->Drain().IgnoreError();
+  if (was_attached) devices_[device]->RemoveSession(id);
+  absl::MutexLock lock(&mu_);
+  for (uint64_t c : chunk_ids) DestroyChunk(c);
+}
+
+size_t MemoryManager::session_count() const {
+  absl::MutexLock lock(&mu_);
+  return sessions_.size();
+}
+
+PoolStatsView MemoryManager::host_pool_stats() const {
+  absl::MutexLock lock(&mu_);
+  return {host_allocator_.capacity(), host_allocator_.used(),
+          host_allocator_.peak()};
+}
+
+PoolStatsView MemoryManager::device_pool_stats(size_t device) const {
+  absl::MutexLock lock(&mu_);
+  const auto& a = *device_state_.at(device).allocator;
+  return {a.capacity(), a.used(), a.peak()};
+}
+
+}  // namespace tidepool

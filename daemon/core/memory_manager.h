@@ -1,0 +1,273 @@
+// The daemon's engine: sessions, their tensors and chunks, the pools they
+// live in, and the moves between them. Every RPC and the fd socket end up
+// here; one mutex guards the state, and copies are only *submitted* under
+// it (the backends run them asynchronously), so a slow transfer never
+// blocks other sessions' bookkeeping.
+//
+//   MemoryManager manager(options, std::move(host_pool), std::move(devices));
+//   auto opened = manager.OpenSession({.policy = Policy::kCpu, .pid = pid});
+//   auto placed = manager.Register(opened->id, opened->token, specs);
+//   auto where = manager.Acquire(id, token, {tensor_id}, AccessMode::kRead);
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/unix_socket.h"
+#include "daemon/backend/device_backend.h"
+#include "daemon/memory/host_pool.h"
+#include "daemon/memory/range_allocator.h"
+#include "daemon/policy/eviction_policy.h"
+#include "daemon/registry/chunk_packer.h"
+#include "daemon/registry/tensor_state.h"
+#include "proto/wire.h"
+
+namespace tidepool {
+
+enum class Policy { kCuda, kCpu, kStatic, kAuto };
+enum class DType { kF32, kF16, kBF16, kF64, kI32, kI64, kU8, kI8 };
+enum class Group { kParam, kMaster, kOptimState, kGrad, kOther };
+enum class AccessMode { kRead, kReadWrite };
+
+absl::string_view PolicyName(Policy policy);
+absl::StatusOr<Policy> ParsePolicy(absl::string_view name);
+size_t DTypeSize(DType dtype);
+
+using Token = std::array<uint8_t, wire::kTokenBytes>;
+
+struct ManagerOptions {
+  uint64_t chunk_size = 64ull << 20;
+  Policy default_policy = Policy::kCpu;
+  absl::Duration attach_timeout = absl::Seconds(10);
+  // Limits on a single request, so that a bad client cannot make the daemon
+  // do unbounded work.
+  size_t max_tensors_per_request = 1 << 20;
+  size_t max_name_bytes = 1024;
+  size_t max_dims = 16;
+};
+
+struct OpenParams {
+  std::string device;  // name, UUID or ordinal; empty: the first device
+  std::optional<Policy> policy;
+  uint64_t device_quota = 0;
+  uint64_t host_quota = 0;
+  int32_t pid = 0;
+  std::string client_name;
+};
+
+struct OpenedSession {
+  uint64_t id;
+  Token token;
+  Policy policy;
+  const DeviceDescription* device;
+  uint64_t chunk_size;
+  uint64_t host_pool_bytes;
+};
+
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  Group group = Group::kOther;
+};
+
+struct ChunkView {
+  uint64_t id;
+  uint64_t bytes;
+  Group group;
+  bool on_device;
+  bool dirty;
+  std::optional<uint64_t> host_offset;
+  std::optional<uint64_t> device_offset;
+};
+
+struct TensorPlacementView {
+  uint64_t tensor_id;
+  uint64_t chunk_id;
+  uint64_t offset_in_chunk;
+  uint64_t bytes;
+};
+
+struct RegisterResult {
+  std::vector<TensorPlacementView> tensors;
+  std::vector<ChunkView> new_chunks;
+};
+
+struct TensorAddressView {
+  uint64_t tensor_id;
+  uint64_t device_offset;
+  uint64_t bytes;
+};
+
+struct AcquireResult {
+  std::vector<TensorAddressView> tensors;
+  uint64_t ready_sequence;
+};
+
+struct SessionStatsView {
+  uint64_t id = 0;
+  uint64_t bytes_to_device = 0;
+  uint64_t bytes_to_host = 0;
+  uint64_t evictions = 0;
+  uint64_t clean_evictions = 0;
+  uint64_t device_bytes = 0;
+  uint64_t peak_device_bytes = 0;
+  uint64_t host_bytes = 0;
+  uint64_t chunks = 0;
+  uint64_t tensors = 0;
+  uint64_t acquires = 0;
+};
+
+struct PoolStatsView {
+  uint64_t capacity = 0;
+  uint64_t used = 0;
+  uint64_t peak = 0;
+};
+
+struct StatsView {
+  SessionStatsView session;
+  PoolStatsView device_pool;
+  PoolStatsView host_pool;
+  uint32_t sessions = 0;
+};
+
+enum class ReclaimReason { kClosed, kDisconnected, kAttachTimeout };
+absl::string_view ReclaimReasonName(ReclaimReason reason);
+
+// What the fd socket sends a freshly attached client.
+struct AttachGrant {
+  DeviceBackend* backend;
+  int host_pool_fd;
+  uint64_t host_pool_bytes;
+};
+
+class MemoryManager {
+ public:
+  MemoryManager(ManagerOptions options, HostPool host_pool,
+                std::vector<std::unique_ptr<DeviceBackend>> devices);
+  ~MemoryManager();
+
+  absl::StatusOr<OpenedSession> OpenSession(const OpenParams& params);
+  absl::Status CloseSession(uint64_t id, const Token& token);
+  absl::StatusOr<RegisterResult> Register(uint64_t id, const Token& token,
+                                          const std::vector<TensorSpec>& specs);
+  absl::StatusOr<AcquireResult> Acquire(uint64_t id, const Token& token,
+                                        const std::vector<uint64_t>& tensors,
+                                        AccessMode mode);
+  absl::Status Release(uint64_t id, const Token& token,
+                       const std::vector<uint64_t>& tensors,
+                       TensorState target);
+  absl::StatusOr<StatsView> Stats(uint64_t id, const Token& token);
+  absl::StatusOr<std::vector<ChunkView>> Chunks(uint64_t id,
+                                                const Token& token);
+
+  // fd socket: checks the token and that the peer is the process that
+  // opened the session, then marks the session attached.
+  absl::StatusOr<AttachGrant> Attach(const wire::AttachRequest& request,
+                                     const PeerCredentials& peer);
+  // The session's fd-socket connection closed: reclaim it (no-op when the
+  // session already closed).
+  void Detached(uint64_t id);
+  // Reclaims sessions that did not attach within the timeout.
+  void ReapUnattached(absl::Time now);
+
+  // Daemon-wide views for metrics and tests.
+  size_t session_count() const;
+  PoolStatsView host_pool_stats() const;
+  PoolStatsView device_pool_stats(size_t device) const;
+  const std::vector<std::unique_ptr<DeviceBackend>>& devices() const {
+    return devices_;
+  }
+  const ManagerOptions& options() const { return options_; }
+
+ private:
+  struct Tensor {
+    uint64_t id;
+    std::string name;
+    DType dtype;
+    Group group;
+    uint64_t chunk_id;
+    uint64_t offset;
+    uint64_t bytes;
+    TensorState state = TensorState::kFree;
+  };
+  struct Chunk {
+    uint64_t id;
+    uint64_t session_id;
+    size_t device;
+    Group group;
+    uint64_t bytes;
+    std::optional<uint64_t> host_offset;    // absent: device-only (cuda)
+    std::optional<uint64_t> device_offset;  // present: resident
+    bool dirty = false;  // the device copy is newer than the host home
+    int compute_count = 0;
+    uint64_t last_use_tick = 0;
+    uint64_t arrival_sequence = 0;  // the load that brought it in
+    std::vector<uint64_t> tensors;
+  };
+  struct Session {
+    uint64_t id;
+    Token token;
+    Policy policy;
+    size_t device;
+    uint64_t device_quota;
+    uint64_t host_quota;
+    int32_t pid;
+    std::string client_name;
+    bool attached = false;
+    absl::Time opened_at;
+    ChunkPacker packer;
+    std::map<uint64_t, Tensor> tensors;
+    std::vector<uint64_t> chunks;  // registration order
+    SessionStatsView stats;
+  };
+  struct Device {
+    std::unique_ptr<RangeAllocator> allocator;
+    std::unique_ptr<EvictionPolicy> eviction;
+  };
+
+  absl::StatusOr<Session*> Authenticate(uint64_t id, const Token& token)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<size_t> ResolveDevice(const std::string& name) const;
+  // Makes room for `bytes` in `session`'s device pool (and quota), adding
+  // write-backs of victims to `batch`. `pinned` chunks are never victims.
+  absl::Status MakeRoom(Session& session, uint64_t bytes,
+                        const std::vector<uint64_t>& pinned, CopyBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Evict(Chunk& chunk, CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> CreateChunk(Session& session, Group group,
+                                       uint64_t bytes, CopyBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DestroyChunk(uint64_t chunk_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Reclaim(uint64_t id, ReclaimReason reason) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<uint64_t> SubmitBatch(size_t device, CopyBatch batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static ChunkView View(const Chunk& chunk);
+
+  const ManagerOptions options_;
+  HostPool host_pool_;
+  std::vector<std::unique_ptr<DeviceBackend>> devices_;
+
+  mutable absl::Mutex mu_;
+  RangeAllocator host_allocator_ ABSL_GUARDED_BY(mu_);
+  std::vector<Device> device_state_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Chunk> chunks_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_chunk_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_tensor_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tidepool

@@ -1,0 +1,58 @@
+// The gRPC control plane: translates tidepool.v1 requests into
+// MemoryManager calls and absl::Status into gRPC status codes. Nothing a
+// client sends can crash it: every field is checked before use.
+#pragma once
+
+#include <string>
+
+#include "daemon/core/memory_manager.h"
+#include "proto/tidepool.grpc.pb.h"
+
+namespace tidepool {
+
+// Observes every RPC's latency (for metrics); may be empty.
+using RpcObserver = std::function<void(absl::string_view method, double seconds,
+                                       const absl::Status& status)>;
+
+class GrpcService final : public v1::Tidepool::Service {
+ public:
+  GrpcService(MemoryManager* manager, std::string fd_socket_path,
+              RpcObserver observer = nullptr)
+      : manager_(manager),
+        fd_socket_path_(std::move(fd_socket_path)),
+        observer_(std::move(observer)) {}
+
+  grpc::Status OpenSession(grpc::ServerContext*,
+                           const v1::OpenSessionRequest* request,
+                           v1::OpenSessionResponse* response) override;
+  grpc::Status CloseSession(grpc::ServerContext*,
+                            const v1::CloseSessionRequest* request,
+                            v1::CloseSessionResponse* response) override;
+  grpc::Status RegisterTensors(grpc::ServerContext*,
+                               const v1::RegisterTensorsRequest* request,
+                               v1::RegisterTensorsResponse* response) override;
+  grpc::Status Acquire(grpc::ServerContext*, const v1::AcquireRequest* request,
+                       v1::AcquireResponse* response) override;
+  grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest* request,
+                       v1::ReleaseResponse* response) override;
+  grpc::Status GetStats(grpc::ServerContext*, const v1::StatsRequest* request,
+                        v1::StatsResponse* response) override;
+  grpc::Status GetChunks(grpc::ServerContext*,
+                         const v1::ChunkStateRequest* request,
+                         v1::ChunkStateResponse* response) override;
+
+ private:
+  template <typename Fn>
+  grpc::Status Run(absl::string_view method, Fn&& fn);
+
+  MemoryManager* manager_;
+  std::string fd_socket_path_;
+  RpcObserver observer_;
+};
+
+// absl::Status -> grpc::Status with the same code and message.
+grpc::Status ToGrpc(const absl::Status& status);
+// grpc::Status -> absl::Status, for clients.
+absl::Status FromGrpc(const grpc::Status& status);
+
+}  // namespace tidepool

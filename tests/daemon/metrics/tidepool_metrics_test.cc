@@ -1,0 +1,666 @@
+// TidepoolMetrics: the exposed metric set (golden), its behaviour, naming
+// conventions, and — most importantly — that every query in the Grafana
+// dashboard and the Prometheus rules names metrics and labels this class
+// really produces, so a rename cannot silently empty a panel.
+#include "daemon/metrics/tidepool_metrics.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "daemon/metrics/text_serializer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/daemon/metrics/golden.h"
+#include "tests/daemon/metrics/json_lite.h"
+
+namespace tidepool::metrics {
+namespace {
+
+using testing::ExpectMatchesGolden;
+using testing::Json;
+using testing::ReadFileOrEmpty;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr std::string_view kUuid = "GPU-00000000-1111-2222-3333-444444444444";
+
+std::string SourcePath(std::string_view relative) {
+  return std::string(TIDEPOOL_SOURCE_DIR) + "/" + std::string(relative);
+}
+
+// --- What a scrape exposes -------------------------------------------------
+
+struct Exposition {
+  std::map<std::string, std::string> family_types;  // from # TYPE
+  // Sample name (with _bucket/_sum/_count) -> label names seen on it.
+  std::map<std::string, std::set<std::string>> sample_labels;
+  // Sample name + sorted labels -> value text, for behaviour checks.
+  std::map<std::string, std::string> values;
+};
+
+Exposition Parse(const std::string& text) {
+  Exposition out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t eol = text.find('\n', pos);
+    if (eol == std::string::npos) eol = text.size();
+    const std::string line = text.substr(pos, eol - pos);
+    pos = eol + 1;
+    if (line.starts_with("# TYPE ")) {
+      const size_t space = line.find(' ', 7);
+      out.family_types[line.substr(7, space - 7)] = line.substr(space + 1);
+      continue;
+    }
+    if (line.empty() || line[0] == '#') continue;
+    size_t i = line.find_first_of("{ ");
+    const std::string name = line.substr(0, i);
+    std::set<std::string>& labels = out.sample_labels[name];
+    std::string series = name;
+    if (line[i] == '{') {
+      series.push_back('{');
+      ++i;
+      while (line[i] != '}') {
+        const size_t eq = line.find('=', i);
+        labels.insert(line.substr(i, eq - i));
+        size_t j = eq + 2;  // past ="
+        while (line[j] != '"') j += line[j] == '\\' ? 2 : 1;
+        series += line.substr(i, j + 1 - i);
+        i = j + 1;
+        if (line[i] == ',') {
+          series.push_back(',');
+          ++i;
+        }
+      }
+      series.push_back('}');
+      ++i;
+    }
+    out.values[series] = line.substr(i + 1);
+  }
+  return out;
+}
+
+class TidepoolMetricsTest : public ::testing::Test {
+ protected:
+  TidepoolMetricsTest() : metrics_(registry_, "0.1.0-test", "sim") {}
+
+  Exposition Scrape() { return Parse(SerializeText(registry_.Collect())); }
+  std::string Value(const std::string& series) {
+    Exposition exposition = Scrape();
+    auto it = exposition.values.find(series);
+    return it == exposition.values.end() ? "<absent>" : it->second;
+  }
+
+  Registry registry_;
+  TidepoolMetrics metrics_;
+};
+
+// --- The metric set --------------------------------------------------------
+
+TEST_F(TidepoolMetricsTest, GoldenAfterOneDeviceAndSomeEvents) {
+  DeviceMetrics& gpu = metrics_.Device("sim0", kUuid);
+  metrics_.SetHostPool({.capacity_bytes = 17179869184,
+                        .used_bytes = 1073741824,
+                        .peak_bytes = 2147483648});
+  metrics_.SetDevicePool(gpu, {.capacity_bytes = 8589934592,
+                               .used_bytes = 4294967296});
+  metrics_.SetChunkBytes(gpu, ChunkLocation::kDevice, ChunkState::kHold,
+                         201326592);
+  metrics_.AddChunkBytes(gpu, ChunkLocation::kDevice, ChunkState::kCompute,
+                         67108864);
+  metrics_.AddChunkBytes(gpu, ChunkLocation::kHost, ChunkState::kFree,
+                         134217728);
+  metrics_.OnBytesMoved(gpu, Direction::kHostToDevice, 67108864, 0.0012);
+  metrics_.OnBytesMoved(gpu, Direction::kDeviceToHost, 67108864, 0.0013);
+  metrics_.OnEviction(gpu, EvictionReason::kCapacity, /*clean=*/true);
+  metrics_.OnEviction(gpu, EvictionReason::kCapacity, /*clean=*/false);
+  metrics_.OnPrefetch(gpu, PrefetchOutcome::kHit);
+  metrics_.ObserveRpc("OpenSession", 0.0004);
+  metrics_.ObserveAcquireWait(gpu, 0.000003);
+  metrics_.AddStall(gpu, 0.25);
+  metrics_.SessionOpened(gpu, Policy::kAuto);
+  metrics_.SessionReclaimed(ReclaimReason::kDisconnected);
+  ExpectMatchesGolden(SerializeText(registry_.Collect()),
+                      "tidepool_metrics.prom");
+}
+
+TEST_F(TidepoolMetricsTest, SameDeviceSameMetrics) {
+  DeviceMetrics& a = metrics_.Device("0", "GPU-a");
+  EXPECT_EQ(&metrics_.Device("0", "GPU-a"), &a);
+  DeviceMetrics& b = metrics_.Device("1", "GPU-b");
+  EXPECT_NE(&a, &b);
+  EXPECT_NE(a.pool_used_bytes, b.pool_used_bytes);
+  EXPECT_EQ(a.gpu, "0");
+  EXPECT_EQ(a.uuid, "GPU-a");
+}
+
+TEST_F(TidepoolMetricsTest, TransfersCountBytesAndDurations) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  metrics_.OnBytesMoved(gpu, Direction::kHostToDevice, 1 << 20, 0.00002);
+  metrics_.OnBytesMoved(gpu, Direction::kHostToDevice, 1 << 20, 0.5);
+  EXPECT_EQ(Value("tidepool_bytes_moved_total{UUID=\"GPU-a\",direction="
+                  "\"h2d\",gpu=\"0\"}"),
+            "2097152");
+  EXPECT_EQ(Value("tidepool_bytes_moved_total{UUID=\"GPU-a\",direction="
+                  "\"d2h\",gpu=\"0\"}"),
+            "0");
+  EXPECT_EQ(Value("tidepool_transfer_duration_seconds_count{UUID=\"GPU-a\","
+                  "direction=\"h2d\",gpu=\"0\"}"),
+            "2");
+  EXPECT_EQ(Value("tidepool_transfer_duration_seconds_bucket{UUID=\"GPU-a\","
+                  "direction=\"h2d\",gpu=\"0\",le=\"2.5e-05\"}"),
+            "1");
+}
+
+TEST_F(TidepoolMetricsTest, PeakNeverDecreasesAndFollowsUsed) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  const std::string peak =
+      "tidepool_device_pool_peak_bytes{UUID=\"GPU-a\",gpu=\"0\"}";
+  metrics_.SetDevicePool(gpu, {.capacity_bytes = 100, .used_bytes = 80});
+  EXPECT_EQ(Value(peak), "80");  // no peak reported: used is the peak
+  metrics_.SetDevicePool(gpu, {.capacity_bytes = 100, .used_bytes = 10});
+  EXPECT_EQ(Value(peak), "80");
+  metrics_.SetDevicePool(
+      gpu, {.capacity_bytes = 100, .used_bytes = 10, .peak_bytes = 95});
+  EXPECT_EQ(Value(peak), "95");
+  metrics_.SetHostPool({.capacity_bytes = 10, .used_bytes = 7});
+  metrics_.SetHostPool({.capacity_bytes = 10, .used_bytes = 3});
+  EXPECT_EQ(Value("tidepool_host_pool_peak_bytes"), "7");
+  EXPECT_EQ(Value("tidepool_host_pool_used_bytes"), "3");
+}
+
+TEST_F(TidepoolMetricsTest, SessionsByPolicyAndReclaims) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  metrics_.SessionOpened(gpu, Policy::kAuto);
+  metrics_.SessionOpened(gpu, Policy::kAuto);
+  metrics_.SessionOpened(gpu, Policy::kCpu);
+  metrics_.SessionClosed(gpu, Policy::kAuto);
+  EXPECT_EQ(Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"auto\"}"),
+            "1");
+  EXPECT_EQ(Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"cpu\"}"),
+            "1");
+  EXPECT_EQ(
+      Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"static\"}"),
+      "0");
+  metrics_.SessionReclaimed(ReclaimReason::kAttachTimeout);
+  EXPECT_EQ(Value("tidepool_sessions_reclaimed_total{reason=\"attach_timeout\"}"),
+            "1");
+  EXPECT_EQ(Value("tidepool_sessions_reclaimed_total{reason=\"closed\"}"), "0");
+}
+
+TEST_F(TidepoolMetricsTest, RpcMethodsAreBounded) {
+  metrics_.ObserveRpc("Acquire", 0.001);
+  metrics_.ObserveRpc("/tidepool.v1.Tidepool/Acquire", 0.001);
+  metrics_.ObserveRpc("SomethingNew", 0.001);
+  metrics_.ObserveRpc("/x.Y/AnotherNew", 0.001);
+  EXPECT_EQ(
+      Value("tidepool_rpc_duration_seconds_count{method=\"Acquire\"}"), "2");
+  EXPECT_EQ(Value("tidepool_rpc_duration_seconds_count{method=\"other\"}"),
+            "2");
+  Exposition exposition = Scrape();
+  for (const auto& [series, value] : exposition.values) {
+    EXPECT_THAT(series, Not(HasSubstr("SomethingNew")));
+  }
+}
+
+TEST_F(TidepoolMetricsTest, EvictionsPrefetchesStallsAndChunks) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  metrics_.OnEviction(gpu, EvictionReason::kQuota, /*clean=*/true);
+  metrics_.OnEviction(gpu, EvictionReason::kQuota, /*clean=*/true);
+  metrics_.OnPrefetch(gpu, PrefetchOutcome::kWasted);
+  metrics_.AddStall(gpu, 0.5);
+  metrics_.AddStall(gpu, 0.25);
+  metrics_.SetChunkBytes(gpu, ChunkLocation::kHost, ChunkState::kHold, 100);
+  metrics_.AddChunkBytes(gpu, ChunkLocation::kHost, ChunkState::kHold, -40);
+  EXPECT_EQ(Value("tidepool_evictions_total{UUID=\"GPU-a\",clean=\"true\","
+                  "gpu=\"0\",reason=\"quota\"}"),
+            "2");
+  EXPECT_EQ(Value("tidepool_prefetches_total{UUID=\"GPU-a\",gpu=\"0\","
+                  "outcome=\"wasted\"}"),
+            "1");
+  EXPECT_EQ(Value("tidepool_stall_seconds_total{UUID=\"GPU-a\",gpu=\"0\"}"),
+            "0.75");
+  EXPECT_EQ(Value("tidepool_chunk_bytes{UUID=\"GPU-a\",gpu=\"0\",location="
+                  "\"host\",state=\"hold\"}"),
+            "60");
+}
+
+TEST_F(TidepoolMetricsTest, RemoveDeviceDropsItsSeries) {
+  DeviceMetrics& keep = metrics_.Device("0", "GPU-a");
+  DeviceMetrics& drop = metrics_.Device("1", "GPU-b");
+  metrics_.OnBytesMoved(keep, Direction::kHostToDevice, 1, 0.001);
+  metrics_.RemoveDevice(drop);
+  const std::string text = SerializeText(registry_.Collect());
+  EXPECT_THAT(text, HasSubstr("GPU-a"));
+  EXPECT_THAT(text, Not(HasSubstr("GPU-b")));
+  // The same device can come back (fresh counters).
+  DeviceMetrics& again = metrics_.Device("1", "GPU-b");
+  EXPECT_EQ(again.bytes_moved[0]->Value(), 0);
+}
+
+TEST_F(TidepoolMetricsTest, ScrapeCallbackRunsBeforeValuesAreRead) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  int scrapes = 0;
+  metrics_.SetScrapeCallback([&] {
+    ++scrapes;
+    metrics_.SetChunkBytes(gpu, ChunkLocation::kDevice, ChunkState::kHold,
+                           1000 * scrapes);
+  });
+  const std::string series =
+      "tidepool_chunk_bytes{UUID=\"GPU-a\",gpu=\"0\",location=\"device\","
+      "state=\"hold\"}";
+  EXPECT_EQ(Value(series), "1000");
+  EXPECT_EQ(Value(series), "2000");
+  metrics_.SetScrapeCallback(nullptr);
+  EXPECT_EQ(Value(series), "2000");
+  EXPECT_EQ(scrapes, 2);
+}
+
+TEST_F(TidepoolMetricsTest, ConcurrentHotPathUpdatesSumExactly) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 10000; ++i) {
+        metrics_.OnBytesMoved(gpu, Direction::kDeviceToHost, 4096, 1e-4);
+        metrics_.OnPrefetch(gpu, PrefetchOutcome::kHit);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(gpu.bytes_moved[1]->Value(), 4.0 * 10000 * 4096);
+  EXPECT_EQ(gpu.prefetches[0]->Value(), 40000);
+}
+
+TEST_F(TidepoolMetricsTest, NamingConventions) {
+  metrics_.Device("sim0", kUuid);
+  const std::set<std::string> allowed_labels = {
+      "gpu",   "UUID",    "location", "state",  "direction", "reason",
+      "clean", "outcome", "policy",   "method", "version",   "backend"};
+  const Exposition exposition = Scrape();
+  ASSERT_FALSE(exposition.family_types.empty());
+  for (const auto& [name, type] : exposition.family_types) {
+    EXPECT_TRUE(name.starts_with("tidepool_")) << name;
+    if (type == "counter") {
+      EXPECT_TRUE(name.ends_with("_total")) << name;
+    } else {
+      EXPECT_FALSE(name.ends_with("_total")) << name;
+    }
+    if (type == "histogram") {
+      EXPECT_TRUE(name.ends_with("_seconds")) << name << ": base unit";
+    }
+    EXPECT_THAT(name, Not(HasSubstr("milli"))) << "use base units";
+    EXPECT_THAT(name, Not(HasSubstr("_mib"))) << "use base units";
+  }
+  for (const auto& [sample, labels] : exposition.sample_labels) {
+    for (const std::string& label : labels) {
+      if (label == "le") continue;
+      EXPECT_TRUE(allowed_labels.contains(label))
+          << sample << " has label " << label
+          << ": new labels must have a small, fixed set of values (no "
+             "session ids); add it here after checking that";
+    }
+  }
+  // Device series carry both dcgm-exporter labels.
+  for (const char* name :
+       {"tidepool_device_pool_used_bytes", "tidepool_bytes_moved_total",
+        "tidepool_sessions", "tidepool_acquire_wait_seconds_bucket"}) {
+    EXPECT_TRUE(exposition.sample_labels.at(name).contains("gpu")) << name;
+    EXPECT_TRUE(exposition.sample_labels.at(name).contains("UUID")) << name;
+  }
+}
+
+TEST_F(TidepoolMetricsTest, PromtoolAcceptsTheExposition) {
+  if (access("/usr/bin/promtool", X_OK) != 0) {
+    GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
+  }
+  DeviceMetrics& gpu = metrics_.Device("sim0", kUuid);
+  metrics_.OnBytesMoved(gpu, Direction::kHostToDevice, 1 << 20, 0.001);
+  char path[] = "/tmp/tidepool_metrics_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string text = SerializeText(registry_.Collect());
+  ASSERT_EQ(write(fd, text.data(), text.size()),
+            static_cast<ssize_t>(text.size()));
+  close(fd);
+  // `check metrics` parses the exposition and lints names and help.
+  const std::string command =
+      std::string("/usr/bin/promtool check metrics < ") + path + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[512];
+  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  const int status = pclose(pipe);
+  unlink(path);
+  EXPECT_EQ(status, 0) << output;
+  EXPECT_EQ(output, "");
+}
+
+// --- Dashboard and rules -----------------------------------------------------
+
+// Metric names and labels referenced by one PromQL expression.
+struct PromqlRefs {
+  struct Metric {
+    std::string name;
+    std::vector<std::string> matcher_labels;
+  };
+  std::vector<Metric> metrics;
+  std::vector<std::string> grouping_labels;  // by/without/on/ignoring
+};
+
+bool IsIdentStart(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+         c == ':';
+}
+bool IsIdentChar(char c) { return IsIdentStart(c) || (c >= '0' && c <= '9'); }
+
+// A scanner, not a parser: enough for the queries we write (selectors,
+// aggregations with by/without, binary operators with on/ignoring).
+PromqlRefs ScanPromql(std::string_view expr) {
+  PromqlRefs refs;
+  size_t i = 0;
+  const auto skip_space = [&] {
+    while (i < expr.size() && std::isspace(static_cast<unsigned char>(expr[i])))
+      ++i;
+  };
+  const auto skip_string = [&] {
+    const char quote = expr[i++];
+    while (i < expr.size() && expr[i] != quote) i += expr[i] == '\\' ? 2 : 1;
+    ++i;
+  };
+  const auto read_ident = [&] {
+    const size_t start = i;
+    while (i < expr.size() && IsIdentChar(expr[i])) ++i;
+    return std::string(expr.substr(start, i - start));
+  };
+  while (i < expr.size()) {
+    const char c = expr[i];
+    if (c == '"' || c == '\'' || c == '`') {
+      skip_string();
+      continue;
+    }
+    if (!IsIdentStart(c) || (i > 0 && (IsIdentChar(expr[i - 1]) ||
+                                       expr[i - 1] == '$' || expr[i - 1] == '.'))) {
+      ++i;
+      continue;
+    }
+    const std::string ident = read_ident();
+    skip_space();
+    const bool grouping = ident == "by" || ident == "without" || ident == "on" ||
+                          ident == "ignoring" || ident == "group_left" ||
+                          ident == "group_right";
+    if (grouping && i < expr.size() && expr[i] == '(') {
+      ++i;
+      while (i < expr.size() && expr[i] != ')') {
+        skip_space();
+        if (i < expr.size() && IsIdentStart(expr[i])) {
+          refs.grouping_labels.push_back(read_ident());
+        } else {
+          ++i;
+        }
+      }
+      continue;
+    }
+    if (!ident.starts_with("tidepool_") && !ident.starts_with("tidepool:")) {
+      continue;
+    }
+    PromqlRefs::Metric metric{ident, {}};
+    if (i < expr.size() && expr[i] == '{') {
+      ++i;
+      while (i < expr.size() && expr[i] != '}') {
+        skip_space();
+        if (i < expr.size() && IsIdentStart(expr[i])) {
+          metric.matcher_labels.push_back(read_ident());
+          skip_space();
+          while (i < expr.size() && (expr[i] == '=' || expr[i] == '!' ||
+                                     expr[i] == '~')) {
+            ++i;
+          }
+          skip_space();
+          if (i < expr.size() && (expr[i] == '"' || expr[i] == '\'')) {
+            skip_string();
+          }
+        } else {
+          ++i;
+        }
+      }
+      ++i;
+    }
+    refs.metrics.push_back(std::move(metric));
+  }
+  return refs;
+}
+
+TEST(PromqlScannerTest, FindsMetricsMatchersAndGrouping) {
+  PromqlRefs refs = ScanPromql(
+      "histogram_quantile(0.99, sum by (le, gpu) (rate("
+      "tidepool_x_bucket{instance=~\"$instance\", gpu=~\"$gpu\"}"
+      "[$__rate_interval]))) / on (gpu) tidepool_y");
+  ASSERT_EQ(refs.metrics.size(), 2u);
+  EXPECT_EQ(refs.metrics[0].name, "tidepool_x_bucket");
+  EXPECT_THAT(refs.metrics[0].matcher_labels,
+              ::testing::ElementsAre("instance", "gpu"));
+  EXPECT_EQ(refs.metrics[1].name, "tidepool_y");
+  EXPECT_THAT(refs.grouping_labels, ::testing::ElementsAre("le", "gpu", "gpu"));
+}
+
+// Labels Prometheus adds to every scraped series.
+const std::set<std::string> kTargetLabels = {"instance", "job"};
+
+// Checks one query against what TidepoolMetrics exposes; `where` names the
+// query in failure messages.
+void CheckQuery(const Exposition& exposition, std::string_view expr,
+                const std::string& where, bool allow_recording_rules) {
+  const PromqlRefs refs = ScanPromql(expr);
+  std::set<std::string> available = kTargetLabels;
+  for (const PromqlRefs::Metric& metric : refs.metrics) {
+    if (metric.name.find(':') != std::string::npos) {
+      EXPECT_TRUE(allow_recording_rules)
+          << where << ": uses recording rule " << metric.name
+          << "; the dashboard must work without tidepool-rules.yml";
+      continue;
+    }
+    auto it = exposition.sample_labels.find(metric.name);
+    if (it == exposition.sample_labels.end()) {
+      ADD_FAILURE() << where << ": " << metric.name
+                    << " is not exposed by TidepoolMetrics (query: " << expr
+                    << ")";
+      continue;
+    }
+    available.insert(it->second.begin(), it->second.end());
+    for (const std::string& label : metric.matcher_labels) {
+      EXPECT_TRUE(it->second.contains(label) || kTargetLabels.contains(label))
+          << where << ": " << metric.name << " has no label " << label;
+    }
+  }
+  for (const std::string& label : refs.grouping_labels) {
+    EXPECT_TRUE(available.contains(label))
+        << where << ": groups by " << label
+        << ", which none of its metrics has (query: " << expr << ")";
+  }
+}
+
+class DashboardTest : public TidepoolMetricsTest {
+ protected:
+  void SetUp() override {
+    metrics_.Device("0", "GPU-a");
+    exposition_ = Scrape();
+    const std::string text =
+        ReadFileOrEmpty(SourcePath("deploy/grafana/dashboards/tidepool.json"));
+    ASSERT_FALSE(text.empty()) << "dashboard not found";
+    absl::StatusOr<Json> dashboard = testing::ParseJson(text);
+    ASSERT_TRUE(dashboard.ok()) << dashboard.status();
+    dashboard_ = *std::move(dashboard);
+  }
+
+  // Every panel, including panels nested in (collapsed) rows.
+  std::vector<const Json*> Panels() const {
+    std::vector<const Json*> panels;
+    for (const Json& panel : dashboard_.Get("panels").array) {
+      panels.push_back(&panel);
+      for (const Json& nested : panel.Get("panels").array) {
+        panels.push_back(&nested);
+      }
+    }
+    return panels;
+  }
+
+  Exposition exposition_;
+  Json dashboard_;
+};
+
+bool UsesDatasourceVariable(const Json& datasource) {
+  if (datasource.kind == Json::Kind::kString) {
+    return datasource.string == "${datasource}" ||
+           datasource.string == "$datasource";
+  }
+  const std::string& uid = datasource.Get("uid").string;
+  return uid == "${datasource}" || uid == "$datasource";
+}
+
+TEST_F(DashboardTest, HasDatasourceVariableAndNoInputs) {
+  EXPECT_EQ(dashboard_.Find("__inputs"), nullptr)
+      << "exported-for-sharing dashboards with __inputs cannot be "
+         "provisioned; use the $datasource variable";
+  std::map<std::string, const Json*> variables;
+  for (const Json& variable : dashboard_.Get("templating").Get("list").array) {
+    variables[variable.Get("name").string] = &variable;
+  }
+  ASSERT_TRUE(variables.contains("datasource"));
+  EXPECT_EQ(variables["datasource"]->Get("type").string, "datasource");
+  EXPECT_EQ(variables["datasource"]->Get("query").string, "prometheus");
+  for (const char* name : {"instance", "gpu"}) {
+    ASSERT_TRUE(variables.contains(name)) << name;
+    EXPECT_EQ(variables[name]->Get("type").string, "query") << name;
+    EXPECT_TRUE(UsesDatasourceVariable(variables[name]->Get("datasource")))
+        << name;
+  }
+}
+
+TEST_F(DashboardTest, EveryPanelUsesTheDatasourceVariable) {
+  int queried_panels = 0;
+  for (const Json* panel : Panels()) {
+    if (panel->Get("type").string == "row") continue;
+    ++queried_panels;
+    const std::string title = panel->Get("title").string;
+    EXPECT_TRUE(UsesDatasourceVariable(panel->Get("datasource"))) << title;
+    EXPECT_FALSE(panel->Get("targets").array.empty()) << title;
+    for (const Json& target : panel->Get("targets").array) {
+      if (const Json* ds = target.Find("datasource")) {
+        EXPECT_TRUE(UsesDatasourceVariable(*ds)) << title;
+      }
+    }
+    EXPECT_FALSE(panel->Get("description").string.empty())
+        << title << ": say what the panel tells the operator";
+  }
+  EXPECT_GE(queried_panels, 10);
+}
+
+TEST_F(DashboardTest, EveryQueryUsesExposedMetricsAndLabels) {
+  std::set<std::string> used;
+  for (const Json* panel : Panels()) {
+    for (const Json& target : panel->Get("targets").array) {
+      const std::string& expr = target.Get("expr").string;
+      const std::string where = "panel \"" + panel->Get("title").string +
+                                "\" target " + target.Get("refId").string;
+      ASSERT_FALSE(expr.empty()) << where;
+      EXPECT_FALSE(ScanPromql(expr).metrics.empty()) << where;
+      CheckQuery(exposition_, expr, where, /*allow_recording_rules=*/false);
+      for (const auto& metric : ScanPromql(expr).metrics) {
+        used.insert(metric.name);
+      }
+    }
+  }
+  for (const Json& variable : dashboard_.Get("templating").Get("list").array) {
+    if (variable.Get("type").string != "query") continue;
+    const Json& query = variable.Get("query");
+    const std::string& expr =
+        query.kind == Json::Kind::kString ? query.string
+                                          : query.Get("query").string;
+    const std::string where = "variable " + variable.Get("name").string;
+    // label_values(metric{...}, label): the label must exist too.
+    const size_t comma = expr.rfind(',');
+    ASSERT_NE(comma, std::string::npos) << where;
+    std::string label = expr.substr(comma + 1);
+    std::erase_if(label, [](char c) { return c == ' ' || c == ')'; });
+    const PromqlRefs refs = ScanPromql(expr);
+    ASSERT_EQ(refs.metrics.size(), 1u) << where;
+    CheckQuery(exposition_, expr, where, /*allow_recording_rules=*/false);
+    EXPECT_TRUE(exposition_.sample_labels[refs.metrics[0].name].contains(
+                    label) ||
+                kTargetLabels.contains(label))
+        << where << ": " << refs.metrics[0].name << " has no label " << label;
+  }
+  // The panels cover what the design asks the dashboard to show.
+  for (const char* name : {
+           "tidepool_device_pool_used_bytes",
+           "tidepool_device_pool_capacity_bytes",
+           "tidepool_device_pool_peak_bytes",
+           "tidepool_host_pool_used_bytes",
+           "tidepool_chunk_bytes",
+           "tidepool_sessions",
+           "tidepool_bytes_moved_total",
+           "tidepool_evictions_total",
+           "tidepool_prefetches_total",
+           "tidepool_rpc_duration_seconds_bucket",
+           "tidepool_acquire_wait_seconds_bucket",
+           "tidepool_stall_seconds_total",
+       }) {
+    EXPECT_TRUE(used.contains(name)) << "no panel shows " << name;
+  }
+}
+
+// The `expr:` values of a Prometheus rules or rule-test file, including
+// block scalars (`expr: |`).
+std::vector<std::string> RuleExpressions(const std::string& yaml) {
+  std::vector<std::string> exprs;
+  std::vector<std::string> lines;
+  for (size_t pos = 0; pos < yaml.size();) {
+    size_t eol = yaml.find('\n', pos);
+    if (eol == std::string::npos) eol = yaml.size();
+    lines.push_back(yaml.substr(pos, eol - pos));
+    pos = eol + 1;
+  }
+  for (size_t n = 0; n < lines.size(); ++n) {
+    const std::string& line = lines[n];
+    const size_t key = line.find("expr:");
+    if (key == std::string::npos ||
+        line.find_first_not_of(" -") != key) {
+      continue;
+    }
+    std::string value = line.substr(key + 5);
+    value.erase(0, value.find_first_not_of(' '));
+    if (value == "|" || value == ">" || value == "|-" || value == ">-") {
+      value.clear();
+      while (n + 1 < lines.size() &&
+             (lines[n + 1].empty() ||
+              lines[n + 1].find_first_not_of(' ') > key)) {
+        value += lines[++n] + "\n";
+      }
+    }
+    exprs.push_back(value);
+  }
+  return exprs;
+}
+
+TEST_F(DashboardTest, RulesUseExposedMetricsAndLabels) {
+  const std::string rules =
+      ReadFileOrEmpty(SourcePath("deploy/prometheus/tidepool-rules.yml"));
+  ASSERT_FALSE(rules.empty());
+  const std::vector<std::string> exprs = RuleExpressions(rules);
+  EXPECT_GE(exprs.size(), 8u);
+  for (const std::string& expr : exprs) {
+    CheckQuery(exposition_, expr, "tidepool-rules.yml", true);
+  }
+}
+
+}  // namespace
+}  // namespace tidepool::metrics
