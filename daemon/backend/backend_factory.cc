@@ -22,10 +22,16 @@ absl::StatusOr<std::unique_ptr<DeviceBackend>> CreateDeviceBackend(
     const BackendOptions& options, uint8_t* host_pool, uint64_t host_bytes) {
   std::string backend = options.backend;
   if (backend == "auto") {
-    if (options.name == "sim" || options.name.rfind("sim", 0) == 0) {
+    if (options.name.rfind("sim", 0) == 0) {
       backend = "sim";
+    } else if (CudaDeviceAvailable()) {
+      backend = "cuda";
+    } else if (options.name == "auto") {
+      backend = "sim";  // no GPU here: the sim device stands in
     } else {
-      backend = CudaDeviceAvailable() ? "cuda" : "sim";
+      return absl::NotFoundError(absl::StrCat(
+          "device '", options.name,
+          "' not found: no CUDA device is available on this machine"));
     }
   }
   if (backend == "sim") {
