@@ -50,7 +50,8 @@ using Clock = std::chrono::steady_clock;
 // few percent on multi-GiB buffers.
 template <typename T>
 T* Alloc(size_t n) {
-  const size_t bytes = (n * sizeof(T) + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+  const size_t bytes =
+      (n * sizeof(T) + (2u << 20) - 1) / (2u << 20) * (2u << 20);
   void* p = std::aligned_alloc(2u << 20, bytes);
   if (p == nullptr) {
     std::fprintf(stderr, "out of memory allocating %zu bytes\n", bytes);
@@ -67,8 +68,9 @@ __attribute__((target("avx2"))) void TriadAvx2(float* a, const float* b,
   size_t i = 0;
   // Streaming stores need 32-byte alignment; the pool's slices keep it.
   for (; i + 8 <= n; i += 8) {
-    _mm256_stream_ps(a + i, _mm256_add_ps(_mm256_loadu_ps(b + i),
-                                          _mm256_mul_ps(vs, _mm256_loadu_ps(c + i))));
+    _mm256_stream_ps(a + i,
+                     _mm256_add_ps(_mm256_loadu_ps(b + i),
+                                   _mm256_mul_ps(vs, _mm256_loadu_ps(c + i))));
   }
   for (; i < n; ++i) a[i] = b[i] + s * c[i];
   _mm_sfence();
@@ -83,8 +85,9 @@ __attribute__((target("avx2"))) void InPlaceTriadAvx2(float* a, const float* c,
   const __m256 vs = _mm256_set1_ps(s);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(a + i, _mm256_add_ps(_mm256_loadu_ps(a + i),
-                                          _mm256_mul_ps(vs, _mm256_loadu_ps(c + i))));
+    _mm256_storeu_ps(a + i,
+                     _mm256_add_ps(_mm256_loadu_ps(a + i),
+                                   _mm256_mul_ps(vs, _mm256_loadu_ps(c + i))));
   }
   for (; i < n; ++i) a[i] = a[i] + s * c[i];
 }
@@ -126,7 +129,8 @@ int Main() {
   const int iters = std::max(1, absl::GetFlag(FLAGS_iters));
   const bool tsv = absl::GetFlag(FLAGS_tsv);
   std::vector<int> cpus = AllowedCpus();
-  if (const int t = absl::GetFlag(FLAGS_threads); t > 0 && t < static_cast<int>(cpus.size())) {
+  if (const int t = absl::GetFlag(FLAGS_threads);
+      t > 0 && t < static_cast<int>(cpus.size())) {
     cpus.resize(t);
   }
   ThreadPool pool(cpus);
@@ -200,14 +204,17 @@ int Main() {
   int64_t step = 0;
   auto run = [&](const void* g, DType gd, void* out) {
     p.step = ++step;
-    absl::Status s = CpuAdamW(p, master, m, v, g, gd, out, DType::kBF16, n, &pool);
+    absl::Status s =
+        CpuAdamW(p, master, m, v, g, gd, out, DType::kBF16, n, &pool);
     if (!s.ok()) {
       std::fprintf(stderr, "CpuAdamW: %s\n", s.ToString().c_str());
       std::exit(1);
     }
   };
-  const double t_f32 = TimeMedian(iters, [&] { run(grad, DType::kF32, nullptr); });
-  const double t_bf16 = TimeMedian(iters, [&] { run(grad16, DType::kBF16, out16); });
+  const double t_f32 =
+      TimeMedian(iters, [&] { run(grad, DType::kF32, nullptr); });
+  const double t_bf16 =
+      TimeMedian(iters, [&] { run(grad16, DType::kBF16, out16); });
 
   struct Row {
     std::string name;
@@ -229,17 +236,21 @@ int Main() {
     }
     return 0;
   }
-  std::printf("%s, %d threads (pinned), %s path, n = %zu params, median of %d\n",
-              CpuModel().c_str(), pool.num_threads(), IsaName(ActiveIsa()), n, iters);
-  std::printf("triad a = b + s*c, non-temporal stores: %.1f GB/s\n", nt_triad_gbs);
-  std::printf("triad a = a + s*c, in place:            %.1f GB/s\n", inplace_gbs);
+  std::printf(
+      "%s, %d threads (pinned), %s path, n = %zu params, median of %d\n",
+      CpuModel().c_str(), pool.num_threads(), IsaName(ActiveIsa()), n, iters);
+  std::printf("triad a = b + s*c, non-temporal stores: %.1f GB/s\n",
+              nt_triad_gbs);
+  std::printf("triad a = a + s*c, in place:            %.1f GB/s\n",
+              inplace_gbs);
   std::printf("bound uses the faster: %.1f GB/s\n\n", triad_gbs);
-  std::printf("%-48s %10s %8s %8s %10s %8s\n", "implementation", "Gparam/s", "B/param",
-              "GB/s", "bound", "of bound");
+  std::printf("%-48s %10s %8s %8s %10s %8s\n", "implementation", "Gparam/s",
+              "B/param", "GB/s", "bound", "of bound");
   for (const Row& r : rows) {
     const double bound = triad_gbs / r.bytes;
-    std::printf("%-48s %10.3f %8.0f %8.1f %10.3f %7.0f%%\n", r.name.c_str(), r.gparams,
-                r.bytes, r.gparams * r.bytes, bound, 100.0 * r.gparams / bound);
+    std::printf("%-48s %10.3f %8.0f %8.1f %10.3f %7.0f%%\n", r.name.c_str(),
+                r.gparams, r.bytes, r.gparams * r.bytes, bound,
+                100.0 * r.gparams / bound);
   }
   return 0;
 }

@@ -18,7 +18,9 @@ namespace {
 
 struct Avx2 {
   static constexpr size_t kWidth = 8;
+  static constexpr bool kCanStream = true;
   using F = __m256;
+  using H = __m128i;
   using D = __m256d;
   TP_INLINE F Load(const float* p) { return _mm256_loadu_ps(p); }
   TP_INLINE void Store(float* p, F x) { _mm256_storeu_ps(p, x); }
@@ -31,7 +33,7 @@ struct Avx2 {
     return _mm256_cvtph_ps(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  TP_INLINE void StoreBF16(uint16_t* p, F x) {
+  TP_INLINE H ToBF16Bits(F x) {
     // Round to nearest even on the integer bits, keep NaNs quiet NaNs, then
     // gather the high halves of the eight lanes into 16 bytes.
     const __m256i bits = _mm256_castps_si256(x);
@@ -46,14 +48,18 @@ struct Avx2 {
     r = _mm256_srli_epi32(r, 16);
     __m256i packed = _mm256_packus_epi32(r, r);
     packed = _mm256_permute4x64_epi64(packed, 0xd8);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                     _mm256_castsi256_si128(packed));
+    return _mm256_castsi256_si128(packed);
   }
-  TP_INLINE void StoreF16(uint16_t* p, F x) {
-    _mm_storeu_si128(
-        reinterpret_cast<__m128i*>(p),
-        _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  TP_INLINE H ToF16Bits(F x) {
+    return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
+  TP_INLINE void StoreHalves(uint16_t* p, H h) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  }
+  TP_INLINE void StreamHalves(uint16_t* p, H h) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), h);
+  }
+  TP_INLINE void StoreFence() { _mm_sfence(); }
   TP_INLINE F Set1(float x) { return _mm256_set1_ps(x); }
   TP_INLINE F Mul(F a, F b) { return _mm256_mul_ps(a, b); }
   TP_INLINE F Fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }

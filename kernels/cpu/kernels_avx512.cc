@@ -24,7 +24,9 @@ namespace {
 
 struct Avx512 {
   static constexpr size_t kWidth = 16;
+  static constexpr bool kCanStream = true;
   using F = __m512;
+  using H = __m256i;
   using D = __m512d;
   TP_INLINE F Load(const float* p) { return _mm512_loadu_ps(p); }
   TP_INLINE void Store(float* p, F x) { _mm512_storeu_ps(p, x); }
@@ -37,7 +39,7 @@ struct Avx512 {
     return _mm512_cvtph_ps(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  TP_INLINE void StoreBF16(uint16_t* p, F x) {
+  TP_INLINE H ToBF16Bits(F x) {
     // Integer round-to-nearest-even rather than VCVTNEPS2BF16, which flushes
     // subnormals and is missing before Cooper Lake / Zen 4.
     const __m512i bits = _mm512_castps_si512(x);
@@ -48,14 +50,18 @@ struct Avx512 {
     const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     r = _mm512_mask_mov_epi32(
         r, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
   }
-  TP_INLINE void StoreF16(uint16_t* p, F x) {
-    _mm256_storeu_si256(
-        reinterpret_cast<__m256i*>(p),
-        _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  TP_INLINE H ToF16Bits(F x) {
+    return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
+  TP_INLINE void StoreHalves(uint16_t* p, H h) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  }
+  TP_INLINE void StreamHalves(uint16_t* p, H h) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+  }
+  TP_INLINE void StoreFence() { _mm_sfence(); }
   TP_INLINE F Set1(float x) { return _mm512_set1_ps(x); }
   TP_INLINE F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
   TP_INLINE F Fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }

@@ -14,14 +14,19 @@ namespace {
 
 struct Scalar {
   static constexpr size_t kWidth = 1;
+  static constexpr bool kCanStream = false;
   using F = float;
+  using H = uint16_t;
   using D = double;
   static F Load(const float* p) { return *p; }
   static void Store(float* p, F x) { *p = x; }
   static F LoadBF16(const uint16_t* p) { return BF16BitsToF32(*p); }
   static F LoadF16(const uint16_t* p) { return F16BitsToF32(*p); }
-  static void StoreBF16(uint16_t* p, F x) { *p = F32ToBF16Bits(x); }
-  static void StoreF16(uint16_t* p, F x) { *p = F32ToF16Bits(x); }
+  static H ToBF16Bits(F x) { return F32ToBF16Bits(x); }
+  static H ToF16Bits(F x) { return F32ToF16Bits(x); }
+  static void StoreHalves(uint16_t* p, H h) { *p = h; }
+  static void StreamHalves(uint16_t* p, H h) { *p = h; }
+  static void StoreFence() {}
   static F Set1(float x) { return x; }
   static F Mul(F a, F b) { return a * b; }
   static F Fmadd(F a, F b, F c) { return a * b + c; }

@@ -79,8 +79,8 @@ cudaError_t LaunchSum(const NormBuffer* buffers, int num_buffers, float* sum,
   int blocks = 0;
   cudaError_t e = GridFor(SumSquaresKernel<T>, kThreads, &blocks);
   if (e != cudaSuccess) return e;
-  SumSquaresKernel<T><<<blocks, kThreads, 0, stream>>>(buffers, num_buffers,
-                                                       sum, nonfinite);
+  SumSquaresKernel<T>
+      <<<blocks, kThreads, 0, stream>>>(buffers, num_buffers, sum, nonfinite);
   return cudaGetLastError();
 }
 

@@ -13,8 +13,8 @@ namespace {
 
 absl::Status FromCuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return absl::OkStatus();
-  const std::string message =
-      absl::StrCat(what, ": ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+  const std::string message = absl::StrCat(what, ": ", cudaGetErrorName(e),
+                                           ": ", cudaGetErrorString(e));
   switch (e) {
     case cudaErrorInvalidValue:
     case cudaErrorInvalidDevicePointer:
@@ -61,13 +61,13 @@ absl::Status FusedAdamW(const AdamWParams& params, const AdamWChunk* chunks_dev,
   if (chunks_dev == nullptr) {
     return absl::InvalidArgumentError("FusedAdamW: null chunk array");
   }
-  const internal::AdamWConstants c = internal::FoldAdamW(
-      params.lr, params.beta1, params.beta2, params.eps, params.weight_decay,
-      params.step, params.grad_scale);
-  return FromCuda(internal::LaunchFusedAdamW(
-                      c, chunks_dev, num_chunks, static_cast<int>(grad_dtype),
-                      static_cast<int>(param_dtype), grad_scale_dev, skip_dev,
-                      stream),
+  const internal::AdamWConstants c =
+      internal::FoldAdamW(params.lr, params.beta1, params.beta2, params.eps,
+                          params.weight_decay, params.step, params.grad_scale);
+  return FromCuda(internal::LaunchFusedAdamW(c, chunks_dev, num_chunks,
+                                             static_cast<int>(grad_dtype),
+                                             static_cast<int>(param_dtype),
+                                             grad_scale_dev, skip_dev, stream),
                   "FusedAdamW launch");
 }
 
@@ -95,22 +95,23 @@ absl::Status CudaSumSquares(const NormBuffer* buffers_dev, int num_buffers,
   if (buffers_dev == nullptr || sum_dev == nullptr) {
     return absl::InvalidArgumentError("CudaSumSquares: null pointer");
   }
-  return FromCuda(
-      internal::LaunchSumSquares(buffers_dev, num_buffers, static_cast<int>(dtype),
-                                 sum_dev, nonfinite_dev, stream),
-      "CudaSumSquares launch");
+  return FromCuda(internal::LaunchSumSquares(buffers_dev, num_buffers,
+                                             static_cast<int>(dtype), sum_dev,
+                                             nonfinite_dev, stream),
+                  "CudaSumSquares launch");
 }
 
 absl::Status CudaCastToF32(const void* src_dev, DType src_dtype, float* dst_dev,
                            int64_t n, CUstream_st* stream) {
-  if (absl::Status s = CheckDType(src_dtype, "CudaCastToF32"); !s.ok()) return s;
+  if (absl::Status s = CheckDType(src_dtype, "CudaCastToF32"); !s.ok())
+    return s;
   if (n < 0) return absl::InvalidArgumentError("CudaCastToF32: negative n");
   if (n == 0) return absl::OkStatus();
   if (src_dev == nullptr || dst_dev == nullptr) {
     return absl::InvalidArgumentError("CudaCastToF32: null pointer");
   }
-  return FromCuda(internal::LaunchCastToF32(src_dev, static_cast<int>(src_dtype),
-                                            dst_dev, n, stream),
+  return FromCuda(internal::LaunchCastToF32(
+                      src_dev, static_cast<int>(src_dtype), dst_dev, n, stream),
                   "CudaCastToF32 launch");
 }
 
@@ -124,10 +125,9 @@ absl::Status CudaCastFromF32(const float* src_dev, void* dst_dev,
   if (src_dev == nullptr || dst_dev == nullptr) {
     return absl::InvalidArgumentError("CudaCastFromF32: null pointer");
   }
-  return FromCuda(
-      internal::LaunchCastFromF32(src_dev, dst_dev, static_cast<int>(dst_dtype),
-                                  n, stream),
-      "CudaCastFromF32 launch");
+  return FromCuda(internal::LaunchCastFromF32(
+                      src_dev, dst_dev, static_cast<int>(dst_dtype), n, stream),
+                  "CudaCastFromF32 launch");
 }
 
 }  // namespace tidepool::kernels

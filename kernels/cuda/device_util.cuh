@@ -42,7 +42,8 @@ cudaError_t GridFor(Kernel kernel, int threads, int* blocks) {
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return e;
   int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
+                                                    0);
   if (e != cudaSuccess) return e;
   *blocks = sms * (per_sm > 0 ? per_sm : 1);
   return cudaSuccess;

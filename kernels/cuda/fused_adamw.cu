@@ -8,8 +8,8 @@
 #include <cstdint>
 
 #include "kernels/cpu/adamw_constants.h"
-#include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/descriptors.h"
+#include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
 
 namespace tidepool::kernels::internal {
@@ -110,8 +110,8 @@ cudaError_t Launch(const AdamWConstants& c, const AdamWChunk* chunks,
   int blocks = 0;
   cudaError_t e = GridFor(FusedAdamWKernel<G, O>, kThreads, &blocks);
   if (e != cudaSuccess) return e;
-  FusedAdamWKernel<G, O><<<blocks, kThreads, 0, stream>>>(
-      c, chunks, num_chunks, grad_scale, skip);
+  FusedAdamWKernel<G, O><<<blocks, kThreads, 0, stream>>>(c, chunks, num_chunks,
+                                                          grad_scale, skip);
   return cudaGetLastError();
 }
 
@@ -131,8 +131,8 @@ __global__ void ClipGradScaleKernel(const float* sum_squares,
                                     float inv_loss_scale, float max_norm,
                                     float* scale_out, float* norm_out) {
   // Mirrors ClipGradScale() in kernels/cpu/cpu_ops.cc, in double.
-  const double norm =
-      sqrt(static_cast<double>(*sum_squares)) * static_cast<double>(inv_loss_scale);
+  const double norm = sqrt(static_cast<double>(*sum_squares)) *
+                      static_cast<double>(inv_loss_scale);
   double scale = inv_loss_scale;
   if (max_norm > 0.0f) {
     const double coef = static_cast<double>(max_norm) / (norm + 1e-6);

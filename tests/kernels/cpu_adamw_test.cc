@@ -218,6 +218,30 @@ TEST(CpuAdamWPaths, Avx2AndAvx512AgreeBitwise) {
   EXPECT_EQ(outs[0], outs[1]);
 }
 
+// Aligned param_out takes the streaming-store loop, unaligned the plain
+// one; both must write the same bytes, and nothing past the end.
+TEST_P(CpuAdamWTest, ParamOutAlignmentDoesNotChangeResults) {
+  const auto [isa, gd, od, n] = GetParam();
+  if (od == DType::kF32 || gd != DType::kF32)
+    GTEST_SKIP() << "one dtype pair suffices";
+  std::vector<uint16_t> results[2];
+  for (int shift = 0; shift < 2; ++shift) {
+    std::vector<float> master(n, 0.5f), m(n, 0.01f), v(n, 0.02f), g(n, 0.3f);
+    // 64-byte aligned start, then one element (2 bytes) past it.
+    std::vector<uint16_t> storage(n + 64, 0xabcd);
+    uint16_t* base = storage.data();
+    while (reinterpret_cast<uintptr_t>(base) % 64 != 0) ++base;
+    uint16_t* out = base + shift;
+    AdamWParams a;
+    ASSERT_TRUE(
+        CpuAdamW(a, master.data(), m.data(), v.data(), g.data(), gd, out, od, n)
+            .ok());
+    EXPECT_EQ(out[n], 0xabcd) << "wrote past the end";
+    results[shift].assign(out, out + n);
+  }
+  EXPECT_EQ(results[0], results[1]);
+}
+
 TEST(CpuAdamWArgs, RejectsBadArguments) {
   float x = 1, m = 0, v = 0, g = 1;
   uint16_t out = 0;

@@ -22,9 +22,9 @@
 namespace tidepool::kernels {
 namespace {
 
-#define CUDA_OK(expr)                                                  \
-  do {                                                                 \
-    const cudaError_t e_ = (expr);                                     \
+#define CUDA_OK(expr)                                                      \
+  do {                                                                     \
+    const cudaError_t e_ = (expr);                                         \
     ASSERT_EQ(e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(e_); \
   } while (0)
 
@@ -32,7 +32,8 @@ namespace {
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t bytes) {
-    if (cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes) != cudaSuccess) ptr_ = nullptr;
+    if (cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes) != cudaSuccess)
+      ptr_ = nullptr;
   }
   ~DeviceBuffer() { cudaFree(ptr_); }
   DeviceBuffer(const DeviceBuffer&) = delete;
@@ -62,7 +63,8 @@ std::vector<uint8_t> EncodeAll(DType d, const std::vector<float>& x) {
     if (d == DType::kF32) {
       std::memcpy(out.data() + 4 * i, &x[i], 4);
     } else {
-      const uint16_t h = d == DType::kBF16 ? F32ToBF16Bits(x[i]) : F32ToF16Bits(x[i]);
+      const uint16_t h =
+          d == DType::kBF16 ? F32ToBF16Bits(x[i]) : F32ToF16Bits(x[i]);
       std::memcpy(out.data() + 2 * i, &h, 2);
     }
   }
@@ -83,7 +85,8 @@ void CheckAdamW(DType gd, DType od) {
   const std::vector<size_t> sizes = {1, 17, 1000003, 4096, 5000};
   const size_t kMisaligned = 4;
   const size_t kNoOut = 3;
-  std::mt19937 rng(static_cast<uint32_t>(static_cast<int>(gd) * 3 + static_cast<int>(od)));
+  std::mt19937 rng(
+      static_cast<uint32_t>(static_cast<int>(gd) * 3 + static_cast<int>(od)));
   std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
 
   std::vector<HostChunk> host(sizes.size());
@@ -112,20 +115,24 @@ void CheckAdamW(DType gd, DType od) {
     chunks[c].m = bufs[base + 1]->get<float>() + off;
     chunks[c].v = bufs[base + 2]->get<float>() + off;
     chunks[c].grad = bufs[base + 3]->get<char>() + off * DTypeSize(gd);
-    chunks[c].param_out = h.has_out ? bufs[base + 4]->get<char>() + off * 2 : nullptr;
+    chunks[c].param_out =
+        h.has_out ? bufs[base + 4]->get<char>() + off * 2 : nullptr;
     chunks[c].n = static_cast<int64_t>(n);
-    CUDA_OK(cudaMemcpy(chunks[c].master, h.master.data(), n * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(chunks[c].master, h.master.data(), n * 4,
+                       cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(chunks[c].m, h.m.data(), n * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(chunks[c].v, h.v.data(), n * 4, cudaMemcpyHostToDevice));
   }
   DeviceBuffer chunks_dev(chunks.size() * sizeof(AdamWChunk));
-  CUDA_OK(cudaMemcpy(chunks_dev.get(), chunks.data(), chunks.size() * sizeof(AdamWChunk),
+  CUDA_OK(cudaMemcpy(chunks_dev.get(), chunks.data(),
+                     chunks.size() * sizeof(AdamWChunk),
                      cudaMemcpyHostToDevice));
   // The clip coefficient lives on the device; the CPU gets the same product.
   const float host_scale = 0.5f;
   const float dev_scale = 0.75f;
   DeviceBuffer scale_dev(sizeof(float));
-  CUDA_OK(cudaMemcpy(scale_dev.get(), &dev_scale, sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(scale_dev.get(), &dev_scale, sizeof(float),
+                     cudaMemcpyHostToDevice));
 
   AdamWParams p;
   p.lr = 1e-2f;
@@ -141,14 +148,16 @@ void CheckAdamW(DType gd, DType od) {
                          host[c].grad.size(), cudaMemcpyHostToDevice));
     }
     p.grad_scale = host_scale;
-    ASSERT_TRUE(FusedAdamW(p, chunks_dev.get<AdamWChunk>(), static_cast<int>(chunks.size()),
-                           gd, od, scale_dev.get<float>(), nullptr, nullptr)
+    ASSERT_TRUE(FusedAdamW(p, chunks_dev.get<AdamWChunk>(),
+                           static_cast<int>(chunks.size()), gd, od,
+                           scale_dev.get<float>(), nullptr, nullptr)
                     .ok());
     p.grad_scale = host_scale * dev_scale;
     for (HostChunk& h : host) {
-      ASSERT_TRUE(CpuAdamW(p, h.master.data(), h.m.data(), h.v.data(), h.grad.data(), gd,
-                           h.has_out ? h.out.data() : nullptr, od, h.master.size())
-                      .ok());
+      ASSERT_TRUE(
+          CpuAdamW(p, h.master.data(), h.m.data(), h.v.data(), h.grad.data(),
+                   gd, h.has_out ? h.out.data() : nullptr, od, h.master.size())
+              .ok());
     }
   }
   CUDA_OK(cudaDeviceSynchronize());
@@ -159,11 +168,13 @@ void CheckAdamW(DType gd, DType od) {
     const HostChunk& h = host[c];
     std::vector<float> master(n), m(n), v(n);
     std::vector<uint16_t> out(n);
-    CUDA_OK(cudaMemcpy(master.data(), chunks[c].master, n * 4, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(master.data(), chunks[c].master, n * 4,
+                       cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(m.data(), chunks[c].m, n * 4, cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(v.data(), chunks[c].v, n * 4, cudaMemcpyDeviceToHost));
     if (h.has_out) {
-      CUDA_OK(cudaMemcpy(out.data(), chunks[c].param_out, n * 2, cudaMemcpyDeviceToHost));
+      CUDA_OK(cudaMemcpy(out.data(), chunks[c].param_out, n * 2,
+                         cudaMemcpyDeviceToHost));
     }
     size_t differ = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -174,12 +185,14 @@ void CheckAdamW(DType gd, DType od) {
       ASSERT_NEAR(master[i], h.master[i], 1e-6 * (std::abs(h.master[i]) + p.lr))
           << "chunk " << c << " element " << i;
       ASSERT_NEAR(m[i], h.m[i], 1e-6) << "chunk " << c << " element " << i;
-      ASSERT_NEAR(v[i], h.v[i], 1e-6 * (h.v[i] + 1e-6)) << "chunk " << c << " element " << i;
+      ASSERT_NEAR(v[i], h.v[i], 1e-6 * (h.v[i] + 1e-6))
+          << "chunk " << c << " element " << i;
     }
     if (bitwise) {
-      EXPECT_EQ(differ, 0u) << "chunk " << c << " (n=" << n << ") has " << differ
-                            << " elements not bit-identical to CpuAdamW("
-                            << IsaName(ActiveIsa()) << ")";
+      EXPECT_EQ(differ, 0u)
+          << "chunk " << c << " (n=" << n << ") has " << differ
+          << " elements not bit-identical to CpuAdamW(" << IsaName(ActiveIsa())
+          << ")";
     }
   }
 }
@@ -187,7 +200,8 @@ void CheckAdamW(DType gd, DType od) {
 TEST_F(CudaKernelsTest, FusedAdamWMatchesCpu) {
   for (DType gd : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (DType od : {DType::kBF16, DType::kF16}) {
-      SCOPED_TRACE(testing::Message() << "grad " << DTypeName(gd) << " out " << DTypeName(od));
+      SCOPED_TRACE(testing::Message()
+                   << "grad " << DTypeName(gd) << " out " << DTypeName(od));
       CheckAdamW(gd, od);
       if (HasFatalFailure()) return;
     }
@@ -203,13 +217,15 @@ TEST_F(CudaKernelsTest, SkipFlagLeavesEverythingUntouched) {
   }
   const int one = 1;
   CUDA_OK(cudaMemcpy(skip.get(), &one, sizeof(int), cudaMemcpyHostToDevice));
-  AdamWChunk chunk{master.get<float>(), m.get<float>(), v.get<float>(), g.get(), nullptr,
-                   static_cast<int64_t>(n)};
+  AdamWChunk chunk{
+      master.get<float>(),    m.get<float>(), v.get<float>(), g.get(), nullptr,
+      static_cast<int64_t>(n)};
   DeviceBuffer chunk_dev(sizeof(chunk));
-  CUDA_OK(cudaMemcpy(chunk_dev.get(), &chunk, sizeof(chunk), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(chunk_dev.get(), &chunk, sizeof(chunk),
+                     cudaMemcpyHostToDevice));
   AdamWParams p;
-  ASSERT_TRUE(FusedAdamW(p, chunk_dev.get<AdamWChunk>(), 1, DType::kF32, DType::kBF16, nullptr,
-                         skip.get<int>(), nullptr)
+  ASSERT_TRUE(FusedAdamW(p, chunk_dev.get<AdamWChunk>(), 1, DType::kF32,
+                         DType::kBF16, nullptr, skip.get<int>(), nullptr)
                   .ok());
   std::vector<float> back(n);
   CUDA_OK(cudaMemcpy(back.data(), master.get(), n * 4, cudaMemcpyDeviceToHost));
@@ -230,47 +246,59 @@ TEST_F(CudaKernelsTest, SumSquaresAndClipMatchCpu) {
       for (float& f : x) f = unit(rng);
       host.push_back(EncodeAll(d, x));
       dev.push_back(std::make_unique<DeviceBuffer>(host.back().size()));
-      CUDA_OK(cudaMemcpy(dev.back()->get(), host.back().data(), host.back().size(),
-                         cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(dev.back()->get(), host.back().data(),
+                         host.back().size(), cudaMemcpyHostToDevice));
       descs.push_back({dev.back()->get(), static_cast<int64_t>(n)});
       absl::StatusOr<GradStats> st = CpuGradStats(host.back().data(), d, n);
       ASSERT_TRUE(st.ok());
       cpu_sum += st->sum_squares;
     }
     DeviceBuffer descs_dev(descs.size() * sizeof(NormBuffer));
-    CUDA_OK(cudaMemcpy(descs_dev.get(), descs.data(), descs.size() * sizeof(NormBuffer),
+    CUDA_OK(cudaMemcpy(descs_dev.get(), descs.data(),
+                       descs.size() * sizeof(NormBuffer),
                        cudaMemcpyHostToDevice));
-    DeviceBuffer sum(sizeof(float)), bad(sizeof(int)), scale(sizeof(float)), norm(sizeof(float));
+    DeviceBuffer sum(sizeof(float)), bad(sizeof(int)), scale(sizeof(float)),
+        norm(sizeof(float));
     CUDA_OK(cudaMemset(sum.get(), 0, sizeof(float)));
     CUDA_OK(cudaMemset(bad.get(), 0, sizeof(int)));
-    ASSERT_TRUE(CudaSumSquares(descs_dev.get<NormBuffer>(), static_cast<int>(descs.size()), d,
+    ASSERT_TRUE(CudaSumSquares(descs_dev.get<NormBuffer>(),
+                               static_cast<int>(descs.size()), d,
                                sum.get<float>(), bad.get<int>(), nullptr)
                     .ok());
     const float inv_loss = 1.0f / 8.0f;
-    ASSERT_TRUE(CudaClipGradScale(sum.get<float>(), inv_loss, 1.0f, scale.get<float>(),
-                                  norm.get<float>(), nullptr)
+    ASSERT_TRUE(CudaClipGradScale(sum.get<float>(), inv_loss, 1.0f,
+                                  scale.get<float>(), norm.get<float>(),
+                                  nullptr)
                     .ok());
     float gpu_sum = 0, gpu_scale = 0, gpu_norm = 0;
     int gpu_bad = -1;
-    CUDA_OK(cudaMemcpy(&gpu_sum, sum.get(), sizeof(float), cudaMemcpyDeviceToHost));
-    CUDA_OK(cudaMemcpy(&gpu_bad, bad.get(), sizeof(int), cudaMemcpyDeviceToHost));
-    CUDA_OK(cudaMemcpy(&gpu_scale, scale.get(), sizeof(float), cudaMemcpyDeviceToHost));
-    CUDA_OK(cudaMemcpy(&gpu_norm, norm.get(), sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_OK(
+        cudaMemcpy(&gpu_sum, sum.get(), sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_OK(
+        cudaMemcpy(&gpu_bad, bad.get(), sizeof(int), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(&gpu_scale, scale.get(), sizeof(float),
+                       cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(&gpu_norm, norm.get(), sizeof(float),
+                       cudaMemcpyDeviceToHost));
     EXPECT_NEAR(gpu_sum, cpu_sum, 1e-6 * cpu_sum) << DTypeName(d);
     EXPECT_EQ(gpu_bad, 0);
     // Same float input, same double arithmetic: identical coefficient.
     EXPECT_EQ(gpu_scale, ClipGradScale(gpu_sum, inv_loss, 1.0f));
-    EXPECT_NEAR(gpu_norm, std::sqrt(cpu_sum) * inv_loss, 1e-6 * std::sqrt(cpu_sum));
+    EXPECT_NEAR(gpu_norm, std::sqrt(cpu_sum) * inv_loss,
+                1e-6 * std::sqrt(cpu_sum));
 
     // An Inf in the last element of one buffer sets the flag.
     const float inf = INFINITY;
     std::vector<uint8_t> bad_bytes = EncodeAll(d, {inf});
-    CUDA_OK(cudaMemcpy(dev[2]->get<char>() + (sizes[2] - 1) * DTypeSize(d), bad_bytes.data(),
-                       bad_bytes.size(), cudaMemcpyHostToDevice));
-    ASSERT_TRUE(CudaSumSquares(descs_dev.get<NormBuffer>(), static_cast<int>(descs.size()), d,
+    CUDA_OK(cudaMemcpy(dev[2]->get<char>() + (sizes[2] - 1) * DTypeSize(d),
+                       bad_bytes.data(), bad_bytes.size(),
+                       cudaMemcpyHostToDevice));
+    ASSERT_TRUE(CudaSumSquares(descs_dev.get<NormBuffer>(),
+                               static_cast<int>(descs.size()), d,
                                sum.get<float>(), bad.get<int>(), nullptr)
                     .ok());
-    CUDA_OK(cudaMemcpy(&gpu_bad, bad.get(), sizeof(int), cudaMemcpyDeviceToHost));
+    CUDA_OK(
+        cudaMemcpy(&gpu_bad, bad.get(), sizeof(int), cudaMemcpyDeviceToHost));
     EXPECT_EQ(gpu_bad, 1) << DTypeName(d);
   }
 }
@@ -280,11 +308,15 @@ TEST_F(CudaKernelsTest, CastsMatchCpu) {
     // Widening: every 16-bit pattern.
     std::vector<uint16_t> all(65536);
     for (int i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
-    DeviceBuffer src(all.size() * 2), wide(all.size() * 4), narrow(all.size() * 2);
-    CUDA_OK(cudaMemcpy(src.get(), all.data(), all.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_TRUE(CudaCastToF32(src.get(), d, wide.get<float>(), 65536, nullptr).ok());
+    DeviceBuffer src(all.size() * 2), wide(all.size() * 4),
+        narrow(all.size() * 2);
+    CUDA_OK(cudaMemcpy(src.get(), all.data(), all.size() * 2,
+                       cudaMemcpyHostToDevice));
+    ASSERT_TRUE(
+        CudaCastToF32(src.get(), d, wide.get<float>(), 65536, nullptr).ok());
     std::vector<float> gpu(65536), cpu(65536);
-    CUDA_OK(cudaMemcpy(gpu.data(), wide.get(), 65536 * 4, cudaMemcpyDeviceToHost));
+    CUDA_OK(
+        cudaMemcpy(gpu.data(), wide.get(), 65536 * 4, cudaMemcpyDeviceToHost));
     ASSERT_TRUE(CpuConvertToF32(all.data(), d, cpu.data(), 65536).ok());
     for (int i = 0; i < 65536; ++i) {
       if (std::isnan(cpu[i])) {
@@ -298,15 +330,19 @@ TEST_F(CudaKernelsTest, CastsMatchCpu) {
     std::vector<float> x(1 << 20);
     for (float& f : x) {
       uint32_t bits = rng();
-      if (d == DType::kF16) bits = (bits & 0x87ffffffu) | 0x30000000u;  // |x| ~ 2^-31..2^16
+      if (d == DType::kF16)
+        bits = (bits & 0x87ffffffu) | 0x30000000u;  // |x| ~ 2^-31..2^16
       std::memcpy(&f, &bits, 4);
     }
     DeviceBuffer xs(x.size() * 4), ys(x.size() * 2);
-    CUDA_OK(cudaMemcpy(xs.get(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
-    ASSERT_TRUE(CudaCastFromF32(xs.get<float>(), ys.get(), d, static_cast<int64_t>(x.size()), nullptr)
+    CUDA_OK(
+        cudaMemcpy(xs.get(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    ASSERT_TRUE(CudaCastFromF32(xs.get<float>(), ys.get(), d,
+                                static_cast<int64_t>(x.size()), nullptr)
                     .ok());
     std::vector<uint16_t> gpu16(x.size()), cpu16(x.size());
-    CUDA_OK(cudaMemcpy(gpu16.data(), ys.get(), x.size() * 2, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(gpu16.data(), ys.get(), x.size() * 2,
+                       cudaMemcpyDeviceToHost));
     ASSERT_TRUE(CpuConvertFromF32(x.data(), cpu16.data(), d, x.size()).ok());
     for (size_t i = 0; i < x.size(); ++i) {
       if (std::isnan(x[i])) continue;  // NaN payloads may differ
@@ -329,13 +365,14 @@ TEST_F(CudaKernelsTest, ReportsThroughput) {
   std::vector<AdamWChunk> chunks;
   for (int c = 0; c < kChunks; ++c) {
     const size_t off = n / kChunks * c;
-    chunks.push_back({master.get<float>() + off, m.get<float>() + off, v.get<float>() + off,
-                      g.get<float>() + off, out.get<uint16_t>() + off,
+    chunks.push_back({master.get<float>() + off, m.get<float>() + off,
+                      v.get<float>() + off, g.get<float>() + off,
+                      out.get<uint16_t>() + off,
                       static_cast<int64_t>(n / kChunks)});
   }
   DeviceBuffer chunks_dev(sizeof(AdamWChunk) * kChunks);
-  CUDA_OK(cudaMemcpy(chunks_dev.get(), chunks.data(), sizeof(AdamWChunk) * kChunks,
-                     cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(chunks_dev.get(), chunks.data(),
+                     sizeof(AdamWChunk) * kChunks, cudaMemcpyHostToDevice));
   cudaEvent_t start, stop;
   CUDA_OK(cudaEventCreate(&start));
   CUDA_OK(cudaEventCreate(&stop));
@@ -346,21 +383,22 @@ TEST_F(CudaKernelsTest, ReportsThroughput) {
     } else {
       for (int c = 0; c < kChunks; ++c) {
         chunks[c].param_out = out.get<uint16_t>() + n / kChunks * c;
-        chunks[c].grad = reinterpret_cast<uint16_t*>(g.get<char>()) + n / kChunks * c;
+        chunks[c].grad =
+            reinterpret_cast<uint16_t*>(g.get<char>()) + n / kChunks * c;
       }
     }
-    CUDA_OK(cudaMemcpy(chunks_dev.get(), chunks.data(), sizeof(AdamWChunk) * kChunks,
-                       cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(chunks_dev.get(), chunks.data(),
+                       sizeof(AdamWChunk) * kChunks, cudaMemcpyHostToDevice));
     const DType gd = with_out ? DType::kBF16 : DType::kF32;
-    ASSERT_TRUE(FusedAdamW(p, chunks_dev.get<AdamWChunk>(), kChunks, gd, DType::kBF16, nullptr,
-                           nullptr, nullptr)
+    ASSERT_TRUE(FusedAdamW(p, chunks_dev.get<AdamWChunk>(), kChunks, gd,
+                           DType::kBF16, nullptr, nullptr, nullptr)
                     .ok());
     const int iters = 10;
     CUDA_OK(cudaEventRecord(start));
     for (int i = 0; i < iters; ++i) {
       p.step = i + 1;
-      ASSERT_TRUE(FusedAdamW(p, chunks_dev.get<AdamWChunk>(), kChunks, gd, DType::kBF16,
-                             nullptr, nullptr, nullptr)
+      ASSERT_TRUE(FusedAdamW(p, chunks_dev.get<AdamWChunk>(), kChunks, gd,
+                             DType::kBF16, nullptr, nullptr, nullptr)
                       .ok());
     }
     CUDA_OK(cudaEventRecord(stop));
@@ -369,9 +407,10 @@ TEST_F(CudaKernelsTest, ReportsThroughput) {
     CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
     const double sec = ms / 1e3 / iters;
     const double bytes = with_out ? 28.0 : 28.0;  // 16+12, or 14+14
-    std::printf("FusedAdamW %s: %.1f Gparam/s, %.0f GB/s (%zu params, %d chunks)\n",
-                with_out ? "bf16 grad + bf16 param_out" : "fp32 grad", n / sec / 1e9,
-                n * bytes / sec / 1e9, n, kChunks);
+    std::printf(
+        "FusedAdamW %s: %.1f Gparam/s, %.0f GB/s (%zu params, %d chunks)\n",
+        with_out ? "bf16 grad + bf16 param_out" : "fp32 grad", n / sec / 1e9,
+        n * bytes / sec / 1e9, n, kChunks);
   }
   CUDA_OK(cudaEventDestroy(start));
   CUDA_OK(cudaEventDestroy(stop));
