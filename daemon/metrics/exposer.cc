@@ -11,8 +11,8 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
-#include <thread>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -31,10 +31,9 @@ struct ParsedAddress {
 
 absl::StatusOr<ParsedAddress> ParseAddress(std::string_view address) {
   const auto bad = [&](std::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address \"", std::string(address), "\": ",
-                     std::string(why),
-                     " (expected HOST:PORT, e.g. 127.0.0.1:9400)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics address \"", std::string(address), "\": ", std::string(why),
+        " (expected HOST:PORT, e.g. 127.0.0.1:9400)"));
   };
   if (address.starts_with("[")) {
     if (mg_check_feature(kCivetwebIpv6Feature) == 0) {
@@ -51,8 +50,9 @@ absl::StatusOr<ParsedAddress> ParseAddress(std::string_view address) {
   const std::string_view port = address.substr(colon + 1);
   auto [end, error] =
       std::from_chars(port.data(), port.data() + port.size(), parsed.port);
-  if (port.empty() || error != std::errc() || end != port.data() + port.size() ||
-      parsed.port < 0 || parsed.port > 65535) {
+  if (port.empty() || error != std::errc() ||
+      end != port.data() + port.size() || parsed.port < 0 ||
+      parsed.port > 65535) {
     return bad("port must be a number from 0 to 65535");
   }
   if (parsed.host.empty()) parsed.host = "0.0.0.0";
@@ -156,10 +156,9 @@ absl::Status Exposer::Start() {
   // connection must not kill the daemon); tidepoold wants that anyway.
   mg_context* context = mg_start2(&init, &error);
   if (context == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics exposer cannot listen on ", options_.address,
-                     ": ", DiagnoseBindFailure(*address), " [civetweb: ",
-                     error_text, "]"));
+    return absl::UnavailableError(absl::StrCat(
+        "metrics exposer cannot listen on ", options_.address, ": ",
+        DiagnoseBindFailure(*address), " [civetweb: ", error_text, "]"));
   }
   // One catch-all handler so that only the exact path /metrics is served
   // (civetweb would also route /metrics/anything to a "/metrics" handler).

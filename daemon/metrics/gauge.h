@@ -35,9 +35,8 @@ class Gauge {
   // never lowers it. Not in prometheus-cpp; peaks are common enough here.
   void SetToMax(double value) {
     double current = value_.load(std::memory_order_relaxed);
-    while (current < value &&
-           !value_.compare_exchange_weak(current, value,
-                                         std::memory_order_relaxed)) {
+    while (current < value && !value_.compare_exchange_weak(
+                                  current, value, std::memory_order_relaxed)) {
     }
   }
 

@@ -17,8 +17,7 @@ Histogram::BucketBoundaries Normalise(Histogram::BucketBoundaries bounds) {
 
 Histogram::Histogram(BucketBoundaries bounds)
     : bounds_(Normalise(std::move(bounds))),
-      counts_(std::make_unique<std::atomic<uint64_t>[]>(bounds_.size() + 1)) {
-}
+      counts_(std::make_unique<std::atomic<uint64_t>[]>(bounds_.size() + 1)) {}
 
 void Histogram::Observe(double value) {
   if (std::isnan(value)) return;

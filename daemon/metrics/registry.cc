@@ -18,7 +18,8 @@ std::vector<MetricFamily> Registry::Collect() const {
   std::vector<const Collectable*> families;
   {
     absl::MutexLock lock(&mu_);
-    std::erase_if(collectables_, [](const auto& weak) { return weak.expired(); });
+    std::erase_if(collectables_,
+                  [](const auto& weak) { return weak.expired(); });
     for (const auto& weak : collectables_) {
       if (auto strong = weak.lock()) collectables.push_back(std::move(strong));
     }

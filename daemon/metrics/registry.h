@@ -53,8 +53,8 @@ class Registry final : public Collectable {
     absl::MutexLock lock(&mu_);
     auto it = families_.find(name);
     if (it == families_.end()) {
-      auto family = std::make_unique<Family<T>>(std::string(name),
-                                                std::string(help));
+      auto family =
+          std::make_unique<Family<T>>(std::string(name), std::string(help));
       Family<T>* result = family.get();
       families_.emplace(std::string(name),
                         Entry{T::kType, std::string(help), std::move(family)});
@@ -67,9 +67,9 @@ class Registry final : public Collectable {
           MetricTypeName(entry.type), ", not a ", MetricTypeName(T::kType)));
     }
     if (entry.help != help) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "metric ", std::string(name),
-          " is already registered with different help text"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("metric ", std::string(name),
+                       " is already registered with different help text"));
     }
     // Safe: the type tag matched, and Family<T> is the only class with it.
     return static_cast<Family<T>*>(entry.family.get());
@@ -98,8 +98,7 @@ class Registry final : public Collectable {
   mutable absl::Mutex mu_;
   // Families are never removed, so pointers to them stay valid and
   // Collect() can read them after dropping mu_.
-  std::map<std::string, Entry, std::less<>> families_
-      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Entry, std::less<>> families_ ABSL_GUARDED_BY(mu_);
   mutable std::vector<std::weak_ptr<const Collectable>> collectables_
       ABSL_GUARDED_BY(mu_);
 };

@@ -13,8 +13,8 @@ namespace {
 // A 64 MiB chunk takes ~1.2 ms over PCIe Gen5, 1 MiB ~20 us; a throttled
 // sim link or a GiB-sized tensor takes longer.
 const Histogram::BucketBoundaries kTransferBuckets = {
-    1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
-    5e-3,   1e-2,   2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5};
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+    1e-2, 2.5e-2, 5e-2, 0.1,  0.25,   0.5,  1,    2.5};
 
 // Unix-socket gRPC calls take ~100 us; registering many tensors or
 // opening a session (pool mapping) can take much longer.
@@ -25,8 +25,8 @@ const Histogram::BucketBoundaries kRpcBuckets = {
 // A resident chunk is acquired in microseconds over the shared-memory
 // ring; a miss waits for a transfer (milliseconds) or an eviction first.
 const Histogram::BucketBoundaries kAcquireBuckets = {
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
-    2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5};
+    1e-6, 2.5e-6, 5e-6,   1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
+    5e-3, 1e-2,   2.5e-2, 5e-2, 0.1,    0.25, 0.5,  1,      2.5,  5};
 
 template <typename E>
 constexpr int Index(E value) {
@@ -226,8 +226,9 @@ TidepoolMetrics::TidepoolMetrics(Registry& registry, std::string_view version,
       scrape_hook_(std::make_shared<ScrapeHook>()) {
   Family<Histogram>& rpc = BuildHistogram()
                                .Name("tidepool_rpc_duration_seconds")
-                               .Help("Control-plane RPC latency, handler entry "
-                                     "to response, by method.")
+                               .Help(
+                                   "Control-plane RPC latency, handler entry "
+                                   "to response, by method.")
                                .Register(registry);
   for (size_t i = 0; i < kRpcMethods.size(); ++i) {
     rpc_duration_[i] =
@@ -297,9 +298,9 @@ DeviceMetrics& TidepoolMetrics::Device(std::string_view gpu,
     }
   }
   for (int o = 0; o < kPrefetchOutcomeCount; ++o) {
-    device.prefetches[o] = &prefetches_.Add(with(
-        {{"outcome",
-          std::string(LabelValue(static_cast<PrefetchOutcome>(o)))}}));
+    device.prefetches[o] = &prefetches_.Add(
+        with({{"outcome",
+               std::string(LabelValue(static_cast<PrefetchOutcome>(o)))}}));
   }
   device.acquire_wait = &acquire_wait_.Add(base, kAcquireBuckets);
   device.stall_seconds = &stall_seconds_.Add(base);

@@ -56,7 +56,13 @@ inline constexpr int kChunkLocationCount = 2;
 
 // Tensor states of the design ("compute", "hold", "hold_after_bwd",
 // "free", "ready_for_reduce").
-enum class ChunkState { kCompute, kHold, kHoldAfterBwd, kFree, kReadyForReduce };
+enum class ChunkState {
+  kCompute,
+  kHold,
+  kHoldAfterBwd,
+  kFree,
+  kReadyForReduce
+};
 inline constexpr int kChunkStateCount = 5;
 
 // Why a chunk left the device: the device pool was full ("capacity"), the
@@ -196,7 +202,8 @@ class TidepoolMetrics {
   // the fraction of wall time the GPU's trainer spent stalled.
   void AddStall(DeviceMetrics& device, double seconds);
 
-  // --- Sessions ---------------------------------------------------------------
+  // --- Sessions
+  // ---------------------------------------------------------------
 
   // tidepool_sessions{gpu,UUID,policy}: call once when a session is
   // opened and once when it ends (for whatever reason).

@@ -34,8 +34,9 @@ absl::Status ValidateMetricName(std::string_view name) {
   bool ok = !name.empty() && (IsAlpha(name[0]) || name[0] == ':');
   for (char c : name) ok = ok && (IsAlpha(c) || IsDigit(c) || c == ':');
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid metric name \"", std::string(name), "\": must match [a-zA-Z_:][a-zA-Z0-9_:]*"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid metric name \"", std::string(name),
+                     "\": must match [a-zA-Z_:][a-zA-Z0-9_:]*"));
   }
   return absl::OkStatus();
 }
@@ -44,13 +45,15 @@ absl::Status ValidateLabelName(std::string_view name, MetricType type) {
   bool ok = !name.empty() && IsAlpha(name[0]);
   for (char c : name) ok = ok && (IsAlpha(c) || IsDigit(c));
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid label name \"", std::string(name), "\": must match [a-zA-Z_][a-zA-Z0-9_]*"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid label name \"", std::string(name),
+                     "\": must match [a-zA-Z_][a-zA-Z0-9_]*"));
   }
   if (name.starts_with("__")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "label name \"", std::string(name), "\" is reserved: names starting with __ are "
-        "internal to Prometheus"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("label name \"", std::string(name),
+                     "\" is reserved: names starting with __ are "
+                     "internal to Prometheus"));
   }
   if (type == MetricType::kHistogram && name == "le") {
     return absl::InvalidArgumentError(

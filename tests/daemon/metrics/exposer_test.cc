@@ -112,15 +112,17 @@ TEST_F(ExposerTest, ServesMetricsOnEphemeralPort) {
   EXPECT_EQ(response->body, SerializeText(registry_.Collect()));
   EXPECT_EQ(response->headers["content-length"],
             std::to_string(response->body.size()));
-  EXPECT_THAT(response->body,
-              HasSubstr("tidepool_bytes_moved_total{direction=\"h2d\"} 4096\n"));
+  EXPECT_THAT(
+      response->body,
+      HasSubstr("tidepool_bytes_moved_total{direction=\"h2d\"} 4096\n"));
 
   // Each scrape reads current values.
   moved_->Increment(4096);
   response = Request(exposer.port(), "GET", "/metrics?debug=1");
   ASSERT_TRUE(response.ok()) << response.status();
-  EXPECT_THAT(response->body,
-              HasSubstr("tidepool_bytes_moved_total{direction=\"h2d\"} 8192\n"));
+  EXPECT_THAT(
+      response->body,
+      HasSubstr("tidepool_bytes_moved_total{direction=\"h2d\"} 8192\n"));
 }
 
 TEST_F(ExposerTest, OtherPathsAre404AndOtherMethods405) {
@@ -158,7 +160,8 @@ TEST_F(ExposerTest, PortInUseIsAClearError) {
   ASSERT_EQ(listen(fd, 1), 0);
   socklen_t length = sizeof(address);
   ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length), 0);
-  const std::string taken = "127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+  const std::string taken =
+      "127.0.0.1:" + std::to_string(ntohs(address.sin_port));
 
   Exposer exposer(registry_, {.address = taken});
   absl::Status status = exposer.Start();

@@ -33,8 +33,8 @@ inline void ExpectMatchesGolden(const std::string& actual,
     return;
   }
   std::ifstream probe(path);
-  ASSERT_TRUE(probe.good()) << "missing golden " << path
-                            << "; run with TIDEPOOL_UPDATE_GOLDEN=1";
+  ASSERT_TRUE(probe.good())
+      << "missing golden " << path << "; run with TIDEPOOL_UPDATE_GOLDEN=1";
   EXPECT_EQ(actual, ReadFileOrEmpty(path))
       << "output differs from golden " << path
       << "; if the change is intended, rerun with TIDEPOOL_UPDATE_GOLDEN=1 "

@@ -71,12 +71,10 @@ TEST(FamilyTest, RejectsBadLabelNames) {
   EXPECT_THAT(std::string(reserved.status().message()), HasSubstr("reserved"));
   // `le` is fine on a counter but reserved on a histogram.
   EXPECT_TRUE(counters.TryAdd({{"le", "1"}}).ok());
-  Family<Histogram>& histograms = BuildHistogram()
-                                      .Name("tidepool_h_seconds")
-                                      .Help("h")
-                                      .Register(registry);
-  EXPECT_FALSE(histograms.TryAdd({{"le", "1"}}, Histogram::BucketBoundaries{1})
-                   .ok());
+  Family<Histogram>& histograms =
+      BuildHistogram().Name("tidepool_h_seconds").Help("h").Register(registry);
+  EXPECT_FALSE(
+      histograms.TryAdd({{"le", "1"}}, Histogram::BucketBoundaries{1}).ok());
   // Label values are free-form (they are escaped on output).
   EXPECT_TRUE(counters.TryAdd({{"path", "a\"b\\c\nd"}}).ok());
 }
@@ -121,9 +119,11 @@ TEST(RegistryTest, RejectsBadMetricNames) {
     EXPECT_EQ(family.status().code(), absl::StatusCode::kInvalidArgument)
         << name;
   }
-  EXPECT_TRUE(
-      BuildGauge().Name("tidepool:recorded:ratio").Help("h").TryRegister(registry)
-          .ok());
+  EXPECT_TRUE(BuildGauge()
+                  .Name("tidepool:recorded:ratio")
+                  .Help("h")
+                  .TryRegister(registry)
+                  .ok());
 }
 
 TEST(RegistryDeathTest, RegisterWithBadNameAborts) {
@@ -177,7 +177,8 @@ TEST(CounterTest, ConcurrentIncrementsSumExactly) {
       histograms.Add({{"gpu", "0"}}, Histogram::BucketBoundaries{}).Collect();
   EXPECT_EQ(h.sample_count, uint64_t{kThreads} * kIncrements);
   ASSERT_EQ(h.buckets.size(), 1u);
-  EXPECT_EQ(h.buckets[0].cumulative_count, uint64_t{kThreads} * kIncrements / 2);
+  EXPECT_EQ(h.buckets[0].cumulative_count,
+            uint64_t{kThreads} * kIncrements / 2);
   EXPECT_EQ(h.sample_sum, kThreads * kIncrements / 2 * 1.25);
 }
 
@@ -247,10 +248,10 @@ TEST(CallbackCollectorTest, InvalidCollectorProducesNothing) {
   auto good_callback = [] {
     return std::vector<CallbackCollector::Sample>{{{}, 1}};
   };
-  EXPECT_FALSE(CallbackCollector("bad name", "", MetricType::kGauge,
-                                 good_callback)
-                   .Validate()
-                   .ok());
+  EXPECT_FALSE(
+      CallbackCollector("bad name", "", MetricType::kGauge, good_callback)
+          .Validate()
+          .ok());
   CallbackCollector histogram("tidepool_h", "", MetricType::kHistogram,
                               good_callback);
   EXPECT_FALSE(histogram.Validate().ok());
@@ -277,9 +278,11 @@ class Refresher : public Collectable {
 
 TEST(RegistryTest, CollectablesRunBeforeFamiliesAreRead) {
   Registry registry;
-  Gauge& gauge =
-      BuildGauge().Name("tidepool_refreshed").Help("r").Register(registry).Add(
-          {});
+  Gauge& gauge = BuildGauge()
+                     .Name("tidepool_refreshed")
+                     .Help("r")
+                     .Register(registry)
+                     .Add({});
   auto refresher = std::make_shared<Refresher>(registry, gauge);
   registry.AddCollectable(refresher);
   std::vector<MetricFamily> collected = registry.Collect();
@@ -289,8 +292,11 @@ TEST(RegistryTest, CollectablesRunBeforeFamiliesAreRead) {
 
 TEST(RegistryTest, MergesSameNameFamiliesAndDropsTypeConflicts) {
   Registry registry;
-  BuildGauge().Name("tidepool_x").Help("x").Register(registry).Add(
-      {{"source", "family"}});
+  BuildGauge()
+      .Name("tidepool_x")
+      .Help("x")
+      .Register(registry)
+      .Add({{"source", "family"}});
   auto same_type = std::make_shared<CallbackCollector>(
       "tidepool_x", "x", MetricType::kGauge, [] {
         return std::vector<CallbackCollector::Sample>{{{{"source", "cb"}}, 1}};

@@ -25,10 +25,10 @@ namespace tidepool::metrics {
 namespace {
 
 using testing::ExpectMatchesGolden;
-using testing::Json;
-using testing::ReadFileOrEmpty;
 using ::testing::HasSubstr;
+using testing::Json;
 using ::testing::Not;
+using testing::ReadFileOrEmpty;
 
 constexpr std::string_view kUuid = "GPU-00000000-1111-2222-3333-444444444444";
 
@@ -109,8 +109,8 @@ TEST_F(TidepoolMetricsTest, GoldenAfterOneDeviceAndSomeEvents) {
   metrics_.SetHostPool({.capacity_bytes = 17179869184,
                         .used_bytes = 1073741824,
                         .peak_bytes = 2147483648});
-  metrics_.SetDevicePool(gpu, {.capacity_bytes = 8589934592,
-                               .used_bytes = 4294967296});
+  metrics_.SetDevicePool(
+      gpu, {.capacity_bytes = 8589934592, .used_bytes = 4294967296});
   metrics_.SetChunkBytes(gpu, ChunkLocation::kDevice, ChunkState::kHold,
                          201326592);
   metrics_.AddChunkBytes(gpu, ChunkLocation::kDevice, ChunkState::kCompute,
@@ -182,16 +182,18 @@ TEST_F(TidepoolMetricsTest, SessionsByPolicyAndReclaims) {
   metrics_.SessionOpened(gpu, Policy::kAuto);
   metrics_.SessionOpened(gpu, Policy::kCpu);
   metrics_.SessionClosed(gpu, Policy::kAuto);
-  EXPECT_EQ(Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"auto\"}"),
-            "1");
+  EXPECT_EQ(
+      Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"auto\"}"),
+      "1");
   EXPECT_EQ(Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"cpu\"}"),
             "1");
   EXPECT_EQ(
       Value("tidepool_sessions{UUID=\"GPU-a\",gpu=\"0\",policy=\"static\"}"),
       "0");
   metrics_.SessionReclaimed(ReclaimReason::kAttachTimeout);
-  EXPECT_EQ(Value("tidepool_sessions_reclaimed_total{reason=\"attach_timeout\"}"),
-            "1");
+  EXPECT_EQ(
+      Value("tidepool_sessions_reclaimed_total{reason=\"attach_timeout\"}"),
+      "1");
   EXPECT_EQ(Value("tidepool_sessions_reclaimed_total{reason=\"closed\"}"), "0");
 }
 
@@ -200,8 +202,8 @@ TEST_F(TidepoolMetricsTest, RpcMethodsAreBounded) {
   metrics_.ObserveRpc("/tidepool.v1.Tidepool/Acquire", 0.001);
   metrics_.ObserveRpc("SomethingNew", 0.001);
   metrics_.ObserveRpc("/x.Y/AnotherNew", 0.001);
-  EXPECT_EQ(
-      Value("tidepool_rpc_duration_seconds_count{method=\"Acquire\"}"), "2");
+  EXPECT_EQ(Value("tidepool_rpc_duration_seconds_count{method=\"Acquire\"}"),
+            "2");
   EXPECT_EQ(Value("tidepool_rpc_duration_seconds_count{method=\"other\"}"),
             "2");
   Exposition exposition = Scrape();
@@ -387,16 +389,17 @@ PromqlRefs ScanPromql(std::string_view expr) {
       skip_string();
       continue;
     }
-    if (!IsIdentStart(c) || (i > 0 && (IsIdentChar(expr[i - 1]) ||
-                                       expr[i - 1] == '$' || expr[i - 1] == '.'))) {
+    if (!IsIdentStart(c) ||
+        (i > 0 && (IsIdentChar(expr[i - 1]) || expr[i - 1] == '$' ||
+                   expr[i - 1] == '.'))) {
       ++i;
       continue;
     }
     const std::string ident = read_ident();
     skip_space();
-    const bool grouping = ident == "by" || ident == "without" || ident == "on" ||
-                          ident == "ignoring" || ident == "group_left" ||
-                          ident == "group_right";
+    const bool grouping = ident == "by" || ident == "without" ||
+                          ident == "on" || ident == "ignoring" ||
+                          ident == "group_left" || ident == "group_right";
     if (grouping && i < expr.size() && expr[i] == '(') {
       ++i;
       while (i < expr.size() && expr[i] != ')') {
@@ -420,8 +423,8 @@ PromqlRefs ScanPromql(std::string_view expr) {
         if (i < expr.size() && IsIdentStart(expr[i])) {
           metric.matcher_labels.push_back(read_ident());
           skip_space();
-          while (i < expr.size() && (expr[i] == '=' || expr[i] == '!' ||
-                                     expr[i] == '~')) {
+          while (i < expr.size() &&
+                 (expr[i] == '=' || expr[i] == '!' || expr[i] == '~')) {
             ++i;
           }
           skip_space();
@@ -582,9 +585,9 @@ TEST_F(DashboardTest, EveryQueryUsesExposedMetricsAndLabels) {
   for (const Json& variable : dashboard_.Get("templating").Get("list").array) {
     if (variable.Get("type").string != "query") continue;
     const Json& query = variable.Get("query");
-    const std::string& expr =
-        query.kind == Json::Kind::kString ? query.string
-                                          : query.Get("query").string;
+    const std::string& expr = query.kind == Json::Kind::kString
+                                  ? query.string
+                                  : query.Get("query").string;
     const std::string where = "variable " + variable.Get("name").string;
     // label_values(metric{...}, label): the label must exist too.
     const size_t comma = expr.rfind(',');
@@ -594,9 +597,9 @@ TEST_F(DashboardTest, EveryQueryUsesExposedMetricsAndLabels) {
     const PromqlRefs refs = ScanPromql(expr);
     ASSERT_EQ(refs.metrics.size(), 1u) << where;
     CheckQuery(exposition_, expr, where, /*allow_recording_rules=*/false);
-    EXPECT_TRUE(exposition_.sample_labels[refs.metrics[0].name].contains(
-                    label) ||
-                kTargetLabels.contains(label))
+    EXPECT_TRUE(
+        exposition_.sample_labels[refs.metrics[0].name].contains(label) ||
+        kTargetLabels.contains(label))
         << where << ": " << refs.metrics[0].name << " has no label " << label;
   }
   // The panels cover what the design asks the dashboard to show.
@@ -632,17 +635,16 @@ std::vector<std::string> RuleExpressions(const std::string& yaml) {
   for (size_t n = 0; n < lines.size(); ++n) {
     const std::string& line = lines[n];
     const size_t key = line.find("expr:");
-    if (key == std::string::npos ||
-        line.find_first_not_of(" -") != key) {
+    if (key == std::string::npos || line.find_first_not_of(" -") != key) {
       continue;
     }
     std::string value = line.substr(key + 5);
     value.erase(0, value.find_first_not_of(' '));
     if (value == "|" || value == ">" || value == "|-" || value == ">-") {
       value.clear();
-      while (n + 1 < lines.size() &&
-             (lines[n + 1].empty() ||
-              lines[n + 1].find_first_not_of(' ') > key)) {
+      while (
+          n + 1 < lines.size() &&
+          (lines[n + 1].empty() || lines[n + 1].find_first_not_of(' ') > key)) {
         value += lines[++n] + "\n";
       }
     }
