@@ -56,24 +56,6 @@ absl::StatusOr<Policy> ParsePolicy(absl::string_view name) {
       "unknown policy '", name, "' (cuda, cpu, static or auto)"));
 }
 
-size_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case DType::kF64:
-    case DType::kI64:
-      return 8;
-    case DType::kF32:
-    case DType::kI32:
-      return 4;
-    case DType::kF16:
-    case DType::kBF16:
-      return 2;
-    case DType::kU8:
-    case DType::kI8:
-      return 1;
-  }
-  return 0;
-}
-
 absl::string_view ReclaimReasonName(ReclaimReason reason) {
   switch (reason) {
     case ReclaimReason::kClosed:

@@ -32,17 +32,12 @@
 #include "daemon/registry/chunk_packer.h"
 #include "daemon/registry/tensor_state.h"
 #include "proto/wire.h"
+#include "tidepool/types.h"
 
 namespace tidepool {
 
-enum class Policy { kCuda, kCpu, kStatic, kAuto };
-enum class DType { kF32, kF16, kBF16, kF64, kI32, kI64, kU8, kI8 };
-enum class Group { kParam, kMaster, kOptimState, kGrad, kOther };
-enum class AccessMode { kRead, kReadWrite };
-
 absl::string_view PolicyName(Policy policy);
 absl::StatusOr<Policy> ParsePolicy(absl::string_view name);
-size_t DTypeSize(DType dtype);
 
 using Token = std::array<uint8_t, wire::kTokenBytes>;
 
@@ -73,13 +68,6 @@ struct OpenedSession {
   const DeviceDescription* device;
   uint64_t chunk_size;
   uint64_t host_pool_bytes;
-};
-
-struct TensorSpec {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<int64_t> shape;
-  Group group = Group::kOther;
 };
 
 struct ChunkView {

@@ -11,16 +11,9 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "tidepool/types.h"
 
 namespace tidepool {
-
-enum class TensorState {
-  kFree,
-  kCompute,
-  kHold,
-  kHoldAfterBwd,
-  kReadyForReduce,
-};
 
 absl::string_view TensorStateName(TensorState state);
 

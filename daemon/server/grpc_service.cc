@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "proto/convert.h"
 
 namespace tidepool {
 namespace {
@@ -19,101 +20,10 @@ absl::StatusOr<Token> TokenOf(const v1::SessionRef& ref) {
   return token;
 }
 
-absl::StatusOr<DType> ToDType(v1::DType d) {
-  switch (d) {
-    case v1::DTYPE_F32:
-      return DType::kF32;
-    case v1::DTYPE_F16:
-      return DType::kF16;
-    case v1::DTYPE_BF16:
-      return DType::kBF16;
-    case v1::DTYPE_F64:
-      return DType::kF64;
-    case v1::DTYPE_I32:
-      return DType::kI32;
-    case v1::DTYPE_I64:
-      return DType::kI64;
-    case v1::DTYPE_U8:
-      return DType::kU8;
-    case v1::DTYPE_I8:
-      return DType::kI8;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown dtype ", static_cast<int>(d)));
-  }
-}
-
-absl::StatusOr<Group> ToGroup(v1::Group g) {
-  switch (g) {
-    case v1::GROUP_UNSPECIFIED:
-    case v1::GROUP_OTHER:
-      return Group::kOther;
-    case v1::GROUP_PARAM:
-      return Group::kParam;
-    case v1::GROUP_MASTER:
-      return Group::kMaster;
-    case v1::GROUP_OPTIM_STATE:
-      return Group::kOptimState;
-    case v1::GROUP_GRAD:
-      return Group::kGrad;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown group ", static_cast<int>(g)));
-  }
-}
-
-v1::Group FromGroup(Group g) {
-  switch (g) {
-    case Group::kParam:
-      return v1::GROUP_PARAM;
-    case Group::kMaster:
-      return v1::GROUP_MASTER;
-    case Group::kOptimState:
-      return v1::GROUP_OPTIM_STATE;
-    case Group::kGrad:
-      return v1::GROUP_GRAD;
-    case Group::kOther:
-      return v1::GROUP_OTHER;
-  }
-  return v1::GROUP_OTHER;
-}
-
-absl::StatusOr<std::optional<Policy>> ToPolicy(v1::Policy p) {
-  switch (p) {
-    case v1::POLICY_UNSPECIFIED:
-      return std::optional<Policy>();
-    case v1::POLICY_CUDA:
-      return Policy::kCuda;
-    case v1::POLICY_CPU:
-      return Policy::kCpu;
-    case v1::POLICY_STATIC:
-      return Policy::kStatic;
-    case v1::POLICY_AUTO:
-      return Policy::kAuto;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown policy ", static_cast<int>(p)));
-  }
-}
-
-v1::Policy FromPolicy(Policy p) {
-  switch (p) {
-    case Policy::kCuda:
-      return v1::POLICY_CUDA;
-    case Policy::kCpu:
-      return v1::POLICY_CPU;
-    case Policy::kStatic:
-      return v1::POLICY_STATIC;
-    case Policy::kAuto:
-      return v1::POLICY_AUTO;
-  }
-  return v1::POLICY_UNSPECIFIED;
-}
-
 void FillChunk(const ChunkView& c, v1::ChunkInfo* out) {
   out->set_chunk_id(c.id);
   out->set_size_bytes(c.bytes);
-  out->set_group(FromGroup(c.group));
+  out->set_group(ToProto(c.group));
   out->set_location(c.on_device ? v1::LOCATION_DEVICE : v1::LOCATION_HOST);
   out->set_dirty(c.dirty);
   out->set_host_offset(c.host_offset.value_or(0));
@@ -127,18 +37,6 @@ void FillPool(const PoolStatsView& p, v1::PoolStats* out) {
 }
 
 }  // namespace
-
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
-}
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
-}
 
 template <typename Fn>
 grpc::Status GrpcService::Run(absl::string_view method, Fn&& fn) {
@@ -160,7 +58,7 @@ grpc::Status GrpcService::OpenSession(grpc::ServerContext*,
   return Run("OpenSession", [&]() -> absl::Status {
     OpenParams params;
     params.device = request->device();
-    TP_ASSIGN_OR_RETURN(params.policy, ToPolicy(request->policy()));
+    TP_ASSIGN_OR_RETURN(params.policy, FromProto(request->policy()));
     params.device_quota = request->device_quota_bytes();
     params.host_quota = request->host_quota_bytes();
     params.pid = request->pid();
@@ -171,7 +69,7 @@ grpc::Status GrpcService::OpenSession(grpc::ServerContext*,
     response->set_fd_socket_path(fd_socket_path_);
     response->set_chunk_size_bytes(s.chunk_size);
     response->set_host_pool_bytes(s.host_pool_bytes);
-    response->set_policy(FromPolicy(s.policy));
+    response->set_policy(ToProto(s.policy));
     auto* d = response->mutable_device();
     d->set_name(s.device->name);
     d->set_uuid(s.device->uuid);
@@ -202,8 +100,8 @@ grpc::Status GrpcService::RegisterTensors(
       const auto& t = request->tensors(i);
       TensorSpec spec;
       spec.name = t.name();
-      auto dtype = ToDType(t.dtype());
-      auto group = ToGroup(t.group());
+      auto dtype = FromProto(t.dtype());
+      auto group = FromProto(t.group());
       if (!dtype.ok() || !group.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "tensor #", i, ": ",
@@ -234,18 +132,7 @@ grpc::Status GrpcService::Acquire(grpc::ServerContext*,
                                   v1::AcquireResponse* response) {
   return Run("Acquire", [&]() -> absl::Status {
     TP_ASSIGN_OR_RETURN(Token token, TokenOf(request->session()));
-    AccessMode mode;
-    switch (request->mode()) {
-      case v1::ACCESS_READ:
-        mode = AccessMode::kRead;
-        break;
-      case v1::ACCESS_UNSPECIFIED:
-      case v1::ACCESS_READ_WRITE:
-        mode = AccessMode::kReadWrite;
-        break;
-      default:
-        return absl::InvalidArgumentError("unknown access mode");
-    }
+    TP_ASSIGN_OR_RETURN(const AccessMode mode, FromProto(request->mode()));
     std::vector<uint64_t> ids(request->tensor_ids().begin(),
                               request->tensor_ids().end());
     TP_ASSIGN_OR_RETURN(
@@ -267,21 +154,8 @@ grpc::Status GrpcService::Release(grpc::ServerContext*,
                                   v1::ReleaseResponse*) {
   return Run("Release", [&]() -> absl::Status {
     TP_ASSIGN_OR_RETURN(Token token, TokenOf(request->session()));
-    TensorState target;
-    switch (request->target()) {
-      case v1::TENSOR_STATE_HOLD:
-        target = TensorState::kHold;
-        break;
-      case v1::TENSOR_STATE_HOLD_AFTER_BWD:
-        target = TensorState::kHoldAfterBwd;
-        break;
-      case v1::TENSOR_STATE_FREE:
-        target = TensorState::kFree;
-        break;
-      default:
-        return absl::InvalidArgumentError(
-            "release target must be HOLD, HOLD_AFTER_BWD or FREE");
-    }
+    TP_ASSIGN_OR_RETURN(const TensorState target,
+                        FromProto(request->target()));
     std::vector<uint64_t> ids(request->tensor_ids().begin(),
                               request->tensor_ids().end());
     return manager_->Release(request->session().session_id(), token, ids,

@@ -3,6 +3,7 @@
 // client sends can crash it: every field is checked before use.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "daemon/core/memory_manager.h"
@@ -49,10 +50,5 @@ class GrpcService final : public v1::Tidepool::Service {
   std::string fd_socket_path_;
   RpcObserver observer_;
 };
-
-// absl::Status -> grpc::Status with the same code and message.
-grpc::Status ToGrpc(const absl::Status& status);
-// grpc::Status -> absl::Status, for clients.
-absl::Status FromGrpc(const grpc::Status& status);
 
 }  // namespace tidepool

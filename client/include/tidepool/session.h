@@ -1,0 +1,148 @@
+// libtidepool: the in-process client of tidepoold. A Session binds this
+// process to one device of the node's daemon, registers tensors (which the
+// daemon packs into chunks), and acquires them for computation: acquire
+// makes a tensor COMPUTE and returns where its bytes are in this process's
+// mapping of the device pool; release hands it back to the daemon, which may
+// then evict its chunk to the host pool.
+//
+//   auto session = tidepool::Session::Open({.policy = tidepool::Policy::kCpu});
+//   if (!session.ok()) return session.status();
+//   auto tensors = (*session)->Register({{"w0", tidepool::DType::kF32, {1024}}});
+//   auto got = (*session)->Acquire({(*tensors)[0].id},
+//                                  tidepool::AccessMode::kReadWrite);
+//   float* w0 = static_cast<float*>((*got)[0].data);  // valid until release
+//   ... compute on w0 (on the sim backend: CPU memory; cuda: device memory)
+//   (*session)->Release({(*tensors)[0].id}, tidepool::TensorState::kHold);
+//
+// Addresses: a tensor's address is stable while it is COMPUTE. Once released,
+// its chunk may be evicted and later brought back to a different place in
+// the pool, so the next Acquire may return another address; never keep a
+// pointer across a release.
+//
+// Errors are absl::Status; no exception leaves the library. If the daemon
+// dies, calls fail with UNAVAILABLE and the mappings stay valid, so a
+// trainer can still read what it holds and save its state. All methods are
+// thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "tidepool/types.h"
+
+struct CUstream_st;  // cudaStream_t without the CUDA headers
+
+namespace tidepool {
+
+using CudaStream = CUstream_st*;
+
+inline constexpr char kDefaultSocket[] = "/run/tidepool/tidepoold.sock";
+
+struct SessionOptions {
+  std::string socket = kDefaultSocket;  // the daemon's gRPC socket
+  std::string device;  // name, GPU UUID or ordinal; empty: the first
+  std::optional<Policy> policy;  // empty: the daemon's default
+  uint64_t device_quota_bytes = 0;  // 0: no per-session limit
+  uint64_t host_quota_bytes = 0;
+  std::string client_name;
+};
+
+struct DeviceInfo {
+  std::string name;
+  std::string uuid;
+  std::string backend;  // "sim" or "cuda"
+  uint64_t capacity_bytes = 0;
+};
+
+struct TensorInfo {
+  uint64_t id = 0;
+  uint64_t chunk_id = 0;
+  uint64_t offset_in_chunk = 0;
+  uint64_t bytes = 0;
+};
+
+struct AcquiredTensor {
+  uint64_t id = 0;
+  void* data = nullptr;  // host memory (sim) or device memory (cuda)
+  uint64_t bytes = 0;
+};
+
+struct ChunkState {
+  uint64_t id = 0;
+  uint64_t bytes = 0;
+  Group group = Group::kOther;
+  bool on_device = false;
+  bool dirty = false;
+};
+
+struct SessionStats {
+  uint64_t bytes_to_device = 0;
+  uint64_t bytes_to_host = 0;
+  uint64_t evictions = 0;
+  uint64_t clean_evictions = 0;
+  uint64_t device_bytes = 0;
+  uint64_t peak_device_bytes = 0;
+  uint64_t host_bytes = 0;
+  uint64_t chunks = 0;
+  uint64_t tensors = 0;
+  uint64_t acquires = 0;
+  uint64_t device_pool_capacity = 0;
+  uint64_t device_pool_used = 0;
+  uint64_t host_pool_capacity = 0;
+  uint64_t host_pool_used = 0;
+  uint32_t sessions = 0;
+};
+
+class Session {
+ public:
+  // Connects to the daemon, opens a session and maps its pools.
+  static absl::StatusOr<std::unique_ptr<Session>> Open(
+      const SessionOptions& options);
+  ~Session();  // closes the session; the daemon reclaims its memory
+
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Registers tensors in the order the model first uses them. Returns one
+  // TensorInfo per spec, in order. All or nothing.
+  absl::StatusOr<std::vector<TensorInfo>> Register(
+      const std::vector<TensorSpec>& specs);
+
+  // Makes the tensors COMPUTE and returns their addresses, in order. On the
+  // sim backend it returns once the bytes are in place. On cuda, work
+  // enqueued on `stream` after this call sees the bytes (the stream waits on
+  // the daemon's arrival event; no CPU thread blocks).
+  absl::StatusOr<std::vector<AcquiredTensor>> Acquire(
+      std::span<const uint64_t> tensor_ids, AccessMode mode,
+      CudaStream stream = nullptr);
+
+  // Ends COMPUTE: `target` is kHold (after forward), kHoldAfterBwd (after
+  // backward) or kFree (contents no longer needed). On cuda, work already
+  // enqueued on `stream` finishes before the daemon moves the chunks.
+  absl::Status Release(std::span<const uint64_t> tensor_ids,
+                       TensorState target, CudaStream stream = nullptr);
+
+  absl::StatusOr<SessionStats> Stats();
+  absl::StatusOr<std::vector<ChunkState>> Chunks();
+
+  // Closes the session now (the destructor does it otherwise).
+  absl::Status Close();
+
+  uint64_t id() const;
+  Policy policy() const;
+  const DeviceInfo& device() const;
+  uint64_t chunk_size() const;
+
+  class Impl;
+
+ private:
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tidepool

@@ -1,0 +1,138 @@
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "client/src/device_mapping.h"
+#include "common/cuda/driver_api.h"
+#include "common/status_macros.h"
+
+namespace tidepool::internal {
+namespace {
+
+using cuda::CheckCuda;
+
+std::string FormatUuid(const cudaUUID_t& uuid) {
+  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
+  return absl::StrFormat(
+      "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+      b[12], b[13], b[14], b[15]);
+}
+
+class CudaMapping : public DeviceMapping {
+ public:
+  ~CudaMapping() override {
+    if (cu_ == nullptr) return;
+    cudaSetDevice(ordinal_);
+    if (mapped_) cu_->MemUnmap(base_, size_);
+    if (base_ != 0) cu_->MemAddressFree(base_, size_);
+    if (handle_valid_) cu_->MemRelease(handle_);
+    if (arrival_ != nullptr) cudaEventDestroy(arrival_);
+    if (release_ != nullptr) cudaEventDestroy(release_);
+  }
+
+  absl::Status Init(const std::string& uuid) {
+    TP_ASSIGN_OR_RETURN(cu_, cuda::DriverApi::Get());
+    int count = 0;
+    TP_RETURN_IF_ERROR(
+        CheckCuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
+    // CUDA_VISIBLE_DEVICES may differ from the daemon's: match by UUID.
+    ordinal_ = -1;
+    for (int i = 0; i < count; ++i) {
+      cudaDeviceProp prop{};
+      TP_RETURN_IF_ERROR(CheckCuda(cudaGetDeviceProperties(&prop, i),
+                                   "cudaGetDeviceProperties"));
+      if (FormatUuid(prop.uuid) == uuid) ordinal_ = i;
+    }
+    if (ordinal_ < 0) {
+      return absl::NotFoundError(
+          "the session's GPU " + uuid + " is not visible to this process");
+    }
+    TP_RETURN_IF_ERROR(CheckCuda(cudaSetDevice(ordinal_), "cudaSetDevice"));
+    TP_RETURN_IF_ERROR(CheckCuda(
+        cudaEventCreateWithFlags(&release_, cudaEventDisableTiming |
+                                                cudaEventInterprocess),
+        "cudaEventCreate (release)"));
+    TP_RETURN_IF_ERROR(
+        CheckCuda(cudaEventRecord(release_, nullptr), "cudaEventRecord"));
+    return CheckCuda(cudaIpcGetEventHandle(&release_handle_, release_),
+                     "cudaIpcGetEventHandle");
+  }
+
+  void PrepareAttach(wire::AttachRequest* request) override {
+    request->has_release_event = 1;
+    std::memcpy(request->release_event, &release_handle_,
+                sizeof(release_handle_));
+  }
+
+  absl::Status Map(const wire::AttachReply& reply, UniqueFd device_fd,
+                   UniqueFd) override {
+    TP_RETURN_IF_ERROR(CheckCuda(cudaSetDevice(ordinal_), "cudaSetDevice"));
+    size_ = reply.device_pool_bytes;
+    TP_RETURN_IF_ERROR(cu_->Check(
+        cu_->MemImportFromShareableHandle(
+            &handle_,
+            reinterpret_cast<void*>(static_cast<uintptr_t>(device_fd.get())),
+            CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+        "cuMemImportFromShareableHandle"));
+    handle_valid_ = true;
+    TP_RETURN_IF_ERROR(cu_->Check(cu_->MemAddressReserve(&base_, size_, 0, 0, 0),
+                                  "cuMemAddressReserve"));
+    TP_RETURN_IF_ERROR(
+        cu_->Check(cu_->MemMap(base_, size_, 0, handle_, 0), "cuMemMap"));
+    mapped_ = true;
+    CUmemAccessDesc access{};
+    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.id = ordinal_;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    TP_RETURN_IF_ERROR(cu_->Check(cu_->MemSetAccess(base_, size_, &access, 1),
+                                  "cuMemSetAccess"));
+    cudaIpcEventHandle_t handle;
+    std::memcpy(&handle, reply.arrival_event, sizeof(handle));
+    return CheckCuda(cudaIpcOpenEventHandle(&arrival_, handle),
+                     "cudaIpcOpenEventHandle (arrival)");
+  }
+
+  uint8_t* base() const override { return reinterpret_cast<uint8_t*>(base_); }
+
+  absl::Status WaitArrival(uint64_t, CudaStream stream, int) override {
+    // The daemon recorded the event after the copies of this acquire (and
+    // possibly later ones), before it answered: waiting on its latest record
+    // covers them.
+    return CheckCuda(
+        cudaStreamWaitEvent(reinterpret_cast<cudaStream_t>(stream), arrival_,
+                            0),
+        "cudaStreamWaitEvent (arrival)");
+  }
+
+  absl::Status BeforeRelease(CudaStream stream) override {
+    return CheckCuda(
+        cudaEventRecord(release_, reinterpret_cast<cudaStream_t>(stream)),
+        "cudaEventRecord (release)");
+  }
+
+ private:
+  const cuda::DriverApi* cu_ = nullptr;
+  int ordinal_ = 0;
+  CUmemGenericAllocationHandle handle_ = 0;
+  bool handle_valid_ = false;
+  bool mapped_ = false;
+  CUdeviceptr base_ = 0;
+  size_t size_ = 0;
+  cudaEvent_t arrival_ = nullptr;
+  cudaEvent_t release_ = nullptr;
+  cudaIpcEventHandle_t release_handle_{};
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeviceMapping>> NewCudaMapping(
+    const std::string& uuid) {
+  auto mapping = std::make_unique<CudaMapping>();
+  TP_RETURN_IF_ERROR(mapping->Init(uuid));
+  return std::unique_ptr<DeviceMapping>(std::move(mapping));
+}
+
+}  // namespace tidepool::internal

@@ -1,0 +1,275 @@
+#include "tidepool/session.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "client/src/device_mapping.h"
+#include "common/shared_memory.h"
+#include "common/status_macros.h"
+#include "common/unix_socket.h"
+#include "proto/convert.h"
+#include "proto/tidepool.grpc.pb.h"
+
+namespace tidepool {
+
+class Session::Impl {
+ public:
+  absl::Status Open(const SessionOptions& options);
+  absl::Status Call(absl::string_view what, const grpc::Status& status) const;
+  v1::SessionRef Ref() const {
+    v1::SessionRef ref;
+    ref.set_session_id(id_);
+    ref.set_token(token_);
+    return ref;
+  }
+
+  std::string socket_;
+  std::unique_ptr<v1::Tidepool::Stub> stub_;
+  uint64_t id_ = 0;
+  std::string token_;
+  Policy policy_ = Policy::kCpu;
+  DeviceInfo device_;
+  uint64_t chunk_size_ = 0;
+  bool closed_ = false;
+  UniqueFd fd_conn_;  // open for the session's lifetime
+  SharedMapping host_;
+  std::unique_ptr<internal::DeviceMapping> mapping_;
+};
+
+absl::Status Session::Impl::Call(absl::string_view what,
+                                 const grpc::Status& status) const {
+  if (status.ok()) return absl::OkStatus();
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    return absl::UnavailableError(
+        absl::StrCat(what, ": tidepoold is not reachable on ", socket_, " (",
+                     status.error_message(), ")"));
+  }
+  absl::Status s = FromGrpc(status);
+  return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+absl::Status Session::Impl::Open(const SessionOptions& options) {
+  socket_ = options.socket;
+  if (::access(socket_.c_str(), F_OK) != 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "tidepoold is not running: no socket at ", socket_,
+        " (start it with `tidepoold`, or point SessionOptions::socket at "
+        "its socket)"));
+  }
+  if (::access(socket_.c_str(), R_OK | W_OK) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "no permission to use ", socket_,
+        ": join the daemon's group (usually 'tidepool')"));
+  }
+  stub_ = v1::Tidepool::NewStub(grpc::CreateChannel(
+      "unix:" + socket_, grpc::InsecureChannelCredentials()));
+
+  v1::OpenSessionRequest request;
+  request.set_device(options.device);
+  if (options.policy) request.set_policy(ToProto(*options.policy));
+  request.set_device_quota_bytes(options.device_quota_bytes);
+  request.set_host_quota_bytes(options.host_quota_bytes);
+  request.set_pid(::getpid());
+  request.set_client_name(options.client_name);
+  v1::OpenSessionResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  TP_RETURN_IF_ERROR(
+      Call("OpenSession", stub_->OpenSession(&ctx, request, &response)));
+  id_ = response.session_id();
+  token_ = response.token();
+  TP_ASSIGN_OR_RETURN(std::optional<Policy> policy,
+                      FromProto(response.policy()));
+  policy_ = policy.value_or(Policy::kCpu);
+  chunk_size_ = response.chunk_size_bytes();
+  device_ = DeviceInfo{response.device().name(), response.device().uuid(),
+                       response.device().backend(),
+                       response.device().capacity_bytes()};
+
+  // Attach over the fd socket; from now on the daemon reclaims the session
+  // when this connection closes, so a crash leaks nothing.
+  if (device_.backend == "cuda") {
+    TP_ASSIGN_OR_RETURN(mapping_, internal::NewCudaMapping(device_.uuid));
+  } else {
+    mapping_ = internal::NewSimMapping();
+  }
+  TP_ASSIGN_OR_RETURN(fd_conn_, ConnectUnix(response.fd_socket_path()));
+  wire::AttachRequest attach{};
+  attach.magic = wire::kAttachMagic;
+  attach.version = wire::kAttachVersion;
+  attach.session_id = id_;
+  if (token_.size() != wire::kTokenBytes) {
+    return absl::DataLossError("the daemon sent a malformed session token");
+  }
+  std::memcpy(attach.token, token_.data(), wire::kTokenBytes);
+  mapping_->PrepareAttach(&attach);
+  TP_RETURN_IF_ERROR(SendMessage(fd_conn_.get(), &attach, sizeof(attach)));
+  wire::AttachReply reply{};
+  std::vector<UniqueFd> fds;
+  TP_RETURN_IF_ERROR(
+      ReceiveMessage(fd_conn_.get(), &reply, sizeof(reply), &fds, 3));
+  if (reply.magic != wire::kAttachMagic) {
+    return absl::DataLossError("malformed attach reply from the daemon");
+  }
+  if (reply.status_code != 0) {
+    reply.message[sizeof(reply.message) - 1] = '\0';
+    return absl::Status(static_cast<absl::StatusCode>(reply.status_code),
+                        absl::StrCat("attach: ", reply.message));
+  }
+  if (fds.size() != 3) {
+    return absl::DataLossError("the daemon sent no pool file descriptors");
+  }
+  TP_ASSIGN_OR_RETURN(host_,
+                      SharedMapping::Map(fds[0].get(), reply.host_pool_bytes));
+  return mapping_->Map(reply, std::move(fds[1]), std::move(fds[2]));
+}
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Session::~Session() { Close().IgnoreError(); }
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Open(
+    const SessionOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  absl::Status status = impl->Open(options);
+  if (!status.ok()) {
+    if (impl->id_ != 0) {
+      // Opened but could not attach: do not leave it to the reaper.
+      v1::CloseSessionRequest request;
+      *request.mutable_session() = impl->Ref();
+      v1::CloseSessionResponse response;
+      grpc::ClientContext ctx;
+      impl->stub_->CloseSession(&ctx, request, &response);
+    }
+    return status;
+  }
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+absl::StatusOr<std::vector<TensorInfo>> Session::Register(
+    const std::vector<TensorSpec>& specs) {
+  v1::RegisterTensorsRequest request;
+  *request.mutable_session() = impl_->Ref();
+  for (const auto& s : specs) {
+    auto* t = request.add_tensors();
+    t->set_name(s.name);
+    t->set_dtype(ToProto(s.dtype));
+    for (int64_t d : s.shape) t->add_shape(d);
+    t->set_group(ToProto(s.group));
+  }
+  v1::RegisterTensorsResponse response;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(impl_->Call(
+      "RegisterTensors", impl_->stub_->RegisterTensors(&ctx, request,
+                                                       &response)));
+  std::vector<TensorInfo> out;
+  out.reserve(response.tensors_size());
+  for (const auto& t : response.tensors()) {
+    out.push_back(TensorInfo{t.tensor_id(), t.chunk_id(), t.offset_in_chunk(),
+                             t.size_bytes()});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
+    std::span<const uint64_t> tensor_ids, AccessMode mode, CudaStream stream) {
+  v1::AcquireRequest request;
+  *request.mutable_session() = impl_->Ref();
+  request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
+  request.set_mode(ToProto(mode));
+  v1::AcquireResponse response;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(impl_->Call(
+      "Acquire", impl_->stub_->Acquire(&ctx, request, &response)));
+  TP_RETURN_IF_ERROR(impl_->mapping_->WaitArrival(
+      response.ready_sequence(), stream, impl_->fd_conn_.get()));
+  std::vector<AcquiredTensor> out;
+  out.reserve(response.tensors_size());
+  for (const auto& t : response.tensors()) {
+    out.push_back(AcquiredTensor{t.tensor_id(),
+                                 impl_->mapping_->base() + t.device_offset(),
+                                 t.size_bytes()});
+  }
+  return out;
+}
+
+absl::Status Session::Release(std::span<const uint64_t> tensor_ids,
+                              TensorState target, CudaStream stream) {
+  TP_RETURN_IF_ERROR(impl_->mapping_->BeforeRelease(stream));
+  v1::ReleaseRequest request;
+  *request.mutable_session() = impl_->Ref();
+  request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
+  request.set_target(ToProto(target));
+  v1::ReleaseResponse response;
+  grpc::ClientContext ctx;
+  return impl_->Call("Release",
+                     impl_->stub_->Release(&ctx, request, &response));
+}
+
+absl::StatusOr<SessionStats> Session::Stats() {
+  v1::StatsRequest request;
+  *request.mutable_session() = impl_->Ref();
+  v1::StatsResponse r;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(
+      impl_->Call("GetStats", impl_->stub_->GetStats(&ctx, request, &r)));
+  const auto& s = r.session();
+  SessionStats out;
+  out.bytes_to_device = s.bytes_to_device();
+  out.bytes_to_host = s.bytes_to_host();
+  out.evictions = s.evictions();
+  out.clean_evictions = s.clean_evictions();
+  out.device_bytes = s.device_bytes();
+  out.peak_device_bytes = s.peak_device_bytes();
+  out.host_bytes = s.host_bytes();
+  out.chunks = s.chunks();
+  out.tensors = s.tensors();
+  out.acquires = s.acquires();
+  out.device_pool_capacity = r.device_pool().capacity_bytes();
+  out.device_pool_used = r.device_pool().used_bytes();
+  out.host_pool_capacity = r.host_pool().capacity_bytes();
+  out.host_pool_used = r.host_pool().used_bytes();
+  out.sessions = r.sessions();
+  return out;
+}
+
+absl::StatusOr<std::vector<ChunkState>> Session::Chunks() {
+  v1::ChunkStateRequest request;
+  *request.mutable_session() = impl_->Ref();
+  v1::ChunkStateResponse r;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(
+      impl_->Call("GetChunks", impl_->stub_->GetChunks(&ctx, request, &r)));
+  std::vector<ChunkState> out;
+  for (const auto& c : r.chunks()) {
+    auto group = FromProto(c.group());
+    out.push_back(ChunkState{c.chunk_id(), c.size_bytes(),
+                             group.value_or(Group::kOther),
+                             c.location() == v1::LOCATION_DEVICE, c.dirty()});
+  }
+  return out;
+}
+
+absl::Status Session::Close() {
+  if (impl_ == nullptr || impl_->closed_) return absl::OkStatus();
+  impl_->closed_ = true;
+  v1::CloseSessionRequest request;
+  *request.mutable_session() = impl_->Ref();
+  v1::CloseSessionResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  absl::Status status = impl_->Call(
+      "CloseSession", impl_->stub_->CloseSession(&ctx, request, &response));
+  impl_->fd_conn_.Reset();
+  return status;
+}
+
+uint64_t Session::id() const { return impl_->id_; }
+Policy Session::policy() const { return impl_->policy_; }
+const DeviceInfo& Session::device() const { return impl_->device_; }
+uint64_t Session::chunk_size() const { return impl_->chunk_size_; }
+
+}  // namespace tidepool
