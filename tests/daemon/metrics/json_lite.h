@@ -8,12 +8,13 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 
 namespace tidepool::metrics::testing {
+
+struct JsonMember;
 
 struct Json {
   enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
@@ -22,22 +23,33 @@ struct Json {
   double number = 0;
   std::string string;
   std::vector<Json> array;
-  std::vector<std::pair<std::string, Json>> object;
+  // A struct rather than std::pair: a pair of an incomplete Json is not
+  // allowed in a vector (clang rejects it).
+  std::vector<JsonMember> object;
 
   // The member `key` of an object, or nullptr.
-  const Json* Find(std::string_view key) const {
-    for (const auto& [name, value] : object) {
-      if (name == key) return &value;
-    }
-    return nullptr;
-  }
+  const Json* Find(std::string_view key) const;
   // The member `key`, or a null value when absent.
-  const Json& Get(std::string_view key) const {
-    static const Json kNull;
-    const Json* found = Find(key);
-    return found != nullptr ? *found : kNull;
-  }
+  const Json& Get(std::string_view key) const;
 };
+
+struct JsonMember {
+  std::string key;
+  Json value;
+};
+
+inline const Json* Json::Find(std::string_view key) const {
+  for (const JsonMember& member : object) {
+    if (member.key == key) return &member.value;
+  }
+  return nullptr;
+}
+
+inline const Json& Json::Get(std::string_view key) const {
+  static const Json kNull;
+  const Json* found = Find(key);
+  return found != nullptr ? *found : kNull;
+}
 
 class JsonParser {
  public:
@@ -111,7 +123,7 @@ class JsonParser {
       if (!Consume(":")) return false;
       Json value;
       if (!ParseValue(value)) return false;
-      out.object.emplace_back(std::move(key), std::move(value));
+      out.object.push_back({std::move(key), std::move(value)});
       SkipSpace();
       if (Consume("}")) return true;
       if (!Consume(",")) return false;

@@ -1,0 +1,64 @@
+#include "daemon/memory/range_allocator.h"
+
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace tidepool {
+namespace {
+
+TEST(RangeAllocatorTest, AccountsUsedAndPeakAndCoalesces) {
+  RangeAllocator a(16 << 20, 2 << 20);
+  auto x = a.Allocate(1);  // rounds up to the granularity
+  auto y = a.Allocate(4 << 20);
+  auto z = a.Allocate(2 << 20);
+  ASSERT_TRUE(x.ok() && y.ok() && z.ok());
+  EXPECT_EQ(a.used(), 8u << 20);
+  EXPECT_EQ(a.peak(), 8u << 20);
+  ASSERT_TRUE(a.Free(*y).ok());
+  EXPECT_EQ(a.used(), 4u << 20);
+  EXPECT_EQ(a.peak(), 8u << 20);
+  ASSERT_TRUE(a.Free(*x).ok());
+  ASSERT_TRUE(a.Free(*z).ok());
+  EXPECT_EQ(a.used(), 0u);
+  // Everything coalesced back into one range.
+  EXPECT_EQ(a.largest_free(), 16u << 20);
+  EXPECT_TRUE(a.Allocate(16 << 20).ok());
+}
+
+TEST(RangeAllocatorTest, ExhaustionAndBadFreesAreErrors) {
+  RangeAllocator a(4 << 20, 1 << 20);
+  ASSERT_TRUE(a.Allocate(4 << 20).ok());
+  auto more = a.Allocate(1);
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(a.Free(12345).ok());
+  EXPECT_FALSE(a.Allocate(0).ok());
+}
+
+TEST(RangeAllocatorTest, RandomWorkloadNeverOverlapsAndBalances) {
+  RangeAllocator a(64 << 20, 4096);
+  std::mt19937 rng(3);
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int i = 0; i < 5000; ++i) {
+    if (live.empty() || rng() % 3 != 0) {
+      const uint64_t size = 1 + rng() % (1 << 20);
+      auto off = a.Allocate(size);
+      if (!off.ok()) continue;
+      for (const auto& [o, s] : live) {
+        EXPECT_TRUE(*off + a.RoundUp(size) <= o || o + s <= *off);
+      }
+      live.push_back({*off, a.RoundUp(size)});
+    } else {
+      const size_t k = rng() % live.size();
+      ASSERT_TRUE(a.Free(live[k].first).ok());
+      live.erase(live.begin() + k);
+    }
+    uint64_t sum = 0;
+    for (const auto& [o, s] : live) sum += s;
+    ASSERT_EQ(a.used(), sum);
+  }
+}
+
+}  // namespace
+}  // namespace tidepool
