@@ -16,13 +16,13 @@ namespace {
 
 absl::StatusOr<uint64_t> SizeValue(const toml::node& node,
                                    absl::string_view key) {
-  if (auto v = node.value<int64_t>()) {
+  if (auto v = node.is_integer() ? node.value<int64_t>() : std::nullopt) {
     if (*v < 0) {
       return absl::InvalidArgumentError(absl::StrCat(key, " must be >= 0"));
     }
     return static_cast<uint64_t>(*v);
   }
-  if (auto s = node.value<std::string>()) {
+  if (auto s = node.is_string() ? node.value<std::string>() : std::nullopt) {
     auto parsed = ParseSize(*s);
     if (!parsed.ok()) {
       return absl::InvalidArgumentError(
@@ -36,13 +36,13 @@ absl::StatusOr<uint64_t> SizeValue(const toml::node& node,
 
 absl::StatusOr<std::string> StringValue(const toml::node& node,
                                         absl::string_view key) {
-  if (auto s = node.value<std::string>()) return *s;
+  if (node.is_string()) return *node.value<std::string>();
   return absl::InvalidArgumentError(absl::StrCat(key, " must be a string"));
 }
 
 absl::StatusOr<double> NumberValue(const toml::node& node,
                                    absl::string_view key) {
-  if (auto v = node.value<double>()) return *v;
+  if (node.is_number()) return *node.value<double>();
   return absl::InvalidArgumentError(absl::StrCat(key, " must be a number"));
 }
 
@@ -144,7 +144,7 @@ absl::StatusOr<DaemonConfig> ParseConfig(absl::string_view toml_text,
     } else if (key == "default_policy") {
       TP_ASSIGN_OR_RETURN(c.default_policy, StringValue(node, key));
     } else if (key == "attach_timeout_seconds") {
-      auto v = node.value<int64_t>();
+      auto v = node.is_integer() ? node.value<int64_t>() : std::nullopt;
       if (!v || *v <= 0 || *v > 3600) {
         return absl::InvalidArgumentError(
             "attach_timeout_seconds must be an integer in 1..3600");

@@ -1,0 +1,207 @@
+// The manager against a real sim backend, in process: pool accounting,
+// eviction rules and what they cost in bytes moved.
+#include "daemon/core/memory_manager.h"
+
+#include <unistd.h>
+
+#include <cstring>
+
+#include "daemon/backend/sim_backend.h"
+#include "gtest/gtest.h"
+
+namespace tidepool {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+class MemoryManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto host = HostPool::Create(256 * kMiB);
+    ASSERT_TRUE(host.ok());
+    host_ = host->data();
+    BackendOptions b;
+    b.pool_bytes = 16 * kMiB;  // 4 chunks of 4 MiB
+    auto sim = SimBackend::Create(b, host->data(), host->size());
+    ASSERT_TRUE(sim.ok());
+    device_ = (*sim)->HostVisibleDeviceMemory();
+    std::vector<std::unique_ptr<DeviceBackend>> devices;
+    devices.push_back(std::move(*sim));
+    ManagerOptions options;
+    options.chunk_size = 4 * kMiB;
+    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
+                                               std::move(devices));
+    auto s = manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()});
+    ASSERT_TRUE(s.ok());
+    id_ = s->id;
+    token_ = s->token;
+  }
+
+  std::vector<uint64_t> RegisterChunks(int n) {
+    std::vector<TensorSpec> specs;
+    for (int i = 0; i < n; ++i) {
+      specs.push_back({"c" + std::to_string(i), DType::kU8,
+                       {static_cast<int64_t>(4 * kMiB)}, Group::kParam});
+    }
+    auto r = manager_->Register(id_, token_, specs);
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::vector<uint64_t> ids;
+    for (const auto& t : r->tensors) ids.push_back(t.tensor_id);
+    return ids;
+  }
+
+  // Acquires one tensor and waits for its bytes.
+  uint8_t* Use(uint64_t id, AccessMode mode) {
+    auto r = manager_->Acquire(id_, token_, {id}, mode);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(manager_->devices()[0]->Drain().ok());
+    return device_ + r->tensors[0].device_offset;
+  }
+
+  void Done(uint64_t id, TensorState target = TensorState::kHold) {
+    ASSERT_TRUE(manager_->Release(id_, token_, {id}, target).ok());
+  }
+
+  StatsView Stats() { return *manager_->Stats(id_, token_); }
+
+  uint8_t* host_ = nullptr;
+  uint8_t* device_ = nullptr;
+  std::unique_ptr<MemoryManager> manager_;
+  uint64_t id_ = 0;
+  Token token_{};
+};
+
+TEST_F(MemoryManagerTest, DirtyChunksAreWrittenBackAndCleanOnesDropped) {
+  auto ids = RegisterChunks(8);
+  // Write chunk 0, then stream the other seven through the 4-slot device.
+  std::memset(Use(ids[0], AccessMode::kReadWrite), 0x11, 4 * kMiB);
+  Done(ids[0]);
+  for (int i = 1; i < 8; ++i) {
+    Use(ids[i], AccessMode::kRead);
+    Done(ids[i]);
+  }
+  StatsView s = Stats();
+  EXPECT_EQ(s.session.bytes_to_device, 8 * 4 * kMiB);
+  EXPECT_EQ(s.session.bytes_to_host, 4 * kMiB);  // only chunk 0 was dirty
+  EXPECT_EQ(s.session.evictions, 4u);
+  EXPECT_EQ(s.session.clean_evictions, 3u);
+  EXPECT_EQ(s.device_pool.used, 16 * kMiB);
+  EXPECT_EQ(s.device_pool.peak, 16 * kMiB);
+  EXPECT_EQ(s.host_pool.used, 8 * 4 * kMiB);
+  // Chunk 0's bytes came back intact.
+  const uint8_t* p = Use(ids[0], AccessMode::kRead);
+  EXPECT_EQ(p[0], 0x11);
+  EXPECT_EQ(p[4 * kMiB - 1], 0x11);
+}
+
+TEST_F(MemoryManagerTest, ComputeChunksAreNeverEvicted) {
+  auto ids = RegisterChunks(6);
+  uint8_t* held = Use(ids[0], AccessMode::kReadWrite);
+  std::memset(held, 0x22, 4 * kMiB);
+  for (int i = 1; i < 6; ++i) {
+    Use(ids[i], AccessMode::kRead);
+    Done(ids[i]);
+  }
+  // Still COMPUTE: same place, same bytes, though five others cycled through.
+  auto chunks = manager_->Chunks(id_, token_);
+  ASSERT_TRUE(chunks.ok());
+  EXPECT_TRUE((*chunks)[0].on_device);
+  EXPECT_EQ(held[0], 0x22);
+  EXPECT_EQ(held[4 * kMiB - 1], 0x22);
+}
+
+TEST_F(MemoryManagerTest, FreedChunksAreEvictedWithoutWriteBack) {
+  auto ids = RegisterChunks(5);
+  std::memset(Use(ids[0], AccessMode::kReadWrite), 0x33, 4 * kMiB);
+  Done(ids[0], TensorState::kFree);
+  for (int i = 1; i < 5; ++i) {
+    Use(ids[i], AccessMode::kRead);
+    Done(ids[i]);
+  }
+  EXPECT_EQ(Stats().session.bytes_to_host, 0u);
+}
+
+TEST_F(MemoryManagerTest, QuotaLimitsTheSessionNotOthers) {
+  auto limited = manager_->OpenSession(
+      {.policy = Policy::kCpu, .device_quota = 8 * kMiB, .pid = getpid()});
+  ASSERT_TRUE(limited.ok());
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 3; ++i) {
+    specs.push_back({"q" + std::to_string(i), DType::kU8,
+                     {static_cast<int64_t>(4 * kMiB)}, Group::kParam});
+  }
+  auto r = manager_->Register(limited->id, limited->token, specs);
+  ASSERT_TRUE(r.ok());
+  std::vector<uint64_t> all;
+  for (const auto& t : r->tensors) all.push_back(t.tensor_id);
+  // Three chunks at once exceed the 8 MiB quota although the device has room.
+  EXPECT_EQ(
+      manager_->Acquire(limited->id, limited->token, all, AccessMode::kRead)
+          .status()
+          .code(),
+      absl::StatusCode::kResourceExhausted);
+  // One at a time works: the session evicts its own chunks.
+  for (uint64_t t : all) {
+    ASSERT_TRUE(
+        manager_->Acquire(limited->id, limited->token, {t}, AccessMode::kRead)
+            .ok());
+    ASSERT_TRUE(
+        manager_->Release(limited->id, limited->token, {t}, TensorState::kHold)
+            .ok());
+  }
+  auto ls = manager_->Stats(limited->id, limited->token);
+  EXPECT_LE(ls->session.peak_device_bytes, 8 * kMiB);
+  EXPECT_EQ(ls->session.evictions, 1u);
+}
+
+TEST_F(MemoryManagerTest, ClosingReturnsEveryByte) {
+  RegisterChunks(6);
+  auto ids = RegisterChunks(2);
+  Use(ids[0], AccessMode::kReadWrite);
+  ASSERT_TRUE(manager_->CloseSession(id_, token_).ok());
+  EXPECT_EQ(manager_->session_count(), 0u);
+  EXPECT_EQ(manager_->host_pool_stats().used, 0u);
+  EXPECT_EQ(manager_->device_pool_stats(0).used, 0u);
+  EXPECT_EQ(manager_->Stats(id_, token_).status().code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(MemoryManagerTest, UnattachedSessionsAreReaped) {
+  RegisterChunks(2);
+  manager_->ReapUnattached(absl::Now() + absl::Minutes(5));
+  EXPECT_EQ(manager_->session_count(), 0u);
+  EXPECT_EQ(manager_->host_pool_stats().used, 0u);
+}
+
+TEST_F(MemoryManagerTest, HostHomesAreZeroedWhenReused) {
+  auto ids = RegisterChunks(1);
+  std::memset(Use(ids[0], AccessMode::kReadWrite), 0x44, 4 * kMiB);
+  Done(ids[0]);
+  ASSERT_TRUE(manager_->CloseSession(id_, token_).ok());
+  auto s = manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()});
+  ASSERT_TRUE(s.ok());
+  id_ = s->id;
+  token_ = s->token;
+  auto again = RegisterChunks(1);
+  const uint8_t* p = Use(again[0], AccessMode::kRead);
+  EXPECT_EQ(p[0], 0);
+  EXPECT_EQ(p[4 * kMiB - 1], 0);
+}
+
+TEST_F(MemoryManagerTest, OpenRejectsBadParameters) {
+  EXPECT_EQ(manager_->OpenSession({.pid = 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      manager_->OpenSession({.device = "GPU-nope", .pid = getpid()})
+          .status()
+          .code(),
+      absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->OpenSession({.pid = getpid(),
+                                   .client_name = std::string(100, 'x')})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tidepool
