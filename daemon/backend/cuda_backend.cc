@@ -1,5 +1,6 @@
 #include "daemon/backend/cuda_backend.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -173,6 +174,51 @@ CudaBackend::~CudaBackend() {
   if (handle_valid_) cu_->MemRelease(handle_);
 }
 
+namespace {
+
+// One direction of one batch, timed from when its stream reached it to when
+// the stream finished it (host functions run in stream order).
+struct TimedCopies {
+  const DeviceBackend::CopyObserver* observer;
+  bool to_device;
+  uint64_t bytes;
+  std::chrono::steady_clock::time_point* stream_free_at;
+};
+
+void CUDART_CB CopiesDone(void* arg) {
+  std::unique_ptr<TimedCopies> t(static_cast<TimedCopies*>(arg));
+  const auto now = std::chrono::steady_clock::now();
+  (*t->observer)(t->to_device, t->bytes,
+                 std::chrono::duration<double>(now - *t->stream_free_at)
+                     .count());
+  *t->stream_free_at = now;
+}
+
+void CUDART_CB StreamStarted(void* arg) {
+  *static_cast<std::chrono::steady_clock::time_point*>(arg) =
+      std::chrono::steady_clock::now();
+}
+
+}  // namespace
+
+absl::Status CudaBackend::TimeCopies(cudaStream_t stream, bool to_device,
+                                     uint64_t bytes) {
+  if (!copy_observer_ || bytes == 0) return absl::OkStatus();
+  auto* t = new TimedCopies{&copy_observer_, to_device, bytes,
+                            to_device ? &to_device_free_at_ : &to_host_free_at_};
+  const cudaError_t e = cudaLaunchHostFunc(stream, CopiesDone, t);
+  if (e != cudaSuccess) delete t;
+  return CheckCuda(e, "cudaLaunchHostFunc");
+}
+
+absl::Status CudaBackend::MarkStreamStart(cudaStream_t stream, bool to_device) {
+  if (!copy_observer_) return absl::OkStatus();
+  return CheckCuda(
+      cudaLaunchHostFunc(stream, StreamStarted,
+                         to_device ? &to_device_free_at_ : &to_host_free_at_),
+      "cudaLaunchHostFunc");
+}
+
 absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
   absl::MutexLock lock(&mu_);
   TP_RETURN_IF_ERROR(CheckCuda(cudaSetDevice(desc_.ordinal), "cudaSetDevice"));
@@ -186,12 +232,18 @@ absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
         cudaStreamWaitEvent(to_device_, it->second, 0),
         "cudaStreamWaitEvent (release)"));
   }
+  uint64_t to_host_bytes = 0, to_device_bytes = 0;
+  if (!batch.to_host.empty()) {
+    TP_RETURN_IF_ERROR(MarkStreamStart(to_host_, false));
+  }
   for (const CopyOp& op : batch.to_host) {
+    to_host_bytes += op.bytes;
     TP_RETURN_IF_ERROR(CheckCuda(
         cudaMemcpyAsync(host_ + op.host_offset, dev + op.device_offset,
                         op.bytes, cudaMemcpyDeviceToHost, to_host_),
         "cudaMemcpyAsync D2H"));
   }
+  TP_RETURN_IF_ERROR(TimeCopies(to_host_, false, to_host_bytes));
   if (!batch.to_host.empty()) {
     // Loads from now on start after these write-backs: a slot or host home
     // may be reused right away.
@@ -206,12 +258,17 @@ absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
         cudaMemsetAsync(dev + op.device_offset, 0, op.bytes, to_device_),
         "cudaMemsetAsync"));
   }
+  if (!batch.to_device.empty()) {
+    TP_RETURN_IF_ERROR(MarkStreamStart(to_device_, true));
+  }
   for (const CopyOp& op : batch.to_device) {
+    to_device_bytes += op.bytes;
     TP_RETURN_IF_ERROR(CheckCuda(
         cudaMemcpyAsync(dev + op.device_offset, host_ + op.host_offset,
                         op.bytes, cudaMemcpyHostToDevice, to_device_),
         "cudaMemcpyAsync H2D"));
   }
+  TP_RETURN_IF_ERROR(TimeCopies(to_device_, true, to_device_bytes));
   TP_RETURN_IF_ERROR(
       CheckCuda(cudaEventRecord(arrival_, to_device_), "cudaEventRecord"));
   cudaEvent_t marker = nullptr;

@@ -8,6 +8,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <deque>
 #include <map>
 
@@ -42,6 +43,9 @@ class CudaBackend : public DeviceBackend {
   CudaBackend() = default;
   absl::Status Init(const BackendOptions& options);
   void PollCompleted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reports the copies' duration to copy_observer_ when `stream` gets there.
+  absl::Status MarkStreamStart(cudaStream_t stream, bool to_device);
+  absl::Status TimeCopies(cudaStream_t stream, bool to_device, uint64_t bytes);
 
   const cuda::DriverApi* cu_ = nullptr;
   DeviceDescription desc_;
@@ -60,6 +64,10 @@ class CudaBackend : public DeviceBackend {
   cudaEvent_t arrival_ = nullptr;     // interprocess
   cudaEvent_t written_back_ = nullptr;
   cudaIpcEventHandle_t arrival_handle_{};
+
+  // Written only by host functions, which run in stream order.
+  std::chrono::steady_clock::time_point to_device_free_at_;
+  std::chrono::steady_clock::time_point to_host_free_at_;
 
   mutable absl::Mutex mu_;
   uint64_t submitted_ ABSL_GUARDED_BY(mu_) = 0;

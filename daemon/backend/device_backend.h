@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,6 +81,18 @@ class DeviceBackend {
 
   // Daemon-side views, for tests and diagnostics (sim only; nullptr on cuda).
   virtual uint8_t* HostVisibleDeviceMemory() const { return nullptr; }
+
+  // Told about every completed transfer (from the backend's own thread):
+  // direction, bytes and how long the copy engine spent on it. Set before
+  // the first Submit.
+  using CopyObserver =
+      std::function<void(bool to_device, uint64_t bytes, double seconds)>;
+  void SetCopyObserver(CopyObserver observer) {
+    copy_observer_ = std::move(observer);
+  }
+
+ protected:
+  CopyObserver copy_observer_;
 };
 
 struct BackendOptions {

@@ -111,7 +111,8 @@ void SimBackend::FillAttachReply(wire::AttachReply* reply) const {
   reply->control_page_bytes = control_.size();
 }
 
-void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
+void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes,
+                      bool to_device) {
   const auto start = std::chrono::steady_clock::now();
   if (src == nullptr) {
     std::memset(dst, 0, bytes);
@@ -124,6 +125,12 @@ void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
         static_cast<double>(bytes) / link_bytes_per_second_);
     std::this_thread::sleep_until(
         start + std::chrono::duration_cast<std::chrono::nanoseconds>(budget));
+  }
+  if (copy_observer_ && src != nullptr) {
+    copy_observer_(to_device, bytes,
+                   std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count());
   }
 }
 
@@ -145,13 +152,16 @@ void SimBackend::WorkerLoop() {
     // loads submitted after them.
     const CopyBatch& batch = item.second;
     for (const auto& op : batch.to_host) {
-      Copy(host_ + op.host_offset, device_.data() + op.device_offset, op.bytes);
+      Copy(host_ + op.host_offset, device_.data() + op.device_offset, op.bytes,
+           /*to_device=*/false);
     }
     for (const auto& op : batch.zero_device) {
-      Copy(device_.data() + op.device_offset, nullptr, op.bytes);
+      Copy(device_.data() + op.device_offset, nullptr, op.bytes,
+           /*to_device=*/true);
     }
     for (const auto& op : batch.to_device) {
-      Copy(device_.data() + op.device_offset, host_ + op.host_offset, op.bytes);
+      Copy(device_.data() + op.device_offset, host_ + op.host_offset, op.bytes,
+           /*to_device=*/true);
     }
     {
       absl::MutexLock lock(&mu_);

@@ -40,7 +40,7 @@ class SimBackend : public DeviceBackend {
  private:
   SimBackend() = default;
   void WorkerLoop();
-  void Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes);
+  void Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes, bool to_device);
   wire::ControlPage* page() const {
     return reinterpret_cast<wire::ControlPage*>(control_.data());
   }

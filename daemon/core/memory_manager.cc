@@ -138,6 +138,7 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
             .packer = ChunkPacker(options_.chunk_size)};
   s.stats.id = id;
   sessions_.emplace(id, std::move(s));
+  observer().OnSessionOpened(device, policy);
   LOG(INFO) << "session " << id << " opened: pid " << params.pid << ", policy "
             << PolicyName(policy) << ", device "
             << devices_[device]->description().name;
@@ -356,7 +357,8 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   return result;
 }
 
-void MemoryManager::Evict(Chunk& chunk, CopyBatch& batch) {
+void MemoryManager::Evict(Chunk& chunk, EvictionCause cause,
+                          CopyBatch& batch) {
   Session& owner = sessions_.at(chunk.session_id);
   Device& dev = device_state_[owner.device];
   const uint64_t rounded = dev.allocator->RoundUp(chunk.bytes);
@@ -368,6 +370,7 @@ void MemoryManager::Evict(Chunk& chunk, CopyBatch& batch) {
     ++owner.stats.clean_evictions;
   }
   ++owner.stats.evictions;
+  observer().OnEviction(owner.device, cause, !chunk.dirty);
   batch.wait_sessions.push_back(owner.id);
   dev.allocator->Free(*chunk.device_offset).IgnoreError();
   chunk.device_offset.reset();
@@ -415,7 +418,8 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
           "tensors or acquire fewer at once"));
     }
     const size_t victim = dev.eviction->ChooseVictim(candidates);
-    Evict(chunks_.at(candidates[victim].chunk_id), batch);
+    Evict(chunks_.at(candidates[victim].chunk_id),
+          own_only ? EvictionCause::kQuota : EvictionCause::kCapacity, batch);
   }
   return absl::OkStatus();
 }
@@ -651,6 +655,7 @@ void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
     // From here no request authenticates as this session. Its chunks stay
     // allocated, pinned so that no eviction picks them, until the copies
     // already submitted for them have finished.
+    observer().OnSessionReclaimed(device, it->second.policy, reason);
     sessions_.erase(it);
     for (uint64_t c : chunk_ids) chunks_.at(c).compute_count = 1 << 30;
     LOG(INFO) << "session " << id << " reclaimed (" << ReclaimReasonName(reason)
@@ -660,6 +665,53 @@ void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
   if (was_attached) devices_[device]->RemoveSession(id);
   absl::MutexLock lock(&mu_);
   for (uint64_t c : chunk_ids) DestroyChunk(c);
+}
+
+TensorState MemoryManager::ChunkState(const Chunk& chunk,
+                                      const Session& session) {
+  auto rank = [](TensorState s) {
+    switch (s) {
+      case TensorState::kCompute:
+        return 4;
+      case TensorState::kReadyForReduce:
+        return 3;
+      case TensorState::kHoldAfterBwd:
+        return 2;
+      case TensorState::kHold:
+        return 1;
+      case TensorState::kFree:
+        return 0;
+    }
+    return 0;
+  };
+  TensorState best = TensorState::kFree;
+  for (uint64_t t : chunk.tensors) {
+    const TensorState s = session.tensors.at(t).state;
+    if (rank(s) > rank(best)) best = s;
+  }
+  return best;
+}
+
+ManagerSnapshot MemoryManager::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  ManagerSnapshot snap;
+  snap.host_pool = {host_allocator_.capacity(), host_allocator_.used(),
+                    host_allocator_.peak()};
+  snap.devices.resize(devices_.size());
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    const auto& a = *device_state_[d].allocator;
+    snap.devices[d].pool = {a.capacity(), a.used(), a.peak()};
+  }
+  for (const auto& [id, session] : sessions_) {
+    auto& dev = snap.devices[session.device];
+    ++dev.sessions[session.policy];
+    for (uint64_t c : session.chunks) {
+      const Chunk& chunk = chunks_.at(c);
+      const int state = static_cast<int>(ChunkState(chunk, session));
+      dev.chunk_bytes[chunk.device_offset ? 1 : 0][state] += chunk.bytes;
+    }
+  }
+  return snap;
 }
 
 size_t MemoryManager::session_count() const {

@@ -133,6 +133,34 @@ struct StatsView {
 enum class ReclaimReason { kClosed, kDisconnected, kAttachTimeout };
 absl::string_view ReclaimReasonName(ReclaimReason reason);
 
+enum class EvictionCause { kCapacity, kQuota };
+
+// Told about events as they happen (for metrics); called under the
+// manager's lock, so implementations must be quick and must not call back.
+class ManagerObserver {
+ public:
+  virtual ~ManagerObserver() = default;
+  virtual void OnSessionOpened(size_t device, Policy policy) {}
+  virtual void OnSessionReclaimed(size_t device, Policy policy,
+                                  ReclaimReason reason) {}
+  virtual void OnEviction(size_t device, EvictionCause cause, bool clean) {}
+};
+
+// A consistent picture of the daemon's memory, for scrapes and tidepoolctl.
+struct ManagerSnapshot {
+  static constexpr int kStates = 5;  // indexed by TensorState
+  struct Device {
+    PoolStatsView pool;
+    // Chunk bytes by [on device?][state]; a chunk's state is its tensors'
+    // most active one (COMPUTE > READY_FOR_REDUCE > HOLD_AFTER_BWD > HOLD >
+    // FREE).
+    uint64_t chunk_bytes[2][kStates] = {};
+    std::map<Policy, int> sessions;
+  };
+  PoolStatsView host_pool;
+  std::vector<Device> devices;
+};
+
 // What the fd socket sends a freshly attached client.
 struct AttachGrant {
   DeviceBackend* backend;
@@ -170,7 +198,11 @@ class MemoryManager {
   // Reclaims sessions that did not attach within the timeout.
   void ReapUnattached(absl::Time now);
 
+  // Not owned; must outlive the manager. Set before serving.
+  void SetObserver(ManagerObserver* observer) { observer_ = observer; }
+
   // Daemon-wide views for metrics and tests.
+  ManagerSnapshot Snapshot() const;
   size_t session_count() const;
   PoolStatsView host_pool_stats() const;
   PoolStatsView device_pool_stats(size_t device) const;
@@ -233,17 +265,22 @@ class MemoryManager {
   absl::Status MakeRoom(Session& session, uint64_t bytes,
                         const std::vector<uint64_t>& pinned, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Evict(Chunk& chunk, CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> CreateChunk(Session& session, Group group,
                                        uint64_t bytes, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DestroyChunk(uint64_t chunk_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Reclaim(uint64_t id, ReclaimReason reason) ABSL_LOCKS_EXCLUDED(mu_);
+  static TensorState ChunkState(const Chunk& chunk, const Session& session);
   absl::StatusOr<uint64_t> SubmitBatch(size_t device, CopyBatch batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static ChunkView View(const Chunk& chunk);
 
   const ManagerOptions options_;
+  ManagerObserver* observer_ = nullptr;
+  ManagerObserver null_observer_;
+  ManagerObserver& observer() { return observer_ ? *observer_ : null_observer_; }
   HostPool host_pool_;
   std::vector<std::unique_ptr<DeviceBackend>> devices_;
 
