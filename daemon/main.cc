@@ -18,7 +18,10 @@
 #include "daemon/config/config.h"
 #include "daemon/core/memory_manager.h"
 #include "daemon/server/fd_server.h"
+#include "daemon/metrics/exposer.h"
+#include "daemon/metrics/tidepool_metrics.h"
 #include "daemon/server/grpc_service.h"
+#include "daemon/server/metrics_bridge.h"
 
 ABSL_FLAG(std::string, config, "", "TOML config file (flags override it)");
 ABSL_FLAG(std::string, socket, "", "gRPC Unix socket path");
@@ -142,9 +145,22 @@ absl::Status Run() {
   options.attach_timeout = absl::Seconds(config.attach_timeout_seconds);
   MemoryManager manager(options, std::move(host_pool), std::move(devices));
 
+  metrics::Registry registry;
+  metrics::TidepoolMetrics metrics(
+      registry, TIDEPOOL_VERSION,
+      manager.devices().front()->description().backend);
+  MetricsBridge bridge(&metrics, &manager);
+  std::unique_ptr<metrics::Exposer> exposer;
+  if (!config.metrics_address.empty()) {
+    exposer = std::make_unique<metrics::Exposer>(
+        registry, metrics::ExposerOptions{.address = config.metrics_address});
+    TP_RETURN_IF_ERROR(exposer->Start());
+    LOG(INFO) << "metrics on http://" << config.metrics_address << "/metrics";
+  }
+
   FdServer fd_server(&manager);
   TP_RETURN_IF_ERROR(fd_server.Start(config.fd_socket));
-  GrpcService service(&manager, config.fd_socket);
+  GrpcService service(&manager, config.fd_socket, bridge.MakeRpcObserver());
   grpc::ServerBuilder builder;
   ::unlink(config.socket.c_str());
   builder.AddListeningPort("unix:" + config.socket,
@@ -167,6 +183,7 @@ absl::Status Run() {
   sd_notify(0, "STOPPING=1");
   server->Shutdown();
   fd_server.Stop();
+  if (exposer) exposer->Stop();
   ::unlink(config.socket.c_str());
   ::unlink(config.fd_socket.c_str());
   return absl::OkStatus();
