@@ -1,0 +1,27 @@
+# The two commands of README.md: `make demo` and `make test`.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+BUILD_TYPE ?= RelWithDebInfo
+# GPU-labelled tests run only where a GPU answers.
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+CTEST_LABELS := $(if $(HAVE_GPU),,-LE gpu)
+
+.PHONY: all deps build demo test clean
+
+all: build
+
+deps:
+	@scripts/setup.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) $(CTEST_LABELS)
+
+clean:
+	rm -rf $(BUILD)
