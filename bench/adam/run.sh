@@ -43,7 +43,7 @@ fi
 
 # An interpreter with torch: $PYTHON, else python3, else the bench venv.
 py=${PYTHON:-}
-if [ -z "$py" ] && python3 -c 'import torch' 2>/dev/null; then py=python3; fi
+if [ -z "$py" ] && python3 -c 'import torch' >/dev/null 2>&1; then py=python3; fi
 if [ -z "$py" ]; then
   venv=${TIDEPOOL_BENCH_VENV:-$HOME/.cache/tidepool/bench-venv}
   if [ ! -x "$venv/bin/python" ] && [ "$install" = 1 ]; then
@@ -51,10 +51,10 @@ if [ -z "$py" ]; then
     python3 -m venv "$venv"
   fi
   if [ -x "$venv/bin/python" ]; then
-    if ! "$venv/bin/python" -c 'import torch' 2>/dev/null && [ "$install" = 1 ]; then
+    if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1 && [ "$install" = 1 ]; then
       "$venv/bin/pip" install -q torch >&2 || echo "pip install torch failed" >&2
     fi
-    if ! "$venv/bin/python" -c 'import deepspeed' 2>/dev/null && [ "$install" = 1 ]; then
+    if ! "$venv/bin/python" -c 'import deepspeed' >/dev/null 2>&1 && [ "$install" = 1 ]; then
       "$venv/bin/pip" install -q deepspeed ninja >&2 ||
         echo "pip install deepspeed failed" >&2
     fi
