@@ -1,0 +1,190 @@
+// bench/transfer: how fast tidepool moves chunks, next to a raw copy of the
+// same sizes measured in the same run. For each chunk size it starts a
+// tidepoold (cuda backend where a GPU is, sim elsewhere), registers twice
+// the device pool in chunks of that size and sweeps them: every acquire
+// loads a chunk that is not resident (evicting a clean one, which costs no
+// transfer). The baseline is cudaMemcpyAsync from cudaMallocHost memory
+// (cuda) or memcpy between two shared mappings (sim).
+#include <sys/mman.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "tests/support/process.h"
+#include "tidepool/session.h"
+#ifdef TIDEPOOL_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+ABSL_FLAG(std::string, sizes_mib, "4,16,64,256", "chunk sizes in MiB");
+ABSL_FLAG(int, pool_mib, 1024, "device pool in MiB");
+ABSL_FLAG(int, sweeps, 3, "sweeps over all chunks (best is reported)");
+ABSL_FLAG(std::string, device, "auto", "auto | sim | cuda:<n>");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+#ifdef TIDEPOOL_HAVE_CUDA
+bool HaveGpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+#else
+bool HaveGpu() { return false; }
+#endif
+
+// Raw copies of `count` chunks of `bytes` host to device, in GB/s: chunk i
+// of a host buffer as large as the registered model goes to slot i of a
+// device buffer as large as the pool, as tidepool's sweep does.
+double RawGbps(bool cuda, uint64_t bytes, int count, uint64_t pool) {
+  const uint64_t slots = pool / bytes;
+  const uint64_t host_bytes = bytes * count;
+#ifdef TIDEPOOL_HAVE_CUDA
+  if (cuda) {
+    uint8_t* host = nullptr;
+    uint8_t* dev = nullptr;
+    cudaStream_t s;
+    if (cudaMallocHost(reinterpret_cast<void**>(&host), host_bytes) !=
+            cudaSuccess ||
+        cudaMalloc(reinterpret_cast<void**>(&dev), pool) != cudaSuccess ||
+        cudaStreamCreate(&s) != cudaSuccess) {
+      return 0;
+    }
+    std::memset(host, 1, host_bytes);
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto t = Clock::now();
+      for (int i = 0; i < count; ++i) {
+        cudaMemcpyAsync(dev + (i % slots) * bytes, host + i * bytes, bytes,
+                        cudaMemcpyHostToDevice, s);
+      }
+      cudaStreamSynchronize(s);
+      best = std::max(best, host_bytes / Since(t) / 1e9);
+    }
+    cudaFreeHost(host);
+    cudaFree(dev);
+    cudaStreamDestroy(s);
+    return best;
+  }
+#endif
+  // Two shared mappings, as the sim backend copies between memfds.
+  auto* a = static_cast<uint8_t*>(mmap(nullptr, host_bytes,
+                                       PROT_READ | PROT_WRITE,
+                                       MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* b = static_cast<uint8_t*>(mmap(nullptr, pool, PROT_READ | PROT_WRITE,
+                                       MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  std::memset(a, 1, host_bytes);
+  std::memset(b, 2, pool);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t = Clock::now();
+    for (int i = 0; i < count; ++i) {
+      std::memcpy(b + (i % slots) * bytes, a + i * bytes, bytes);
+    }
+    best = std::max(best, host_bytes / Since(t) / 1e9);
+  }
+  munmap(a, host_bytes);
+  munmap(b, pool);
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const bool cuda = absl::GetFlag(FLAGS_device) != "sim" && HaveGpu();
+  const uint64_t pool = uint64_t(absl::GetFlag(FLAGS_pool_mib)) << 20;
+  std::printf("bench/transfer: %s backend, device pool %d MiB, host->device "
+              "chunk loads vs raw %s\n",
+              cuda ? "cuda" : "sim", absl::GetFlag(FLAGS_pool_mib),
+              cuda ? "cudaMemcpyAsync from cudaMallocHost memory"
+                   : "memcpy between shared mappings");
+  std::printf("%10s %8s %14s %14s %8s\n", "chunk", "chunks", "tidepool GB/s",
+              "raw GB/s", "ratio");
+  for (absl::string_view size_text :
+       absl::StrSplit(absl::GetFlag(FLAGS_sizes_mib), ',')) {
+    int mib = 0;
+    if (!absl::SimpleAtoi(size_text, &mib) || mib <= 0) {
+      std::fprintf(stderr, "bad size '%s'\n", std::string(size_text).c_str());
+      return 2;
+    }
+    const uint64_t chunk = uint64_t(mib) << 20;
+    const int count = static_cast<int>(2 * pool / chunk);
+    if (count < 4) continue;
+    tidepool::testing::DaemonOptions options;
+    options.device = cuda ? "cuda:0" : "sim";
+    options.sim_capacity = absl::StrCat(absl::GetFlag(FLAGS_pool_mib), "MiB");
+    options.host_pool = absl::StrCat(3 * absl::GetFlag(FLAGS_pool_mib), "MiB");
+    options.chunk_size = absl::StrCat(mib, "MiB");
+    if (cuda) {
+      options.extra_args = {
+          absl::StrCat("--device_pool=", absl::GetFlag(FLAGS_pool_mib), "MiB")};
+    }
+    auto daemon = tidepool::testing::DaemonProcess::Start(options);
+    if (!daemon.ok()) {
+      std::fprintf(stderr, "%s\n", daemon.status().ToString().c_str());
+      return 1;
+    }
+    tidepool::SessionOptions so;
+    so.socket = (*daemon)->socket();
+    so.policy = tidepool::Policy::kCpu;
+    auto s = tidepool::Session::Open(so);
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+      return 1;
+    }
+    std::vector<tidepool::TensorSpec> specs;
+    for (int i = 0; i < count; ++i) {
+      specs.push_back({absl::StrCat("c", i), tidepool::DType::kU8,
+                       {static_cast<int64_t>(chunk)}, tidepool::Group::kParam});
+    }
+    auto t = (*s)->Register(specs);
+    if (!t.ok()) {
+      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+      return 1;
+    }
+    tidepool::CudaStream stream = nullptr;
+#ifdef TIDEPOOL_HAVE_CUDA
+    cudaStream_t cs = nullptr;
+    if (cuda) {
+      cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking);
+      stream = reinterpret_cast<tidepool::CudaStream>(cs);
+    }
+#endif
+    double best = 0;
+    for (int sweep = 0; sweep <= absl::GetFlag(FLAGS_sweeps); ++sweep) {
+      const auto start = Clock::now();
+      for (const auto& info : *t) {
+        const uint64_t id = info.id;
+        auto got = (*s)->Acquire({&id, 1}, tidepool::AccessMode::kRead, stream);
+        if (!got.ok()) {
+          std::fprintf(stderr, "%s\n", got.status().ToString().c_str());
+          return 1;
+        }
+        (void)(*s)->Release({&id, 1}, tidepool::TensorState::kHold, stream);
+      }
+#ifdef TIDEPOOL_HAVE_CUDA
+      if (cuda) cudaStreamSynchronize(cs);
+#endif
+      const double gbps = chunk * double(count) / Since(start) / 1e9;
+      if (sweep > 0) best = std::max(best, gbps);  // sweep 0 warms up
+    }
+    const double raw = RawGbps(cuda, chunk, count, pool);
+    std::printf("%7d MiB %8d %14.2f %14.2f %7.1f%%\n", mib, count, best, raw,
+                100 * best / raw);
+    std::fflush(stdout);
+  }
+  return 0;
+}
