@@ -68,6 +68,22 @@ absl::string_view ReclaimReasonName(ReclaimReason reason) {
   return "unknown";
 }
 
+absl::string_view ResidencyEventKindName(ResidencyEventKind kind) {
+  switch (kind) {
+    case ResidencyEventKind::kCreated:
+      return "created";
+    case ResidencyEventKind::kLoaded:
+      return "loaded";
+    case ResidencyEventKind::kEvicted:
+      return "evicted";
+    case ResidencyEventKind::kAcquired:
+      return "acquired";
+    case ResidencyEventKind::kReleased:
+      return "released";
+  }
+  return "unknown";
+}
+
 MemoryManager::MemoryManager(ManagerOptions options, HostPool host_pool,
                              std::vector<std::unique_ptr<DeviceBackend>> devices)
     : options_(std::move(options)),
@@ -348,6 +364,9 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
     return status;
   }
   session->stats.tensors += new_tensors.size();
+  for (uint64_t c : new_chunks) {
+    RecordEvent(chunks_.at(c), ResidencyEventKind::kCreated);
+  }
   if (!batch.zero_device.empty()) {
     TP_ASSIGN_OR_RETURN(const uint64_t seq,
                         SubmitBatch(session->device, std::move(batch)));
@@ -374,6 +393,7 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause,
   batch.wait_sessions.push_back(owner.id);
   dev.allocator->Free(*chunk.device_offset).IgnoreError();
   chunk.device_offset.reset();
+  RecordEvent(chunk, ResidencyEventKind::kEvicted, chunk.dirty);
   chunk.dirty = false;
   owner.stats.device_bytes -= rounded;
 }
@@ -525,6 +545,13 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
     result.tensors.push_back(
         {t, *c.device_offset + tensor.offset, tensor.bytes});
   }
+  for (uint64_t cid : needed) {
+    const Chunk& c = chunks_.at(cid);
+    if (std::find(loaded.begin(), loaded.end(), cid) != loaded.end()) {
+      RecordEvent(c, ResidencyEventKind::kLoaded);
+    }
+    RecordEvent(c, ResidencyEventKind::kAcquired);
+  }
   ++session->stats.acquires;
   return result;
 }
@@ -560,9 +587,13 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
     }
   }
   const uint64_t tick = ++tick_;
+  std::vector<uint64_t> released;  // chunks, in first-release order
   for (uint64_t t : tensor_ids) {
     Tensor& tensor = session->tensors.at(t);
     Chunk& c = chunks_.at(tensor.chunk_id);
+    if (std::find(released.begin(), released.end(), c.id) == released.end()) {
+      released.push_back(c.id);
+    }
     if (tensor.state == TensorState::kCompute) --c.compute_count;
     tensor.state = target;
     c.last_use_tick = tick;
@@ -575,6 +606,9 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
       }
       if (all_free) c.dirty = false;
     }
+  }
+  for (uint64_t cid : released) {
+    RecordEvent(chunks_.at(cid), ResidencyEventKind::kReleased);
   }
   return absl::OkStatus();
 }
@@ -613,7 +647,10 @@ absl::StatusOr<AttachGrant> MemoryManager::Attach(
     return absl::AlreadyExistsError(
         absl::StrCat("session ", session->id, " is already attached"));
   }
-  if (peer.pid != session->pid) {
+  // SO_PEERCRED reports pid 0 for a peer outside our pid namespace (a
+  // trainer in another container): its pid cannot be checked, and the token
+  // alone proves ownership. Inside our namespace the pids must agree.
+  if (peer.pid != 0 && peer.pid != session->pid) {
     return absl::PermissionDeniedError(absl::StrCat(
         "session ", session->id, " belongs to pid ", session->pid,
         ", not to the connecting pid ", peer.pid));
@@ -729,6 +766,114 @@ PoolStatsView MemoryManager::device_pool_stats(size_t device) const {
   absl::MutexLock lock(&mu_);
   const auto& a = *device_state_.at(device).allocator;
   return {a.capacity(), a.used(), a.peak()};
+}
+
+void MemoryManager::RecordEvent(const Chunk& chunk, ResidencyEventKind kind,
+                                bool dirty) {
+  const size_t capacity = options_.residency_event_capacity;
+  if (capacity == 0) return;
+  ResidencyEventView e{.sequence = events_recorded_,
+                       .time = absl::Now(),
+                       .session_id = chunk.session_id,
+                       .chunk_id = chunk.id,
+                       .kind = kind,
+                       .on_device = chunk.device_offset.has_value(),
+                       .dirty = dirty};
+  if (events_.size() < capacity) {
+    events_.push_back(e);
+  } else {
+    events_[events_recorded_ % capacity] = e;
+  }
+  ++events_recorded_;
+}
+
+ChunkDetailView MemoryManager::Detail(const Chunk& chunk,
+                                      const Session& session) const {
+  ChunkDetailView d{.chunk = View(chunk),
+                    .state = ChunkState(chunk, session),
+                    .computing = chunk.compute_count > 0};
+  d.tensors.reserve(chunk.tensors.size());
+  for (uint64_t t : chunk.tensors) {
+    d.tensors.push_back(session.tensors.at(t).name);
+  }
+  return d;
+}
+
+std::vector<SessionInfoView> MemoryManager::ListSessions() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<SessionInfoView> out;
+  out.reserve(sessions_.size());
+  for (const auto& [id, s] : sessions_) {
+    out.push_back(SessionInfoView{.id = id,
+                                  .pid = s.pid,
+                                  .client_name = s.client_name,
+                                  .policy = s.policy,
+                                  .device = s.device,
+                                  .attached = s.attached,
+                                  .opened_at = s.opened_at,
+                                  .device_quota = s.device_quota,
+                                  .host_quota = s.host_quota,
+                                  .stats = s.stats});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ChunkDetailView>> MemoryManager::SessionChunks(
+    uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("no session ", id));
+  }
+  std::vector<ChunkDetailView> out;
+  out.reserve(it->second.chunks.size());
+  for (uint64_t c : it->second.chunks) {
+    out.push_back(Detail(chunks_.at(c), it->second));
+  }
+  return out;
+}
+
+absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
+                                                     size_t max_events) const {
+  absl::MutexLock lock(&mu_);
+  TimelineView view;
+  auto it = sessions_.find(id);
+  if (it != sessions_.end()) {
+    for (uint64_t c : it->second.chunks) {
+      view.chunks.push_back(Detail(chunks_.at(c), it->second));
+    }
+  }
+  // Oldest first: the ring starts at the slot that is overwritten next.
+  const size_t n = events_.size();
+  const size_t start = n < options_.residency_event_capacity
+                           ? 0
+                           : events_recorded_ % options_.residency_event_capacity;
+  for (size_t i = 0; i < n; ++i) {
+    const ResidencyEventView& e = events_[(start + i) % n];
+    if (e.session_id == id) view.events.push_back(e);
+  }
+  if (it == sessions_.end() && view.events.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("no session ", id, " (and no recorded events of it)"));
+  }
+  // Events of a session older than the ring's oldest were overwritten when
+  // the ring is full and the session's ids predate it.
+  if (n == options_.residency_event_capacity && n > 0 &&
+      events_recorded_ > n && !view.events.empty() &&
+      view.events.front().kind != ResidencyEventKind::kCreated) {
+    view.truncated = true;
+  }
+  if (max_events != 0 && view.events.size() > max_events) {
+    view.events.erase(view.events.begin(),
+                      view.events.end() - static_cast<ptrdiff_t>(max_events));
+    view.truncated = true;
+  }
+  return view;
+}
+
+uint64_t MemoryManager::residency_events_recorded() const {
+  absl::MutexLock lock(&mu_);
+  return events_recorded_;
 }
 
 }  // namespace tidepool
