@@ -50,6 +50,9 @@ struct ManagerOptions {
   size_t max_tensors_per_request = 1 << 20;
   size_t max_name_bytes = 1024;
   size_t max_dims = 16;
+  // Residency events kept for tidepoolctl's timeline (a ring: the oldest
+  // are overwritten). 0 disables the log.
+  size_t residency_event_capacity = 100000;
 };
 
 struct OpenParams {
@@ -161,6 +164,48 @@ struct ManagerSnapshot {
   std::vector<Device> devices;
 };
 
+// Residency log (tidepoolctl timeline/trace): what happened to a chunk.
+// Times are when the daemon decided the move (copies run asynchronously).
+enum class ResidencyEventKind { kCreated, kLoaded, kEvicted, kAcquired, kReleased };
+absl::string_view ResidencyEventKindName(ResidencyEventKind kind);
+
+struct ResidencyEventView {
+  uint64_t sequence = 0;  // daemon-wide, increasing
+  absl::Time time;
+  uint64_t session_id = 0;
+  uint64_t chunk_id = 0;
+  ResidencyEventKind kind = ResidencyEventKind::kCreated;
+  bool on_device = false;  // where the chunk is after the event
+  bool dirty = false;      // evicted: a write-back was needed
+};
+
+// Admin views (tidepoolctl); no token needed.
+struct SessionInfoView {
+  uint64_t id = 0;
+  int32_t pid = 0;
+  std::string client_name;
+  Policy policy = Policy::kCpu;
+  size_t device = 0;
+  bool attached = false;
+  absl::Time opened_at;
+  uint64_t device_quota = 0;
+  uint64_t host_quota = 0;
+  SessionStatsView stats;
+};
+
+struct ChunkDetailView {
+  ChunkView chunk;
+  TensorState state = TensorState::kFree;  // most active of its tensors
+  bool computing = false;
+  std::vector<std::string> tensors;  // names, in placement order
+};
+
+struct TimelineView {
+  std::vector<ResidencyEventView> events;  // oldest first
+  std::vector<ChunkDetailView> chunks;     // empty once the session ended
+  bool truncated = false;  // older events of the session were overwritten
+};
+
 // What the fd socket sends a freshly attached client.
 struct AttachGrant {
   DeviceBackend* backend;
@@ -210,6 +255,16 @@ class MemoryManager {
     return devices_;
   }
   const ManagerOptions& options() const { return options_; }
+
+  // Admin views for tidepoolctl. An unknown session id is NOT_FOUND.
+  std::vector<SessionInfoView> ListSessions() const;
+  absl::StatusOr<std::vector<ChunkDetailView>> SessionChunks(
+      uint64_t id) const;
+  // The session's most recent `max_events` residency events (0: all still
+  // in the ring). A session that ended still has its recorded events.
+  absl::StatusOr<TimelineView> Timeline(uint64_t id, size_t max_events) const;
+  uint64_t residency_events_recorded() const;
+  absl::Time started_at() const { return started_at_; }
 
  private:
   struct Tensor {
@@ -276,8 +331,13 @@ class MemoryManager {
   absl::StatusOr<uint64_t> SubmitBatch(size_t device, CopyBatch batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static ChunkView View(const Chunk& chunk);
+  ChunkDetailView Detail(const Chunk& chunk, const Session& session) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordEvent(const Chunk& chunk, ResidencyEventKind kind,
+                   bool dirty = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ManagerOptions options_;
+  const absl::Time started_at_ = absl::Now();
   ManagerObserver* observer_ = nullptr;
   ManagerObserver null_observer_;
   ManagerObserver& observer() { return observer_ ? *observer_ : null_observer_; }
@@ -293,6 +353,10 @@ class MemoryManager {
   uint64_t next_chunk_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_tensor_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  // The residency log: a ring of options_.residency_event_capacity events;
+  // event n (0-based, counting every one recorded) is at n % capacity.
+  std::vector<ResidencyEventView> events_ ABSL_GUARDED_BY(mu_);
+  uint64_t events_recorded_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tidepool

@@ -1,5 +1,6 @@
 #include "daemon/server/grpc_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -35,6 +36,55 @@ void FillPool(const PoolStatsView& p, v1::PoolStats* out) {
   out->set_used_bytes(p.used);
   out->set_peak_bytes(p.peak);
 }
+
+void FillSessionStats(const SessionStatsView& v, v1::SessionStats* s) {
+  s->set_session_id(v.id);
+  s->set_bytes_to_device(v.bytes_to_device);
+  s->set_bytes_to_host(v.bytes_to_host);
+  s->set_evictions(v.evictions);
+  s->set_clean_evictions(v.clean_evictions);
+  s->set_device_bytes(v.device_bytes);
+  s->set_peak_device_bytes(v.peak_device_bytes);
+  s->set_host_bytes(v.host_bytes);
+  s->set_chunks(v.chunks);
+  s->set_tensors(v.tensors);
+  s->set_acquires(v.acquires);
+}
+
+void FillDevice(const DeviceDescription& d, v1::DeviceInfo* out) {
+  out->set_name(d.name);
+  out->set_uuid(d.uuid);
+  out->set_backend(d.backend);
+  out->set_capacity_bytes(d.capacity_bytes);
+  out->set_ordinal(d.ordinal);
+}
+
+void FillChunkDetail(const ChunkDetailView& d, v1::ChunkDetail* out) {
+  FillChunk(d.chunk, out->mutable_chunk());
+  out->set_state(ToProto(d.state));
+  out->set_computing(d.computing);
+  for (const auto& name : d.tensors) out->add_tensors(name);
+}
+
+v1::ResidencyEventKind ToProto(ResidencyEventKind kind) {
+  switch (kind) {
+    case ResidencyEventKind::kCreated:
+      return v1::RESIDENCY_EVENT_CREATED;
+    case ResidencyEventKind::kLoaded:
+      return v1::RESIDENCY_EVENT_LOADED;
+    case ResidencyEventKind::kEvicted:
+      return v1::RESIDENCY_EVENT_EVICTED;
+    case ResidencyEventKind::kAcquired:
+      return v1::RESIDENCY_EVENT_ACQUIRED;
+    case ResidencyEventKind::kReleased:
+      return v1::RESIDENCY_EVENT_RELEASED;
+  }
+  return v1::RESIDENCY_EVENT_UNSPECIFIED;
+}
+
+#ifndef TIDEPOOL_VERSION
+#define TIDEPOOL_VERSION "unknown"
+#endif
 
 }  // namespace
 
@@ -198,6 +248,101 @@ grpc::Status GrpcService::GetChunks(grpc::ServerContext*,
         std::vector<ChunkView> chunks,
         manager_->Chunks(request->session().session_id(), token));
     for (const auto& c : chunks) FillChunk(c, response->add_chunks());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status GrpcService::GetStatus(grpc::ServerContext*,
+                                    const v1::GetStatusRequest*,
+                                    v1::GetStatusResponse* response) {
+  return Run("GetStatus", [&]() -> absl::Status {
+    const ManagerSnapshot snap = manager_->Snapshot();
+    const ManagerOptions& o = manager_->options();
+    response->set_version(TIDEPOOL_VERSION);
+    response->set_uptime_seconds(
+        absl::ToDoubleSeconds(absl::Now() - manager_->started_at()));
+    uint32_t sessions = 0;
+    for (size_t d = 0; d < snap.devices.size(); ++d) {
+      auto* dev = response->add_devices();
+      FillDevice(manager_->devices()[d]->description(),
+                 dev->mutable_device());
+      FillPool(snap.devices[d].pool, dev->mutable_pool());
+      uint32_t n = 0;
+      for (const auto& [policy, count] : snap.devices[d].sessions) n += count;
+      dev->set_sessions(n);
+      sessions += n;
+    }
+    FillPool(snap.host_pool, response->mutable_host_pool());
+    response->set_sessions(sessions);
+    auto* c = response->mutable_config();
+    c->set_chunk_size_bytes(o.chunk_size);
+    c->set_default_policy(ToProto(o.default_policy));
+    c->set_host_pool_bytes(snap.host_pool.capacity);
+    c->set_attach_timeout_seconds(absl::ToDoubleSeconds(o.attach_timeout));
+    c->set_max_tensors_per_request(o.max_tensors_per_request);
+    c->set_max_name_bytes(o.max_name_bytes);
+    c->set_max_dims(o.max_dims);
+    c->set_residency_event_capacity(o.residency_event_capacity);
+    response->set_residency_events_recorded(
+        manager_->residency_events_recorded());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status GrpcService::ListSessions(grpc::ServerContext*,
+                                       const v1::ListSessionsRequest*,
+                                       v1::ListSessionsResponse* response) {
+  return Run("ListSessions", [&]() -> absl::Status {
+    const absl::Time now = absl::Now();
+    for (const SessionInfoView& s : manager_->ListSessions()) {
+      auto* out = response->add_sessions();
+      out->set_session_id(s.id);
+      out->set_pid(s.pid);
+      out->set_client_name(s.client_name);
+      out->set_policy(ToProto(s.policy));
+      out->set_device(manager_->devices()[s.device]->description().name);
+      out->set_attached(s.attached);
+      out->set_age_seconds(absl::ToDoubleSeconds(now - s.opened_at));
+      out->set_device_quota_bytes(s.device_quota);
+      out->set_host_quota_bytes(s.host_quota);
+      FillSessionStats(s.stats, out->mutable_stats());
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status GrpcService::ListChunks(grpc::ServerContext*,
+                                     const v1::ListChunksRequest* request,
+                                     v1::ListChunksResponse* response) {
+  return Run("ListChunks", [&]() -> absl::Status {
+    TP_ASSIGN_OR_RETURN(std::vector<ChunkDetailView> chunks,
+                        manager_->SessionChunks(request->session_id()));
+    for (const auto& c : chunks) FillChunkDetail(c, response->add_chunks());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status GrpcService::GetTimeline(grpc::ServerContext*,
+                                      const v1::GetTimelineRequest* request,
+                                      v1::GetTimelineResponse* response) {
+  return Run("GetTimeline", [&]() -> absl::Status {
+    TP_ASSIGN_OR_RETURN(
+        TimelineView t,
+        manager_->Timeline(request->session_id(),
+                           static_cast<size_t>(std::min<uint64_t>(
+                               request->max_events(), 1ull << 30))));
+    for (const ResidencyEventView& e : t.events) {
+      auto* out = response->add_events();
+      out->set_sequence(e.sequence);
+      out->set_time_unix_nanos(absl::ToUnixNanos(e.time));
+      out->set_session_id(e.session_id);
+      out->set_chunk_id(e.chunk_id);
+      out->set_kind(ToProto(e.kind));
+      out->set_location(e.on_device ? v1::LOCATION_DEVICE : v1::LOCATION_HOST);
+      out->set_dirty(e.dirty);
+    }
+    for (const auto& c : t.chunks) FillChunkDetail(c, response->add_chunks());
+    response->set_truncated(t.truncated);
     return absl::OkStatus();
   });
 }

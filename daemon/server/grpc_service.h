@@ -42,6 +42,21 @@ class GrpcService final : public v1::Tidepool::Service {
                          const v1::ChunkStateRequest* request,
                          v1::ChunkStateResponse* response) override;
 
+  // Admin RPCs (tidepoolctl): daemon-wide, no session token; the socket's
+  // permissions are the access control. Unknown session ids: NOT_FOUND.
+  grpc::Status GetStatus(grpc::ServerContext*,
+                         const v1::GetStatusRequest* request,
+                         v1::GetStatusResponse* response) override;
+  grpc::Status ListSessions(grpc::ServerContext*,
+                            const v1::ListSessionsRequest* request,
+                            v1::ListSessionsResponse* response) override;
+  grpc::Status ListChunks(grpc::ServerContext*,
+                          const v1::ListChunksRequest* request,
+                          v1::ListChunksResponse* response) override;
+  grpc::Status GetTimeline(grpc::ServerContext*,
+                           const v1::GetTimelineRequest* request,
+                           v1::GetTimelineResponse* response) override;
+
  private:
   template <typename Fn>
   grpc::Status Run(absl::string_view method, Fn&& fn);
