@@ -845,9 +845,10 @@ absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
   }
   // Oldest first: the ring starts at the slot that is overwritten next.
   const size_t n = events_.size();
-  const size_t start = n < options_.residency_event_capacity
-                           ? 0
-                           : events_recorded_ % options_.residency_event_capacity;
+  const size_t start =
+      n < options_.residency_event_capacity
+          ? 0
+          : events_recorded_ % options_.residency_event_capacity;
   for (size_t i = 0; i < n; ++i) {
     const ResidencyEventView& e = events_[(start + i) % n];
     if (e.session_id == id) view.events.push_back(e);
@@ -858,8 +859,8 @@ absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
   }
   // Events of a session older than the ring's oldest were overwritten when
   // the ring is full and the session's ids predate it.
-  if (n == options_.residency_event_capacity && n > 0 &&
-      events_recorded_ > n && !view.events.empty() &&
+  if (n == options_.residency_event_capacity && n > 0 && events_recorded_ > n &&
+      !view.events.empty() &&
       view.events.front().kind != ResidencyEventKind::kCreated) {
     view.truncated = true;
   }

@@ -166,7 +166,13 @@ struct ManagerSnapshot {
 
 // Residency log (tidepoolctl timeline/trace): what happened to a chunk.
 // Times are when the daemon decided the move (copies run asynchronously).
-enum class ResidencyEventKind { kCreated, kLoaded, kEvicted, kAcquired, kReleased };
+enum class ResidencyEventKind {
+  kCreated,
+  kLoaded,
+  kEvicted,
+  kAcquired,
+  kReleased
+};
 absl::string_view ResidencyEventKindName(ResidencyEventKind kind);
 
 struct ResidencyEventView {
@@ -258,8 +264,7 @@ class MemoryManager {
 
   // Admin views for tidepoolctl. An unknown session id is NOT_FOUND.
   std::vector<SessionInfoView> ListSessions() const;
-  absl::StatusOr<std::vector<ChunkDetailView>> SessionChunks(
-      uint64_t id) const;
+  absl::StatusOr<std::vector<ChunkDetailView>> SessionChunks(uint64_t id) const;
   // The session's most recent `max_events` residency events (0: all still
   // in the ring). A session that ended still has its recorded events.
   absl::StatusOr<TimelineView> Timeline(uint64_t id, size_t max_events) const;

@@ -264,8 +264,7 @@ grpc::Status GrpcService::GetStatus(grpc::ServerContext*,
     uint32_t sessions = 0;
     for (size_t d = 0; d < snap.devices.size(); ++d) {
       auto* dev = response->add_devices();
-      FillDevice(manager_->devices()[d]->description(),
-                 dev->mutable_device());
+      FillDevice(manager_->devices()[d]->description(), dev->mutable_device());
       FillPool(snap.devices[d].pool, dev->mutable_pool());
       uint32_t n = 0;
       for (const auto& [policy, count] : snap.devices[d].sessions) n += count;
