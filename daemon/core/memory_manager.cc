@@ -845,8 +845,9 @@ absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
   }
   // Oldest first: the ring starts at the slot that is overwritten next.
   const size_t n = events_.size();
+  // (n > 0 implies a capacity of at least n.)
   const size_t start =
-      n < options_.residency_event_capacity
+      n == 0 || n < options_.residency_event_capacity
           ? 0
           : events_recorded_ % options_.residency_event_capacity;
   for (size_t i = 0; i < n; ++i) {
