@@ -465,6 +465,18 @@ class ShardedAdamW::Impl {
         ++result.blocks_updated;
       }
     }
+    if (skip) {
+      // The skipped blocks' parameter memory holds their gradients: put
+      // the parameters back from the (unchanged) master shards.
+      for (size_t b = 0; b < phases.size(); ++b) {
+        if (phases[b] != Phase::kReduced) continue;
+        if (absl::Status s = ParamsFromMaster(blocks_[b]); !s.ok()) {
+          absl::MutexLock lock(&mu_);
+          ResetLocked();
+          return s;
+        }
+      }
+    }
     result.applied = !skip;
     if (!skip) ++step_;
     result.step = step_;
@@ -478,6 +490,23 @@ class ShardedAdamW::Impl {
     for (auto& g : grad_shards_) std::vector<float>().swap(g);
     sum_squares_ = 0;
     nonfinite_ = false;
+  }
+
+  // Parameter tensor = all-gathered round(master shard).
+  absl::Status ParamsFromMaster(const Block& blk) {
+    const size_t es = DTypeSize(blk.param.dtype);
+    std::vector<char> shard_param(blk.shard * es);
+    TP_RETURN_IF_ERROR_(
+        WithState(blk, false, [&](float* master, float*, float*) {
+          if (blk.param.dtype == DType::kF32) {
+            std::memcpy(shard_param.data(), master, blk.shard * 4);
+            return absl::OkStatus();
+          }
+          return kernels::CpuConvertFromF32(master, shard_param.data(),
+                                            *KernelType(blk.param.dtype),
+                                            blk.shard);
+        }));
+    return GatherParams(blk, shard_param);
   }
 
   absl::Status InitFromParams() {

@@ -1,0 +1,464 @@
+// ShardedAdamW against a real tidepoold (sim backend) in a world of one:
+// the update equals plain AdamW, clipping, fp16 overflow skip, unused
+// parameters, checkpoint round trip; the loss scaler; and the Gloo
+// communicator's collectives with ranks on threads.
+#include "tidepool/optimizer.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/half.h"
+#include "tests/support/process.h"
+#include "tidepool/communicator.h"
+#include "tidepool/session.h"
+
+namespace tidepool {
+namespace {
+
+using testing::DaemonOptions;
+using testing::DaemonProcess;
+
+// Plain AdamW in double, torch.optim.AdamW's formulation.
+struct PlainAdamW {
+  std::vector<double> p, m, v;
+  int64_t step = 0;
+  void Update(const std::vector<double>& g, const ShardedAdamWOptions& o) {
+    ++step;
+    const double bc1 = 1 - std::pow(double(o.beta1), double(step));
+    const double bc2 = 1 - std::pow(double(o.beta2), double(step));
+    for (size_t i = 0; i < p.size(); ++i) {
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g[i];
+      v[i] = o.beta2 * v[i] + (1 - o.beta2) * g[i] * g[i];
+      p[i] *= 1 - double(o.lr) * o.weight_decay;
+      p[i] -= o.lr / bc1 * m[i] / (std::sqrt(v[i] / bc2) + o.eps);
+    }
+  }
+};
+
+std::filesystem::path TempDir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("tidepool-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+class OptimizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = DaemonProcess::Start(DaemonOptions{});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::move(*d);
+    session_ = OpenSession();
+    ASSERT_NE(session_, nullptr);
+  }
+
+  std::unique_ptr<Session> OpenSession() {
+    SessionOptions o;
+    o.socket = daemon_->socket();
+    o.policy = Policy::kCpu;
+    auto s = Session::Open(o);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // Registers one parameter tensor per size and returns the blocks.
+  std::vector<ParamBlock> Blocks(Session& s, const std::vector<size_t>& sizes,
+                                 DType dtype) {
+    std::vector<TensorSpec> specs;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      specs.push_back({"p" + std::to_string(i),
+                       dtype,
+                       {static_cast<int64_t>(sizes[i])},
+                       Group::kParam});
+    }
+    auto t = s.Register(specs);
+    EXPECT_TRUE(t.ok()) << t.status();
+    std::vector<ParamBlock> blocks;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      blocks.push_back({(*t)[i].id, sizes[i], dtype});
+    }
+    return blocks;
+  }
+
+  // Writes values (as floats, converted to the block's dtype) into a
+  // block's tensor: parameters before InitFromParams, gradients after.
+  void Write(Session& s, const ParamBlock& b, const std::vector<float>& x) {
+    auto got = s.Acquire({&b.tensor_id, 1}, AccessMode::kReadWrite);
+    ASSERT_TRUE(got.ok()) << got.status();
+    void* p = (*got)[0].data;
+    for (size_t i = 0; i < b.count; ++i) {
+      if (b.dtype == DType::kF32) {
+        static_cast<float*>(p)[i] = x[i];
+      } else if (b.dtype == DType::kBF16) {
+        static_cast<uint16_t*>(p)[i] = kernels::F32ToBF16Bits(x[i]);
+      } else {
+        static_cast<uint16_t*>(p)[i] = kernels::F32ToF16Bits(x[i]);
+      }
+    }
+    ASSERT_TRUE(s.Release({&b.tensor_id, 1}, TensorState::kHoldAfterBwd).ok());
+  }
+
+  std::vector<float> Read(Session& s, const ParamBlock& b) {
+    auto got = s.Acquire({&b.tensor_id, 1}, AccessMode::kRead);
+    EXPECT_TRUE(got.ok()) << got.status();
+    std::vector<float> x(b.count);
+    const void* p = (*got)[0].data;
+    for (size_t i = 0; i < b.count; ++i) {
+      if (b.dtype == DType::kF32) {
+        x[i] = static_cast<const float*>(p)[i];
+      } else if (b.dtype == DType::kBF16) {
+        x[i] = kernels::BF16BitsToF32(static_cast<const uint16_t*>(p)[i]);
+      } else {
+        x[i] = kernels::F16BitsToF32(static_cast<const uint16_t*>(p)[i]);
+      }
+    }
+    EXPECT_TRUE(s.Release({&b.tensor_id, 1}, TensorState::kHold).ok());
+    return x;
+  }
+
+  static std::vector<float> Values(size_t n, int seed, float scale) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) {
+      x[i] = scale * std::sin(0.37f * (i + 1) + seed);
+    }
+    return x;
+  }
+
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<Session> session_;
+  std::unique_ptr<Communicator> local_ = MakeLocalCommunicator();
+};
+
+TEST_F(OptimizerTest, MatchesPlainAdamW) {
+  for (bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlap" : "inline");
+    auto s = OpenSession();
+    ASSERT_NE(s, nullptr);
+    const std::vector<size_t> sizes = {1000, 37, 4099};
+    auto blocks = Blocks(*s, sizes, DType::kF32);
+    ShardedAdamWOptions o{.lr = 1e-2f, .weight_decay = 0.1f};
+    o.overlap = overlap;
+    auto opt = ShardedAdamW::Create(s.get(), local_.get(), blocks, o);
+    ASSERT_TRUE(opt.ok()) << opt.status();
+    std::vector<PlainAdamW> ref(sizes.size());
+    for (size_t b = 0; b < sizes.size(); ++b) {
+      auto init = Values(sizes[b], 10 + b, 1.0f);
+      Write(*s, blocks[b], init);
+      ref[b].p.assign(init.begin(), init.end());
+      ref[b].m.assign(sizes[b], 0);
+      ref[b].v.assign(sizes[b], 0);
+    }
+    ASSERT_TRUE((*opt)->InitFromParams().ok());
+    for (int step = 0; step < 4; ++step) {
+      for (int b = static_cast<int>(sizes.size()) - 1; b >= 0; --b) {
+        auto g = Values(sizes[b], 100 * step + b, 0.5f);
+        Write(*s, blocks[b], g);
+        ASSERT_TRUE((*opt)->OnGradientsReady(b).ok());
+        ref[b].Update(std::vector<double>(g.begin(), g.end()), o);
+      }
+      auto r = (*opt)->Step();
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_TRUE(r->applied);
+      EXPECT_EQ(r->blocks_updated, 3);
+      EXPECT_EQ(r->step, step + 1);
+    }
+    for (size_t b = 0; b < sizes.size(); ++b) {
+      auto got = Read(*s, blocks[b]);
+      for (size_t i = 0; i < sizes[b]; ++i) {
+        ASSERT_NEAR(got[i], ref[b].p[i], 2e-6 * (1 + std::fabs(ref[b].p[i])))
+            << "block " << b << " element " << i;
+      }
+    }
+  }
+}
+
+TEST_F(OptimizerTest, GlobalNormClipping) {
+  auto blocks = Blocks(*session_, {300, 500}, DType::kF32);
+  ShardedAdamWOptions o{.lr = 1e-2f, .max_grad_norm = 0.1f};
+  auto opt = ShardedAdamW::Create(session_.get(), local_.get(), blocks, o);
+  ASSERT_TRUE(opt.ok()) << opt.status();
+  std::vector<PlainAdamW> ref(2);
+  std::vector<std::vector<float>> grads;
+  double sum_sq = 0;
+  for (int b = 0; b < 2; ++b) {
+    auto init = Values(blocks[b].count, b, 1.0f);
+    Write(*session_, blocks[b], init);
+    ref[b].p.assign(init.begin(), init.end());
+    ref[b].m.assign(init.size(), 0);
+    ref[b].v.assign(init.size(), 0);
+    grads.push_back(Values(blocks[b].count, 7 + b, 2.0f));
+    for (float g : grads.back()) sum_sq += double(g) * g;
+  }
+  ASSERT_TRUE((*opt)->InitFromParams().ok());
+  for (int b = 0; b < 2; ++b) {
+    Write(*session_, blocks[b], grads[b]);
+    ASSERT_TRUE((*opt)->OnGradientsReady(b).ok());
+  }
+  auto r = (*opt)->Step();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->grad_norm, std::sqrt(sum_sq), 1e-3);
+  const double clip = 0.1 / (std::sqrt(sum_sq) + 1e-6);
+  for (int b = 0; b < 2; ++b) {
+    std::vector<double> g(grads[b].begin(), grads[b].end());
+    for (double& x : g) x *= clip;
+    ref[b].Update(g, o);
+    auto got = Read(*session_, blocks[b]);
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(got[i], ref[b].p[i], 2e-6 * (1 + std::fabs(ref[b].p[i])));
+    }
+  }
+}
+
+TEST_F(OptimizerTest, Fp16OverflowSkipsTheStepAndBacksOff) {
+  auto blocks = Blocks(*session_, {256}, DType::kF16);
+  ShardedAdamWOptions o{.lr = 1e-2f};
+  o.loss_scale.init_scale = 1024.0f;
+  o.loss_scale.growth_interval = 2;
+  auto opt = ShardedAdamW::Create(session_.get(), local_.get(), blocks, o);
+  ASSERT_TRUE(opt.ok()) << opt.status();
+  Write(*session_, blocks[0], Values(256, 1, 1.0f));
+  ASSERT_TRUE((*opt)->InitFromParams().ok());
+  const auto before = Read(*session_, blocks[0]);
+  EXPECT_EQ((*opt)->loss_scale(), 1024.0f);
+
+  auto g = Values(256, 2, 1024.0f * 0.01f);
+  g[17] = INFINITY;  // overflowed in fp16
+  Write(*session_, blocks[0], g);
+  ASSERT_TRUE((*opt)->OnGradientsReady(0).ok());
+  auto r = (*opt)->Step();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->applied);
+  EXPECT_EQ(r->step, 0);
+  EXPECT_EQ((*opt)->loss_scale(), 512.0f);
+  // The gradient overwrote the parameter memory; the skipped step puts the
+  // parameters back from the unchanged master copy.
+  EXPECT_EQ(Read(*session_, blocks[0]), before);
+
+  // Two good steps: applied, and the scale grows back.
+  for (int i = 0; i < 2; ++i) {
+    Write(*session_, blocks[0], Values(256, 3 + i, 512.0f * 0.01f));
+    ASSERT_TRUE((*opt)->OnGradientsReady(0).ok());
+    r = (*opt)->Step();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->applied);
+  }
+  EXPECT_EQ((*opt)->step(), 2);
+  EXPECT_EQ((*opt)->loss_scale(), 1024.0f);
+  EXPECT_NE(Read(*session_, blocks[0]), before);
+}
+
+TEST_F(OptimizerTest, UnusedParametersAreLeftAloneWithoutError) {
+  auto blocks = Blocks(*session_, {128, 64}, DType::kBF16);
+  ShardedAdamWOptions o{.lr = 1e-2f, .weight_decay = 0.5f};
+  auto opt = ShardedAdamW::Create(session_.get(), local_.get(), blocks, o);
+  ASSERT_TRUE(opt.ok()) << opt.status();
+  Write(*session_, blocks[0], Values(128, 1, 1.0f));
+  Write(*session_, blocks[1], Values(64, 2, 1.0f));
+  ASSERT_TRUE((*opt)->InitFromParams().ok());
+  const auto unused_before = Read(*session_, blocks[1]);
+  for (int step = 0; step < 3; ++step) {
+    Write(*session_, blocks[0], Values(128, 10 + step, 0.1f));
+    ASSERT_TRUE((*opt)->OnGradientsReady(0).ok());
+    auto r = (*opt)->Step();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->blocks_updated, 1);
+    EXPECT_EQ(r->blocks_without_grad, 1);
+  }
+  EXPECT_EQ(Read(*session_, blocks[1]), unused_before);
+  // A step with no gradients at all is fine too.
+  auto r = (*opt)->Step();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->blocks_updated, 0);
+  // When block 1 finally gets a gradient, it takes its own first Adam step
+  // (bias correction as for step 1), like a torch parameter first used late.
+  auto g = Values(64, 5, 0.1f);
+  Write(*session_, blocks[1], g);
+  ASSERT_TRUE((*opt)->OnGradientsReady(1).ok());
+  ASSERT_TRUE((*opt)->Step().ok());
+  PlainAdamW ref;
+  ref.p.assign(unused_before.begin(), unused_before.end());
+  ref.m.assign(64, 0);
+  ref.v.assign(64, 0);
+  ref.Update(std::vector<double>(g.begin(), g.end()), o);
+  auto got = Read(*session_, blocks[1]);
+  for (size_t i = 0; i < 64; ++i) {
+    EXPECT_NEAR(got[i], ref.p[i], 1e-2 * (1 + std::fabs(ref.p[i])));  // bf16
+  }
+}
+
+TEST_F(OptimizerTest, ReportingABlockTwiceIsAnError) {
+  auto blocks = Blocks(*session_, {16}, DType::kF32);
+  auto opt = ShardedAdamW::Create(session_.get(), local_.get(), blocks, {});
+  ASSERT_TRUE(opt.ok());
+  ASSERT_TRUE((*opt)->InitFromParams().ok());
+  ASSERT_TRUE((*opt)->OnGradientsReady(0).ok());
+  auto again = (*opt)->OnGradientsReady(0);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*opt)->OnGradientsReady(5).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE((*opt)->Step().ok());
+}
+
+TEST_F(OptimizerTest, CheckpointRoundTripResumesBitIdentically) {
+  const auto dir = TempDir("ckpt");
+  const std::vector<size_t> sizes = {999, 4000};
+  auto grad = [&](int step, int b) {
+    return Values(sizes[b], 31 * step + b, 0.3f);
+  };
+  auto train = [&](Session& s, ShardedAdamW& opt,
+                   const std::vector<ParamBlock>& blocks, int from, int to) {
+    for (int step = from; step < to; ++step) {
+      for (int b = 1; b >= 0; --b) {
+        Write(s, blocks[b], grad(step, b));
+        ASSERT_TRUE(opt.OnGradientsReady(b).ok());
+      }
+      auto r = opt.Step();
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+  };
+  ShardedAdamWOptions o{.lr = 5e-3f, .weight_decay = 0.01f};
+  o.loss_scale.dynamic = true;  // exercise the scaler state too
+  o.loss_scale.init_scale = 8.0f;
+  o.loss_scale.growth_interval = 3;
+  std::vector<std::vector<float>> expected;
+  {
+    auto blocks = Blocks(*session_, sizes, DType::kBF16);
+    auto opt = ShardedAdamW::Create(session_.get(), local_.get(), blocks, o);
+    ASSERT_TRUE(opt.ok());
+    for (int b = 0; b < 2; ++b) {
+      Write(*session_, blocks[b], Values(sizes[b], b, 1.0f));
+    }
+    ASSERT_TRUE((*opt)->InitFromParams().ok());
+    train(*session_, **opt, blocks, 0, 4);
+    ASSERT_TRUE((*opt)->SaveCheckpoint(dir.string()).ok());
+    EXPECT_TRUE(std::filesystem::exists(dir / "optimizer-rank0-of-1.tpck"));
+    train(*session_, **opt, blocks, 4, 7);
+    for (int b = 0; b < 2; ++b) expected.push_back(Read(*session_, blocks[b]));
+    EXPECT_EQ((*opt)->loss_scale(), 32.0f);  // grew after steps 3 and 6
+  }
+  // A fresh process-like start: new session, new optimizer, load, go on.
+  auto s = OpenSession();
+  ASSERT_NE(s, nullptr);
+  auto blocks = Blocks(*s, sizes, DType::kBF16);
+  auto opt = ShardedAdamW::Create(s.get(), local_.get(), blocks, o);
+  ASSERT_TRUE(opt.ok());
+  for (int b = 0; b < 2; ++b) Write(*s, blocks[b], Values(sizes[b], 9, 3.0f));
+  ASSERT_TRUE((*opt)->InitFromParams().ok());
+  auto loaded = (*opt)->LoadCheckpoint(dir.string());
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  EXPECT_EQ((*opt)->step(), 4);
+  EXPECT_EQ((*opt)->iterations(), 4);
+  EXPECT_EQ((*opt)->loss_scale(), 16.0f);
+  train(*s, **opt, blocks, 4, 7);
+  for (int b = 0; b < 2; ++b) {
+    EXPECT_EQ(Read(*s, blocks[b]), expected[b]) << "block " << b;
+  }
+  // Errors are clear: no checkpoint, or another shape.
+  EXPECT_EQ((*opt)->LoadCheckpoint((dir / "nope").string()).code(),
+            absl::StatusCode::kNotFound);
+  auto other_blocks = Blocks(*s, {5}, DType::kBF16);
+  auto other = ShardedAdamW::Create(s.get(), local_.get(), other_blocks, o);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ((*other)->LoadCheckpoint(dir.string()).code(),
+            absl::StatusCode::kFailedPrecondition);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(LossScalerTest, BacksOffGrowsAndStaysAboveTheFloor) {
+  LossScaler off;
+  EXPECT_EQ(off.scale(), 1.0f);
+  EXPECT_FALSE(off.Update(false));
+  LossScaler s({.dynamic = true,
+                .init_scale = 4.0f,
+                .growth_interval = 2,
+                .min_scale = 1.0f});
+  EXPECT_TRUE(s.Update(true));
+  EXPECT_EQ(s.scale(), 2.0f);
+  EXPECT_TRUE(s.Update(true));
+  EXPECT_TRUE(s.Update(true));
+  EXPECT_EQ(s.scale(), 1.0f);  // floor
+  EXPECT_FALSE(s.Update(false));
+  EXPECT_EQ(s.scale(), 1.0f);
+  EXPECT_FALSE(s.Update(false));
+  EXPECT_EQ(s.scale(), 2.0f);
+  EXPECT_EQ(s.good_steps(), 0);
+}
+
+// Gloo collectives with three ranks (not a power of two) on threads.
+TEST(GlooCommunicatorTest, CollectivesAgreeAcrossThreeRanks) {
+  const auto dir = TempDir("gloo");
+  constexpr int kWorld = 3;
+  std::vector<std::string> failures(kWorld);
+  auto run = [&](int rank) {
+    auto comm = OpenGlooCommunicator(
+        {.rank = rank, .world = kWorld, .store_dir = dir.string()});
+    if (!comm.ok()) {
+      failures[rank] = comm.status().ToString();
+      return;
+    }
+    Communicator& c = **comm;
+    std::string& f = failures[rank];
+    if (c.rank() != rank || c.world() != kWorld) f += "rank/world; ";
+    // Reduce-scatter fp32: element i of rank r is r + i.
+    const size_t shard = 5;
+    std::vector<float> send(shard * kWorld), recv(shard);
+    for (size_t i = 0; i < send.size(); ++i) send[i] = rank + float(i);
+    if (!c.ReduceScatterSum(send.data(), recv.data(), shard, DType::kF32)
+             .ok()) {
+      f += "reduce-scatter failed; ";
+    }
+    for (size_t i = 0; i < shard; ++i) {
+      const float want = (0 + 1 + 2) + kWorld * float(rank * shard + i);
+      if (recv[i] != want) f += "reduce-scatter value; ";
+    }
+    // All-gather bf16.
+    std::vector<uint16_t> mine(2, kernels::F32ToBF16Bits(rank + 0.5f)),
+        all(2 * kWorld);
+    if (!c.AllGather(mine.data(), all.data(), 2, DType::kBF16).ok()) {
+      f += "all-gather failed; ";
+    }
+    for (int r = 0; r < kWorld; ++r) {
+      if (kernels::BF16BitsToF32(all[2 * r]) != r + 0.5f) {
+        f += "all-gather value; ";
+      }
+    }
+    // All-reduce f64 and bf16.
+    double d[2] = {1.0, double(rank)};
+    if (!c.AllReduceSum(d, 2, DType::kF64).ok() || d[0] != kWorld ||
+        d[1] != 3.0) {
+      f += "all-reduce f64; ";
+    }
+    uint16_t h = kernels::F32ToBF16Bits(1.5f);
+    if (!c.AllReduceSum(&h, 1, DType::kBF16).ok() ||
+        kernels::BF16BitsToF32(h) != 4.5f) {
+      f += "all-reduce bf16; ";
+    }
+    if (!c.Barrier().ok()) f += "barrier; ";
+  };
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kWorld; ++r) threads.emplace_back(run, r);
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kWorld; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(GlooCommunicatorTest, BadArgumentsAndWorldOfOne) {
+  EXPECT_EQ(OpenGlooCommunicator({.rank = 2, .world = 2}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenGlooCommunicator({.rank = 0, .world = 2}).status().code(),
+            absl::StatusCode::kInvalidArgument);  // no store dir
+  auto one = OpenGlooCommunicator({.rank = 0, .world = 1});
+  ASSERT_TRUE(one.ok());
+  EXPECT_STREQ((*one)->backend(), "local");
+  float x[3] = {1, 2, 3}, y[3];
+  EXPECT_TRUE((*one)->ReduceScatterSum(x, y, 3, DType::kF32).ok());
+  EXPECT_EQ(y[2], 3.0f);
+}
+
+}  // namespace
+}  // namespace tidepool
