@@ -561,12 +561,14 @@ int main(int argc, char** argv) {
     };
     auto loss = ForwardBackward(model, b, scale, load, store);
     if (!loss.ok()) return Fail(loss.status());
+    auto result = (*opt)->Step();
+    if (!result.ok()) return Fail(result.status());
+    // After Step(): the optimizer's worker is idle, so this collective is
+    // issued in the same order on every rank.
     double total = *loss;
     if (auto r = (*comm)->AllReduceSum(&total, 1, DType::kF64); !r.ok()) {
       return Fail(r);
     }
-    auto result = (*opt)->Step();
-    if (!result.ok()) return Fail(result.status());
     skipped += !result->applied;
     last_norm = result->grad_norm;
     if (first_loss < 0) first_loss = total;

@@ -33,7 +33,9 @@
 // block updates as soon as it is reduced. A block that got no gradient in
 // a step is left untouched, like a torch parameter whose grad is None (its
 // own Adam step count does not advance). All ranks must report the same
-// blocks in the same order. Errors are absl::Status; nothing throws.
+// blocks in the same order, and issue their own collectives on `comm` only
+// between Step() and the next OnGradientsReady() (the worker uses it in
+// between). Errors are absl::Status; nothing throws.
 #pragma once
 
 #include <cstddef>
