@@ -3,7 +3,6 @@
 
 #include <cstring>
 
-#include "absl/strings/str_format.h"
 #include "client/src/device_mapping.h"
 #include "common/cuda/driver_api.h"
 #include "common/status_macros.h"
@@ -12,14 +11,6 @@ namespace tidepool::internal {
 namespace {
 
 using cuda::CheckCuda;
-
-std::string FormatUuid(const cudaUUID_t& uuid) {
-  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  return absl::StrFormat(
-      "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-      b[12], b[13], b[14], b[15]);
-}
 
 class CudaMapping : public DeviceMapping {
  public:
@@ -35,25 +26,17 @@ class CudaMapping : public DeviceMapping {
 
   absl::Status Init(const std::string& uuid) {
     TP_ASSIGN_OR_RETURN(cu_, cuda::DriverApi::Get());
-    int count = 0;
-    TP_RETURN_IF_ERROR(
-        CheckCuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
     // CUDA_VISIBLE_DEVICES may differ from the daemon's: match by UUID.
-    ordinal_ = -1;
-    for (int i = 0; i < count; ++i) {
-      cudaDeviceProp prop{};
-      TP_RETURN_IF_ERROR(CheckCuda(cudaGetDeviceProperties(&prop, i),
-                                   "cudaGetDeviceProperties"));
-      if (FormatUuid(prop.uuid) == uuid) ordinal_ = i;
+    auto ordinal = cuda::OrdinalOfUuid(uuid);
+    if (!ordinal.ok()) {
+      return absl::NotFoundError("the session's " +
+                                 std::string(ordinal.status().message()));
     }
-    if (ordinal_ < 0) {
-      return absl::NotFoundError(
-          "the session's GPU " + uuid + " is not visible to this process");
-    }
+    ordinal_ = *ordinal;
     TP_RETURN_IF_ERROR(CheckCuda(cudaSetDevice(ordinal_), "cudaSetDevice"));
     TP_RETURN_IF_ERROR(CheckCuda(
-        cudaEventCreateWithFlags(&release_, cudaEventDisableTiming |
-                                                cudaEventInterprocess),
+        cudaEventCreateWithFlags(
+            &release_, cudaEventDisableTiming | cudaEventInterprocess),
         "cudaEventCreate (release)"));
     TP_RETURN_IF_ERROR(
         CheckCuda(cudaEventRecord(release_, nullptr), "cudaEventRecord"));
@@ -78,8 +61,8 @@ class CudaMapping : public DeviceMapping {
             CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
         "cuMemImportFromShareableHandle"));
     handle_valid_ = true;
-    TP_RETURN_IF_ERROR(cu_->Check(cu_->MemAddressReserve(&base_, size_, 0, 0, 0),
-                                  "cuMemAddressReserve"));
+    TP_RETURN_IF_ERROR(cu_->Check(
+        cu_->MemAddressReserve(&base_, size_, 0, 0, 0), "cuMemAddressReserve"));
     TP_RETURN_IF_ERROR(
         cu_->Check(cu_->MemMap(base_, size_, 0, handle_, 0), "cuMemMap"));
     mapped_ = true;
@@ -101,10 +84,9 @@ class CudaMapping : public DeviceMapping {
     // The daemon recorded the event after the copies of this acquire (and
     // possibly later ones), before it answered: waiting on its latest record
     // covers them.
-    return CheckCuda(
-        cudaStreamWaitEvent(reinterpret_cast<cudaStream_t>(stream), arrival_,
-                            0),
-        "cudaStreamWaitEvent (arrival)");
+    return CheckCuda(cudaStreamWaitEvent(reinterpret_cast<cudaStream_t>(stream),
+                                         arrival_, 0),
+                     "cudaStreamWaitEvent (arrival)");
   }
 
   absl::Status BeforeRelease(CudaStream stream) override {

@@ -1,6 +1,7 @@
 #include "common/cuda/driver_api.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace tidepool::cuda {
 namespace {
@@ -9,8 +10,8 @@ template <typename Fn>
 absl::Status Load(const char* symbol, Fn* fn) {
   void* p = nullptr;
   cudaDriverEntryPointQueryResult found{};
-  cudaError_t err = cudaGetDriverEntryPointByVersion(
-      symbol, &p, 12000, cudaEnableDefault, &found);
+  cudaError_t err = cudaGetDriverEntryPointByVersion(symbol, &p, 12000,
+                                                     cudaEnableDefault, &found);
   if (err != cudaSuccess || found != cudaDriverEntryPointSuccess ||
       p == nullptr) {
     return absl::UnavailableError(
@@ -62,6 +63,29 @@ absl::Status CheckCuda(cudaError_t error, absl::string_view what) {
   if (error == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(
       absl::StrCat(what, ": ", cudaGetErrorString(error)));
+}
+
+std::string GpuUuid(const cudaUUID_t& uuid) {
+  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
+  return absl::StrFormat(
+      "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%"
+      "02x",
+      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+      b[12], b[13], b[14], b[15]);
+}
+
+absl::StatusOr<int> OrdinalOfUuid(absl::string_view uuid) {
+  int count = 0;
+  absl::Status s = CheckCuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+  if (!s.ok()) return s;
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    s = CheckCuda(cudaGetDeviceProperties(&prop, i), "cudaGetDeviceProperties");
+    if (!s.ok()) return s;
+    if (GpuUuid(prop.uuid) == uuid) return i;
+  }
+  return absl::NotFoundError(
+      absl::StrCat("GPU ", uuid, " is not visible to this process"));
 }
 
 }  // namespace tidepool::cuda

@@ -11,10 +11,9 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
-#include "absl/strings/string_view.h"
-
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace tidepool::cuda {
 
@@ -28,8 +27,8 @@ struct DriverApi {
   CUresult (*MemExportToShareableHandle)(void*, CUmemGenericAllocationHandle,
                                          CUmemAllocationHandleType,
                                          unsigned long long);
-  CUresult (*MemImportFromShareableHandle)(CUmemGenericAllocationHandle*,
-                                           void*, CUmemAllocationHandleType);
+  CUresult (*MemImportFromShareableHandle)(CUmemGenericAllocationHandle*, void*,
+                                           CUmemAllocationHandleType);
   CUresult (*MemAddressReserve)(CUdeviceptr*, size_t, size_t, CUdeviceptr,
                                 unsigned long long);
   CUresult (*MemAddressFree)(CUdeviceptr, size_t);
@@ -47,5 +46,11 @@ struct DriverApi {
 
 // OK, or an INTERNAL error naming `what` and the runtime's message.
 absl::Status CheckCuda(cudaError_t error, absl::string_view what);
+
+// "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi prints it.
+std::string GpuUuid(const cudaUUID_t& uuid);
+// The ordinal, in this process, of the GPU with that UUID (ordinals differ
+// between processes with different CUDA_VISIBLE_DEVICES; UUIDs do not).
+absl::StatusOr<int> OrdinalOfUuid(absl::string_view uuid);
 
 }  // namespace tidepool::cuda

@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 
 namespace tidepool {
@@ -15,33 +15,20 @@ using cuda::CheckCuda;
 
 static_assert(sizeof(cudaIpcEventHandle_t) == wire::kCudaIpcHandleBytes);
 
-std::string FormatUuid(const cudaUUID_t& uuid) {
-  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  return absl::StrFormat(
-      "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-      b[12], b[13], b[14], b[15]);
-}
-
 absl::StatusOr<int> ResolveOrdinal(const std::string& name, int count) {
   if (name.empty() || name == "auto" || name == "cuda") return 0;
   std::string rest = name;
   if (rest.rfind("cuda:", 0) == 0) rest = rest.substr(5);
-  if (!rest.empty() && rest.find_first_not_of("0123456789") == std::string::npos) {
-    const int ordinal = std::stoi(rest);
-    if (ordinal >= count) {
-      return absl::NotFoundError(absl::StrCat("GPU ordinal ", ordinal,
-                                              " not present (", count,
-                                              " visible)"));
+  int ordinal = 0;
+  if (absl::SimpleAtoi(rest, &ordinal)) {
+    if (ordinal < 0 || ordinal >= count) {
+      return absl::NotFoundError(absl::StrCat(
+          "GPU ordinal ", ordinal, " not present (", count, " visible)"));
     }
     return ordinal;
   }
-  for (int i = 0; i < count; ++i) {
-    cudaDeviceProp prop{};
-    TP_RETURN_IF_ERROR(
-        CheckCuda(cudaGetDeviceProperties(&prop, i), "cudaGetDeviceProperties"));
-    if (FormatUuid(prop.uuid) == name) return i;
-  }
+  auto by_uuid = cuda::OrdinalOfUuid(name);
+  if (by_uuid.ok()) return *by_uuid;
   return absl::NotFoundError(absl::StrCat("no GPU named '", name, "'"));
 }
 
@@ -59,14 +46,15 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
 absl::Status CudaBackend::Init(const BackendOptions& options) {
   TP_ASSIGN_OR_RETURN(cu_, cuda::DriverApi::Get());
   int count = 0;
-  TP_RETURN_IF_ERROR(CheckCuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
+  TP_RETURN_IF_ERROR(
+      CheckCuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
   TP_ASSIGN_OR_RETURN(const int ordinal, ResolveOrdinal(options.name, count));
   TP_RETURN_IF_ERROR(CheckCuda(cudaSetDevice(ordinal), "cudaSetDevice"));
   TP_RETURN_IF_ERROR(CheckCuda(cudaFree(nullptr), "CUDA context creation"));
   cudaDeviceProp prop{};
   TP_RETURN_IF_ERROR(CheckCuda(cudaGetDeviceProperties(&prop, ordinal),
                                "cudaGetDeviceProperties"));
-  desc_.uuid = FormatUuid(prop.uuid);
+  desc_.uuid = cuda::GpuUuid(prop.uuid);
   desc_.name = desc_.uuid;
   desc_.backend = "cuda";
   desc_.ordinal = ordinal;
@@ -86,32 +74,33 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
   uint64_t capacity = options.pool_bytes;
   if (capacity == 0) {
     size_t free_bytes = 0, total = 0;
-    TP_RETURN_IF_ERROR(CheckCuda(cudaMemGetInfo(&free_bytes, &total),
-                                 "cudaMemGetInfo"));
+    TP_RETURN_IF_ERROR(
+        CheckCuda(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo"));
     if (free_bytes <= options.reserve_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          desc_.name, ": only ", free_bytes, " bytes free, reserve is ",
-          options.reserve_bytes));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(desc_.name, ": only ", free_bytes,
+                       " bytes free, reserve is ", options.reserve_bytes));
     }
     capacity = free_bytes - options.reserve_bytes;
   }
   capacity -= capacity % granularity;
-  if (capacity == 0) return absl::InvalidArgumentError("device pool of 0 bytes");
+  if (capacity == 0)
+    return absl::InvalidArgumentError("device pool of 0 bytes");
   desc_.capacity_bytes = capacity;
 
-  TP_RETURN_IF_ERROR(cu_->Check(cu_->MemCreate(&handle_, capacity, &alloc, 0),
-                                absl::StrCat("cuMemCreate of ", capacity,
-                                             " bytes")));
+  TP_RETURN_IF_ERROR(
+      cu_->Check(cu_->MemCreate(&handle_, capacity, &alloc, 0),
+                 absl::StrCat("cuMemCreate of ", capacity, " bytes")));
   handle_valid_ = true;
   int fd = -1;
-  TP_RETURN_IF_ERROR(cu_->Check(
-      cu_->MemExportToShareableHandle(
-          &fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
-      "cuMemExportToShareableHandle"));
+  TP_RETURN_IF_ERROR(
+      cu_->Check(cu_->MemExportToShareableHandle(
+                     &fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+                 "cuMemExportToShareableHandle"));
   export_fd_.Reset(fd);
-  TP_RETURN_IF_ERROR(cu_->Check(
-      cu_->MemAddressReserve(&base_, capacity, granularity, 0, 0),
-      "cuMemAddressReserve"));
+  TP_RETURN_IF_ERROR(
+      cu_->Check(cu_->MemAddressReserve(&base_, capacity, granularity, 0, 0),
+                 "cuMemAddressReserve"));
   TP_RETURN_IF_ERROR(
       cu_->Check(cu_->MemMap(base_, capacity, 0, handle_, 0), "cuMemMap"));
   mapped_ = true;
@@ -126,18 +115,19 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
       CheckCuda(cudaHostRegister(host_, host_bytes_, cudaHostRegisterDefault),
                 "cudaHostRegister of the host pool"));
   host_registered_ = true;
-  TP_RETURN_IF_ERROR(CheckCuda(
-      cudaStreamCreateWithFlags(&to_device_, cudaStreamNonBlocking),
-      "cudaStreamCreate"));
-  TP_RETURN_IF_ERROR(CheckCuda(
-      cudaStreamCreateWithFlags(&to_host_, cudaStreamNonBlocking),
-      "cudaStreamCreate"));
-  TP_RETURN_IF_ERROR(CheckCuda(
-      cudaEventCreateWithFlags(&arrival_,
-                               cudaEventDisableTiming | cudaEventInterprocess),
-      "cudaEventCreate (interprocess)"));
-  TP_RETURN_IF_ERROR(CheckCuda(cudaIpcGetEventHandle(&arrival_handle_, arrival_),
-                               "cudaIpcGetEventHandle"));
+  TP_RETURN_IF_ERROR(
+      CheckCuda(cudaStreamCreateWithFlags(&to_device_, cudaStreamNonBlocking),
+                "cudaStreamCreate"));
+  TP_RETURN_IF_ERROR(
+      CheckCuda(cudaStreamCreateWithFlags(&to_host_, cudaStreamNonBlocking),
+                "cudaStreamCreate"));
+  TP_RETURN_IF_ERROR(
+      CheckCuda(cudaEventCreateWithFlags(
+                    &arrival_, cudaEventDisableTiming | cudaEventInterprocess),
+                "cudaEventCreate (interprocess)"));
+  TP_RETURN_IF_ERROR(
+      CheckCuda(cudaIpcGetEventHandle(&arrival_handle_, arrival_),
+                "cudaIpcGetEventHandle"));
   TP_RETURN_IF_ERROR(CheckCuda(
       cudaEventCreateWithFlags(&written_back_, cudaEventDisableTiming),
       "cudaEventCreate"));
@@ -188,9 +178,9 @@ struct TimedCopies {
 void CUDART_CB CopiesDone(void* arg) {
   std::unique_ptr<TimedCopies> t(static_cast<TimedCopies*>(arg));
   const auto now = std::chrono::steady_clock::now();
-  (*t->observer)(t->to_device, t->bytes,
-                 std::chrono::duration<double>(now - *t->stream_free_at)
-                     .count());
+  (*t->observer)(
+      t->to_device, t->bytes,
+      std::chrono::duration<double>(now - *t->stream_free_at).count());
   *t->stream_free_at = now;
 }
 
@@ -204,8 +194,9 @@ void CUDART_CB StreamStarted(void* arg) {
 absl::Status CudaBackend::TimeCopies(cudaStream_t stream, bool to_device,
                                      uint64_t bytes) {
   if (!copy_observer_ || bytes == 0) return absl::OkStatus();
-  auto* t = new TimedCopies{&copy_observer_, to_device, bytes,
-                            to_device ? &to_device_free_at_ : &to_host_free_at_};
+  auto* t =
+      new TimedCopies{&copy_observer_, to_device, bytes,
+                      to_device ? &to_device_free_at_ : &to_host_free_at_};
   const cudaError_t e = cudaLaunchHostFunc(stream, CopiesDone, t);
   if (e != cudaSuccess) delete t;
   return CheckCuda(e, "cudaLaunchHostFunc");
@@ -228,9 +219,8 @@ absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
     if (it == release_events_.end()) continue;
     TP_RETURN_IF_ERROR(CheckCuda(cudaStreamWaitEvent(to_host_, it->second, 0),
                                  "cudaStreamWaitEvent (release)"));
-    TP_RETURN_IF_ERROR(CheckCuda(
-        cudaStreamWaitEvent(to_device_, it->second, 0),
-        "cudaStreamWaitEvent (release)"));
+    TP_RETURN_IF_ERROR(CheckCuda(cudaStreamWaitEvent(to_device_, it->second, 0),
+                                 "cudaStreamWaitEvent (release)"));
   }
   uint64_t to_host_bytes = 0, to_device_bytes = 0;
   if (!batch.to_host.empty()) {
@@ -249,9 +239,9 @@ absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
     // may be reused right away.
     TP_RETURN_IF_ERROR(
         CheckCuda(cudaEventRecord(written_back_, to_host_), "cudaEventRecord"));
-    TP_RETURN_IF_ERROR(CheckCuda(
-        cudaStreamWaitEvent(to_device_, written_back_, 0),
-        "cudaStreamWaitEvent"));
+    TP_RETURN_IF_ERROR(
+        CheckCuda(cudaStreamWaitEvent(to_device_, written_back_, 0),
+                  "cudaStreamWaitEvent"));
   }
   for (const CopyOp& op : batch.zero_device) {
     TP_RETURN_IF_ERROR(CheckCuda(
@@ -277,15 +267,16 @@ absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
     marker = spare_events_.back();
     spare_events_.pop_back();
   } else {
-    TP_RETURN_IF_ERROR(CheckCuda(
-        cudaEventCreateWithFlags(&marker, cudaEventDisableTiming),
-        "cudaEventCreate"));
+    TP_RETURN_IF_ERROR(
+        CheckCuda(cudaEventCreateWithFlags(&marker, cudaEventDisableTiming),
+                  "cudaEventCreate"));
   }
   // The marker follows both streams' work of this batch.
   TP_RETURN_IF_ERROR(
       CheckCuda(cudaEventRecord(written_back_, to_host_), "cudaEventRecord"));
-  TP_RETURN_IF_ERROR(CheckCuda(cudaStreamWaitEvent(to_device_, written_back_, 0),
-                               "cudaStreamWaitEvent"));
+  TP_RETURN_IF_ERROR(
+      CheckCuda(cudaStreamWaitEvent(to_device_, written_back_, 0),
+                "cudaStreamWaitEvent"));
   TP_RETURN_IF_ERROR(
       CheckCuda(cudaEventRecord(marker, to_device_), "cudaEventRecord"));
   const uint64_t seq = ++submitted_;
@@ -294,8 +285,8 @@ absl::StatusOr<uint64_t> CudaBackend::Submit(CopyBatch batch) {
 }
 
 void CudaBackend::PollCompleted() const {
-  while (!pending_.empty() && cudaEventQuery(pending_.front().second) ==
-                                  cudaSuccess) {
+  while (!pending_.empty() &&
+         cudaEventQuery(pending_.front().second) == cudaSuccess) {
     completed_ = pending_.front().first;
     spare_events_.push_back(pending_.front().second);
     pending_.pop_front();
@@ -325,8 +316,7 @@ void CudaBackend::FillAttachReply(wire::AttachReply* reply) const {
   reply->device_ordinal = desc_.ordinal;
   reply->device_pool_bytes = desc_.capacity_bytes;
   reply->control_page_bytes = control_.size();
-  std::memcpy(reply->arrival_event, &arrival_handle_,
-              sizeof(arrival_handle_));
+  std::memcpy(reply->arrival_event, &arrival_handle_, sizeof(arrival_handle_));
 }
 
 absl::Status CudaBackend::AddSession(uint64_t session_id,
