@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "client/src/device_mapping.h"
@@ -37,7 +38,40 @@ class Session::Impl {
   UniqueFd fd_conn_;  // open for the session's lifetime
   SharedMapping host_;
   std::unique_ptr<internal::DeviceMapping> mapping_;
+  // The current op (BeginOp); travels with every acquire.
+  std::mutex op_mu_;
+  std::string op_key_;
+  uint64_t op_seq_ = 0;
+  uint64_t op_non_model_ = 0;
 };
+
+namespace {
+
+PlacementStatus FromProto(const v1::PlacementStatus& p) {
+  PlacementStatus out;
+  switch (p.state()) {
+    case v1::PLACEMENT_STATE_RECORDING:
+      out.state = "recording";
+      break;
+    case v1::PLACEMENT_STATE_PLANNED:
+      out.state = "planned";
+      break;
+    case v1::PLACEMENT_STATE_FALLBACK:
+      out.state = "fallback";
+      break;
+    default:
+      out.state = "none";
+  }
+  out.plan_ops = p.plan_ops();
+  out.replans = p.replans();
+  out.planned_ops = p.planned_ops();
+  out.unplanned_ops = p.unplanned_ops();
+  out.steps = p.steps();
+  out.last_divergence = p.last_divergence();
+  return out;
+}
+
+}  // namespace
 
 absl::Status Session::Impl::Call(absl::string_view what,
                                  const grpc::Status& status) const {
@@ -74,6 +108,31 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
   request.set_host_quota_bytes(options.host_quota_bytes);
   request.set_pid(::getpid());
   request.set_client_name(options.client_name);
+  if (options.placement) {
+    const PlacementOptions& p = *options.placement;
+    auto* out = request.mutable_placement();
+    out->set_warmup_steps(p.warmup_steps);
+    if (p.margin_ratio) out->set_margin_ratio(*p.margin_ratio);
+    out->set_disable_prefetch(!p.prefetch);
+    switch (p.planner) {
+      case Planner::kDefault:
+        out->set_planner(v1::PLANNER_UNSPECIFIED);
+        break;
+      case Planner::kGeminiLike:
+        out->set_planner(v1::PLANNER_GEMINI_LIKE);
+        break;
+      case Planner::kLru:
+        out->set_planner(v1::PLANNER_LRU);
+        break;
+    }
+    if (p.static_param_offload) {
+      out->set_static_param_offload(*p.static_param_offload);
+    }
+    if (p.static_optim_offload) {
+      out->set_static_optim_offload(*p.static_optim_offload);
+    }
+    out->set_lookahead_ops(p.lookahead_ops);
+  }
   v1::OpenSessionResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
@@ -180,6 +239,14 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
   *request.mutable_session() = impl_->Ref();
   request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
   request.set_mode(ToProto(mode));
+  {
+    std::lock_guard<std::mutex> lock(impl_->op_mu_);
+    if (impl_->op_seq_ != 0) {
+      request.set_op_key(impl_->op_key_);
+      request.set_op_seq(impl_->op_seq_);
+      request.set_non_model_bytes(impl_->op_non_model_);
+    }
+  }
   v1::AcquireResponse response;
   grpc::ClientContext ctx;
   TP_RETURN_IF_ERROR(impl_->Call(
@@ -209,6 +276,33 @@ absl::Status Session::Release(std::span<const uint64_t> tensor_ids,
                      impl_->stub_->Release(&ctx, request, &response));
 }
 
+void Session::BeginOp(std::string key, uint64_t non_model_bytes) {
+  std::lock_guard<std::mutex> lock(impl_->op_mu_);
+  impl_->op_key_ = std::move(key);
+  ++impl_->op_seq_;
+  impl_->op_non_model_ = non_model_bytes;
+}
+
+absl::StatusOr<PlacementStatus> Session::MarkStep() {
+  v1::MarkStepRequest request;
+  *request.mutable_session() = impl_->Ref();
+  v1::MarkStepResponse response;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(impl_->Call(
+      "MarkStep", impl_->stub_->MarkStep(&ctx, request, &response)));
+  return FromProto(response.placement());
+}
+
+absl::StatusOr<PlacementStatus> Session::Placement() {
+  v1::StatsRequest request;
+  *request.mutable_session() = impl_->Ref();
+  v1::StatsResponse r;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(
+      impl_->Call("GetStats", impl_->stub_->GetStats(&ctx, request, &r)));
+  return FromProto(r.placement());
+}
+
 absl::StatusOr<SessionStats> Session::Stats() {
   v1::StatsRequest request;
   *request.mutable_session() = impl_->Ref();
@@ -233,6 +327,11 @@ absl::StatusOr<SessionStats> Session::Stats() {
   out.host_pool_capacity = r.host_pool().capacity_bytes();
   out.host_pool_used = r.host_pool().used_bytes();
   out.sessions = r.sessions();
+  out.prefetches = s.prefetches();
+  out.prefetch_bytes = s.prefetch_bytes();
+  out.prefetch_hits = s.prefetch_hits();
+  out.prefetch_late = s.prefetch_late();
+  out.prefetch_wasted = s.prefetch_wasted();
   return out;
 }
 

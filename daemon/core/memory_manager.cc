@@ -134,10 +134,22 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
   }
   TP_ASSIGN_OR_RETURN(const size_t device, ResolveDevice(params.device));
   const Policy policy = params.policy.value_or(options_.default_policy);
-  if (policy == Policy::kStatic || policy == Policy::kAuto) {
-    return absl::UnimplementedError(absl::StrCat(
-        "policy '", PolicyName(policy),
-        "' is not available in this tidepoold; use 'cpu' or 'cuda'"));
+  const PlacementConfig config = params.placement.value_or(options_.placement);
+  auto in_range = [](double v, double lo, double hi) {
+    return v >= lo && v <= hi;  // false for NaN
+  };
+  if (config.warmup_steps < 1 || config.warmup_steps > 1000) {
+    return absl::InvalidArgumentError("warmup_steps must be in [1, 1000]");
+  }
+  if (!in_range(config.margin_ratio, 0, 0.9) ||
+      !in_range(config.non_model_tolerance, 0, 100) ||
+      !in_range(config.static_param_offload, 0, 1) ||
+      !in_range(config.static_optim_offload, 0, 1) ||
+      !in_range(config.gemini_capacity_ratio, 0.01, 1) ||
+      !in_range(config.gemini_warmup_non_model_ratio, 0, 1)) {
+    return absl::InvalidArgumentError(
+        "placement settings out of range: margin_ratio in [0, 0.9], "
+        "offload fractions in [0, 1]");
   }
   TP_ASSIGN_OR_RETURN(Token token, NewToken());
   absl::MutexLock lock(&mu_);
@@ -153,6 +165,12 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
             .opened_at = absl::Now(),
             .packer = ChunkPacker(options_.chunk_size)};
   s.stats.id = id;
+  if (policy == Policy::kAuto || policy == Policy::kStatic) {
+    const auto& desc = devices_[device]->description();
+    s.placement = std::make_unique<SessionPlacement>(
+        policy, config, desc.capacity_bytes,
+        std::max<uint64_t>(desc.granularity, kHostAlignment));
+  }
   sessions_.emplace(id, std::move(s));
   observer().OnSessionOpened(device, policy);
   LOG(INFO) << "session " << id << " opened: pid " << params.pid << ", policy "
@@ -365,7 +383,11 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   }
   session->stats.tensors += new_tensors.size();
   for (uint64_t c : new_chunks) {
-    RecordEvent(chunks_.at(c), ResidencyEventKind::kCreated);
+    const Chunk& chunk = chunks_.at(c);
+    RecordEvent(chunk, ResidencyEventKind::kCreated);
+    if (session->placement) {
+      session->placement->OnChunkCreated(c, chunk.group, chunk.bytes);
+    }
   }
   if (!batch.zero_device.empty()) {
     TP_ASSIGN_OR_RETURN(const uint64_t seq,
@@ -381,7 +403,10 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause,
   Session& owner = sessions_.at(chunk.session_id);
   Device& dev = device_state_[owner.device];
   const uint64_t rounded = dev.allocator->RoundUp(chunk.bytes);
-  if (chunk.dirty) {
+  // Gemini-like sessions (bench only) write every eviction back.
+  const bool write_back = chunk.dirty || (owner.placement != nullptr &&
+                                          owner.placement->force_write_back());
+  if (write_back) {
     batch.to_host.push_back(
         CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
     owner.stats.bytes_to_host += chunk.bytes;
@@ -389,11 +414,16 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause,
     ++owner.stats.clean_evictions;
   }
   ++owner.stats.evictions;
-  observer().OnEviction(owner.device, cause, !chunk.dirty);
+  if (chunk.prefetched) {
+    chunk.prefetched = false;
+    ++owner.stats.prefetch_wasted;
+    observer().OnPrefetch(owner.device, PrefetchOutcome::kWasted);
+  }
+  observer().OnEviction(owner.device, cause, !write_back);
   batch.wait_sessions.push_back(owner.id);
   dev.allocator->Free(*chunk.device_offset).IgnoreError();
   chunk.device_offset.reset();
-  RecordEvent(chunk, ResidencyEventKind::kEvicted, chunk.dirty);
+  RecordEvent(chunk, ResidencyEventKind::kEvicted, write_back);
   chunk.dirty = false;
   owner.stats.device_bytes -= rounded;
 }
@@ -412,7 +442,22 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
         absl::StrCat("a chunk of ", bytes, " bytes exceeds the session's "
                      "device quota of ", session.device_quota, " bytes"));
   }
+  // auto/static: the placement's own limit (soft) and victim choice among
+  // the session's own chunks come first.
+  SessionPlacement* placement = session.placement.get();
+  const uint64_t limit = placement != nullptr ? placement->Limit() : ~0ull;
+  auto over_limit = [&] {
+    return session.stats.device_bytes + rounded > limit;
+  };
   std::vector<EvictionCandidate> candidates;
+  while (placement != nullptr &&
+         (over_quota() || over_limit() || !dev.allocator->CanAllocate(bytes))) {
+    candidates = OwnCandidates(session, pinned);
+    if (candidates.empty()) break;
+    const bool quota = over_quota();
+    Evict(chunks_.at(candidates[placement->ChooseVictim(candidates)].chunk_id),
+          quota ? EvictionCause::kQuota : EvictionCause::kCapacity, batch);
+  }
   while (over_quota() || !dev.allocator->CanAllocate(bytes)) {
     // Over quota, only the session's own chunks may go.
     const bool own_only = over_quota();
@@ -444,6 +489,114 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
   return absl::OkStatus();
 }
 
+std::vector<EvictionCandidate> MemoryManager::OwnCandidates(
+    const Session& session, const std::vector<uint64_t>& pinned) const {
+  std::vector<EvictionCandidate> out;
+  for (uint64_t cid : session.chunks) {
+    const Chunk& c = chunks_.at(cid);
+    if (!c.device_offset || c.compute_count > 0 || !c.host_offset) continue;
+    if (std::find(pinned.begin(), pinned.end(), cid) != pinned.end()) continue;
+    out.push_back({cid, c.session_id, c.bytes, c.dirty, c.last_use_tick});
+  }
+  return out;
+}
+
+void MemoryManager::EnforceLimit(Session& session,
+                                 const std::vector<uint64_t>& pinned,
+                                 CopyBatch& batch) {
+  SessionPlacement* placement = session.placement.get();
+  if (placement == nullptr) return;
+  const uint64_t limit = placement->Limit();
+  while (session.stats.device_bytes > limit) {
+    std::vector<EvictionCandidate> candidates = OwnCandidates(session, pinned);
+    if (candidates.empty()) return;
+    Evict(chunks_.at(candidates[placement->ChooseVictim(candidates)].chunk_id),
+          EvictionCause::kCapacity, batch);
+  }
+}
+
+void MemoryManager::RunPrefetch(Session& session) {
+  SessionPlacement* placement = session.placement.get();
+  if (placement == nullptr) return;
+  RangeAllocator& alloc = *device_state_[session.device].allocator;
+  std::vector<ResidentChunk> resident;
+  for (uint64_t cid : session.chunks) {
+    const Chunk& c = chunks_.at(cid);
+    if (!c.device_offset) continue;
+    resident.push_back(ResidentChunk{
+        .chunk = cid,
+        .bytes = alloc.RoundUp(c.bytes),
+        .dirty = c.dirty,
+        .evictable = c.compute_count == 0 && c.host_offset.has_value(),
+        .last_use_tick = c.last_use_tick});
+  }
+  const std::vector<PrefetchAction> actions =
+      placement->Prefetch(std::move(resident), session.stats.device_bytes);
+  if (actions.empty()) return;
+  CopyBatch batch;
+  std::vector<uint64_t> loaded;
+  for (const PrefetchAction& a : actions) {
+    // The plan names chunks by id: check each is still this session's and
+    // in the state the plan assumed.
+    auto it = chunks_.find(a.chunk);
+    if (it == chunks_.end() || it->second.session_id != session.id ||
+        it->second.device_offset || !it->second.host_offset) {
+      continue;
+    }
+    Chunk& c = it->second;
+    bool victims_ok = true;
+    for (uint64_t v : a.victims) {
+      auto vit = chunks_.find(v);
+      if (vit == chunks_.end() || vit->second.session_id != session.id ||
+          !vit->second.device_offset || vit->second.compute_count > 0 ||
+          !vit->second.host_offset) {
+        victims_ok = false;
+        break;
+      }
+      Evict(vit->second, EvictionCause::kCapacity, batch);
+    }
+    if (!victims_ok) break;
+    const uint64_t rounded = alloc.RoundUp(c.bytes);
+    if (session.device_quota != 0 &&
+        session.stats.device_bytes + rounded > session.device_quota) {
+      break;
+    }
+    if (!alloc.CanAllocate(c.bytes)) break;  // other sessions hold the room
+    auto offset = alloc.Allocate(c.bytes);
+    if (!offset.ok()) break;
+    c.device_offset = *offset;
+    c.dirty = false;
+    c.prefetched = true;
+    batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
+    session.stats.device_bytes += rounded;
+    session.stats.peak_device_bytes =
+        std::max(session.stats.peak_device_bytes, session.stats.device_bytes);
+    session.stats.bytes_to_device += c.bytes;
+    session.stats.prefetch_bytes += c.bytes;
+    ++session.stats.prefetches;
+    loaded.push_back(c.id);
+  }
+  if (batch.to_device.empty() && batch.to_host.empty()) return;
+  absl::StatusOr<uint64_t> seq = SubmitBatch(session.device, std::move(batch));
+  if (!seq.ok()) {
+    LOG(ERROR) << "session " << session.id
+               << ": prefetch not submitted: " << seq.status();
+    for (uint64_t cid : loaded) {
+      Chunk& c = chunks_.at(cid);
+      alloc.Free(*c.device_offset).IgnoreError();
+      session.stats.device_bytes -= alloc.RoundUp(c.bytes);
+      c.device_offset.reset();
+      c.prefetched = false;
+    }
+    return;
+  }
+  for (uint64_t cid : loaded) {
+    Chunk& c = chunks_.at(cid);
+    c.arrival_sequence = *seq;
+    RecordEvent(c, ResidencyEventKind::kLoaded);
+  }
+}
+
 absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
                                                     CopyBatch batch) {
   auto& wait = batch.wait_sessions;
@@ -454,10 +607,14 @@ absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
 
 absl::StatusOr<AcquireResult> MemoryManager::Acquire(
     uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode) {
+    AccessMode mode, const OpContext* op) {
   if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
   if (tensor_ids.size() > options_.max_tensors_per_request) {
     return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  if (op != nullptr && op->key.size() > options_.max_op_key_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "op key longer than ", options_.max_op_key_bytes, " bytes"));
   }
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
@@ -486,6 +643,28 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
     }
   }
   CopyBatch batch;
+  if (session->placement) {
+    std::vector<SessionPlacement::Touch> touches;
+    touches.reserve(needed.size());
+    for (uint64_t cid : needed) {
+      touches.push_back(
+          {cid, chunks_.at(cid).bytes, mode == AccessMode::kReadWrite});
+    }
+    DeviceBackend& backend = *devices_[session->device];
+    auto outside = [&]() -> uint64_t {
+      // On sim the pool is the whole card; on cuda the framework's memory
+      // lies outside the pool: what the driver has free plus what the
+      // framework holds.
+      if (backend.description().backend == "sim") return 0;
+      absl::StatusOr<uint64_t> free = backend.DriverFreeBytes();
+      if (!free.ok()) return 0;
+      const uint64_t non_model = op != nullptr ? op->non_model_bytes : 0;
+      return *free > ~0ull - non_model ? ~0ull : *free + non_model;
+    };
+    if (session->placement->OnAcquire(op, outside, touches)) {
+      EnforceLimit(*session, needed, batch);
+    }
+  }
   std::vector<uint64_t> loaded;
   absl::Status status;
   for (uint64_t cid : needed) {
@@ -546,13 +725,22 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
         {t, *c.device_offset + tensor.offset, tensor.bytes});
   }
   for (uint64_t cid : needed) {
-    const Chunk& c = chunks_.at(cid);
+    Chunk& c = chunks_.at(cid);
     if (std::find(loaded.begin(), loaded.end(), cid) != loaded.end()) {
       RecordEvent(c, ResidencyEventKind::kLoaded);
     }
     RecordEvent(c, ResidencyEventKind::kAcquired);
+    if (c.prefetched) {
+      c.prefetched = false;
+      const bool arrived =
+          devices_[session->device]->CompletedSequence() >= c.arrival_sequence;
+      ++(arrived ? session->stats.prefetch_hits : session->stats.prefetch_late);
+      observer().OnPrefetch(session->device, arrived ? PrefetchOutcome::kHit
+                                                     : PrefetchOutcome::kLate);
+    }
   }
   ++session->stats.acquires;
+  RunPrefetch(*session);
   return result;
 }
 
@@ -610,7 +798,18 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
   for (uint64_t cid : released) {
     RecordEvent(chunks_.at(cid), ResidencyEventKind::kReleased);
   }
+  // Released chunks may make room for what the plan needs next.
+  RunPrefetch(*session);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<PlacementStatsView>> MemoryManager::MarkStep(
+    uint64_t id, const Token& token) {
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  if (session->placement == nullptr) return std::nullopt;
+  session->placement->OnStep();
+  return session->placement->stats();
 }
 
 absl::StatusOr<StatsView> MemoryManager::Stats(uint64_t id,
@@ -619,6 +818,7 @@ absl::StatusOr<StatsView> MemoryManager::Stats(uint64_t id,
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   StatsView v;
   v.session = session->stats;
+  if (session->placement) v.placement = session->placement->stats();
   const auto& alloc = *device_state_[session->device].allocator;
   v.device_pool = {alloc.capacity(), alloc.used(), alloc.peak()};
   v.host_pool = {host_allocator_.capacity(), host_allocator_.used(),

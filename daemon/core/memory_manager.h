@@ -21,14 +21,15 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/unix_socket.h"
 #include "daemon/backend/device_backend.h"
 #include "daemon/memory/host_pool.h"
 #include "daemon/memory/range_allocator.h"
 #include "daemon/policy/eviction_policy.h"
+#include "daemon/policy/placement.h"
 #include "daemon/registry/chunk_packer.h"
 #include "daemon/registry/tensor_state.h"
 #include "proto/wire.h"
@@ -53,6 +54,11 @@ struct ManagerOptions {
   // Residency events kept for tidepoolctl's timeline (a ring: the oldest
   // are overwritten). 0 disables the log.
   size_t residency_event_capacity = 100000;
+  // Defaults of the `auto` and `static` policies (a session may override
+  // them at open).
+  PlacementConfig placement;
+  // Bytes of an op's key, at most.
+  size_t max_op_key_bytes = 1024;
 };
 
 struct OpenParams {
@@ -62,6 +68,8 @@ struct OpenParams {
   uint64_t host_quota = 0;
   int32_t pid = 0;
   std::string client_name;
+  // `auto` / `static` settings; empty: the daemon's defaults.
+  std::optional<PlacementConfig> placement;
 };
 
 struct OpenedSession {
@@ -118,6 +126,13 @@ struct SessionStatsView {
   uint64_t chunks = 0;
   uint64_t tensors = 0;
   uint64_t acquires = 0;
+  // Prefetch (auto): loads started ahead of the acquire that needs them,
+  // and what became of them.
+  uint64_t prefetches = 0;
+  uint64_t prefetch_bytes = 0;
+  uint64_t prefetch_hits = 0;    // arrived before the acquire
+  uint64_t prefetch_late = 0;    // still in flight at the acquire
+  uint64_t prefetch_wasted = 0;  // evicted before any use
 };
 
 struct PoolStatsView {
@@ -128,6 +143,7 @@ struct PoolStatsView {
 
 struct StatsView {
   SessionStatsView session;
+  std::optional<PlacementStatsView> placement;  // auto and static only
   PoolStatsView device_pool;
   PoolStatsView host_pool;
   uint32_t sessions = 0;
@@ -137,6 +153,7 @@ enum class ReclaimReason { kClosed, kDisconnected, kAttachTimeout };
 absl::string_view ReclaimReasonName(ReclaimReason reason);
 
 enum class EvictionCause { kCapacity, kQuota };
+enum class PrefetchOutcome { kHit, kLate, kWasted };
 
 // Told about events as they happen (for metrics); called under the
 // manager's lock, so implementations must be quick and must not call back.
@@ -147,6 +164,7 @@ class ManagerObserver {
   virtual void OnSessionReclaimed(size_t device, Policy policy,
                                   ReclaimReason reason) {}
   virtual void OnEviction(size_t device, EvictionCause cause, bool clean) {}
+  virtual void OnPrefetch(size_t device, PrefetchOutcome outcome) {}
 };
 
 // A consistent picture of the daemon's memory, for scrapes and tidepoolctl.
@@ -229,9 +247,16 @@ class MemoryManager {
   absl::Status CloseSession(uint64_t id, const Token& token);
   absl::StatusOr<RegisterResult> Register(uint64_t id, const Token& token,
                                           const std::vector<TensorSpec>& specs);
+  // `op`, when given, names the op the acquire belongs to (auto's trace and
+  // plan); a new `op->seq` starts a new op.
   absl::StatusOr<AcquireResult> Acquire(uint64_t id, const Token& token,
                                         const std::vector<uint64_t>& tensors,
-                                        AccessMode mode);
+                                        AccessMode mode,
+                                        const OpContext* op = nullptr);
+  // The client finished a training step (auto: ends warm-up recording,
+  // re-synchronises the plan). Sessions of other policies: a no-op.
+  absl::StatusOr<std::optional<PlacementStatsView>> MarkStep(
+      uint64_t id, const Token& token);
   absl::Status Release(uint64_t id, const Token& token,
                        const std::vector<uint64_t>& tensors,
                        TensorState target);
@@ -294,6 +319,7 @@ class MemoryManager {
     int compute_count = 0;
     uint64_t last_use_tick = 0;
     uint64_t arrival_sequence = 0;  // the load that brought it in
+    bool prefetched = false;        // loaded ahead of use, not yet acquired
     std::vector<uint64_t> tensors;
   };
   struct Session {
@@ -311,6 +337,8 @@ class MemoryManager {
     std::map<uint64_t, Tensor> tensors;
     std::vector<uint64_t> chunks;  // registration order
     SessionStatsView stats;
+    // auto and static: the session's placement state; null otherwise.
+    std::unique_ptr<SessionPlacement> placement;
   };
   struct Device {
     std::unique_ptr<RangeAllocator> allocator;
@@ -327,6 +355,16 @@ class MemoryManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The session's own movable device chunks, except `pinned`.
+  std::vector<EvictionCandidate> OwnCandidates(
+      const Session& session, const std::vector<uint64_t>& pinned) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A new op began: evicts (the placement's choice) until the session is
+  // within its placement's limit, or nothing of it can move.
+  void EnforceLimit(Session& session, const std::vector<uint64_t>& pinned,
+                    CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the loads the placement wants ahead of use (auto, planned).
+  void RunPrefetch(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> CreateChunk(Session& session, Group group,
                                        uint64_t bytes, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -21,7 +21,8 @@ class EvictionPolicy {
  public:
   virtual ~EvictionPolicy() = default;
   // Index into `candidates` (never empty) of the chunk to evict.
-  virtual size_t ChooseVictim(std::span<const EvictionCandidate> candidates) = 0;
+  virtual size_t ChooseVictim(
+      std::span<const EvictionCandidate> candidates) = 0;
 };
 
 // Least recently used; among equally old chunks the clean one, which costs

@@ -49,6 +49,60 @@ void FillSessionStats(const SessionStatsView& v, v1::SessionStats* s) {
   s->set_chunks(v.chunks);
   s->set_tensors(v.tensors);
   s->set_acquires(v.acquires);
+  s->set_prefetches(v.prefetches);
+  s->set_prefetch_bytes(v.prefetch_bytes);
+  s->set_prefetch_hits(v.prefetch_hits);
+  s->set_prefetch_late(v.prefetch_late);
+  s->set_prefetch_wasted(v.prefetch_wasted);
+}
+
+void FillPlacement(const PlacementStatsView& v, v1::PlacementStatus* out) {
+  switch (v.state) {
+    case PlacementState::kRecording:
+      out->set_state(v1::PLACEMENT_STATE_RECORDING);
+      break;
+    case PlacementState::kPlanned:
+      out->set_state(v1::PLACEMENT_STATE_PLANNED);
+      break;
+    case PlacementState::kFallback:
+      out->set_state(v1::PLACEMENT_STATE_FALLBACK);
+      break;
+  }
+  out->set_plan_ops(v.plan_ops);
+  out->set_replans(v.replans);
+  out->set_planned_ops(v.planned_ops);
+  out->set_unplanned_ops(v.unplanned_ops);
+  out->set_steps(v.steps);
+  out->set_last_divergence(v.last_divergence);
+}
+
+absl::StatusOr<PlacementConfig> PlacementFromProto(
+    const v1::PlacementOptions& p, PlacementConfig config) {
+  if (p.warmup_steps() != 0) config.warmup_steps = p.warmup_steps();
+  if (p.has_margin_ratio()) config.margin_ratio = p.margin_ratio();
+  if (p.disable_prefetch()) config.prefetch = false;
+  switch (p.planner()) {
+    case v1::PLANNER_UNSPECIFIED:
+      config.planner = PlannerKind::kBelady;
+      break;
+    case v1::PLANNER_GEMINI_LIKE:
+      config.planner = PlannerKind::kGeminiLike;
+      break;
+    case v1::PLANNER_LRU:
+      config.planner = PlannerKind::kLru;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown planner ", static_cast<int>(p.planner())));
+  }
+  if (p.has_static_param_offload()) {
+    config.static_param_offload = p.static_param_offload();
+  }
+  if (p.has_static_optim_offload()) {
+    config.static_optim_offload = p.static_optim_offload();
+  }
+  config.lookahead_ops = p.lookahead_ops();
+  return config;
 }
 
 void FillDevice(const DeviceDescription& d, v1::DeviceInfo* out) {
@@ -113,6 +167,11 @@ grpc::Status GrpcService::OpenSession(grpc::ServerContext*,
     params.host_quota = request->host_quota_bytes();
     params.pid = request->pid();
     params.client_name = request->client_name();
+    if (request->has_placement()) {
+      TP_ASSIGN_OR_RETURN(params.placement,
+                          PlacementFromProto(request->placement(),
+                                             manager_->options().placement));
+    }
     TP_ASSIGN_OR_RETURN(OpenedSession s, manager_->OpenSession(params));
     response->set_session_id(s.id);
     response->set_token(std::string(s.token.begin(), s.token.end()));
@@ -185,9 +244,14 @@ grpc::Status GrpcService::Acquire(grpc::ServerContext*,
     TP_ASSIGN_OR_RETURN(const AccessMode mode, FromProto(request->mode()));
     std::vector<uint64_t> ids(request->tensor_ids().begin(),
                               request->tensor_ids().end());
+    OpContext op{.key = request->op_key(),
+                 .seq = request->op_seq(),
+                 .non_model_bytes = request->non_model_bytes()};
+    const bool has_op = !op.key.empty() || op.non_model_bytes != 0;
     TP_ASSIGN_OR_RETURN(
         AcquireResult r,
-        manager_->Acquire(request->session().session_id(), token, ids, mode));
+        manager_->Acquire(request->session().session_id(), token, ids, mode,
+                          has_op ? &op : nullptr));
     for (const auto& t : r.tensors) {
       auto* out = response->add_tensors();
       out->set_tensor_id(t.tensor_id);
@@ -232,6 +296,8 @@ grpc::Status GrpcService::GetStats(grpc::ServerContext*,
     s->set_chunks(v.session.chunks);
     s->set_tensors(v.session.tensors);
     s->set_acquires(v.session.acquires);
+    FillSessionStats(v.session, s);
+    if (v.placement) FillPlacement(*v.placement, response->mutable_placement());
     FillPool(v.device_pool, response->mutable_device_pool());
     FillPool(v.host_pool, response->mutable_host_pool());
     response->set_sessions(v.sessions);
@@ -248,6 +314,19 @@ grpc::Status GrpcService::GetChunks(grpc::ServerContext*,
         std::vector<ChunkView> chunks,
         manager_->Chunks(request->session().session_id(), token));
     for (const auto& c : chunks) FillChunk(c, response->add_chunks());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status GrpcService::MarkStep(grpc::ServerContext*,
+                                   const v1::MarkStepRequest* request,
+                                   v1::MarkStepResponse* response) {
+  return Run("MarkStep", [&]() -> absl::Status {
+    TP_ASSIGN_OR_RETURN(Token token, TokenOf(request->session()));
+    TP_ASSIGN_OR_RETURN(
+        std::optional<PlacementStatsView> v,
+        manager_->MarkStep(request->session().session_id(), token));
+    if (v) FillPlacement(*v, response->mutable_placement());
     return absl::OkStatus();
   });
 }

@@ -41,6 +41,9 @@ class GrpcService final : public v1::Tidepool::Service {
   grpc::Status GetChunks(grpc::ServerContext*,
                          const v1::ChunkStateRequest* request,
                          v1::ChunkStateResponse* response) override;
+  grpc::Status MarkStep(grpc::ServerContext*,
+                        const v1::MarkStepRequest* request,
+                        v1::MarkStepResponse* response) override;
 
   // Admin RPCs (tidepoolctl): daemon-wide, no session token; the socket's
   // permissions are the access control. Unknown session ids: NOT_FOUND.

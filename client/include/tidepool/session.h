@@ -43,6 +43,24 @@ using CudaStream = CUstream_st*;
 
 inline constexpr char kDefaultSocket[] = "/run/tidepool/tidepoold.sock";
 
+// How an `auto` session plans. kGeminiLike and kLru exist for comparison
+// benchmarks (bench/policy) only.
+enum class Planner { kDefault, kGeminiLike, kLru };
+
+// Settings of the `auto` and `static` policies (docs/policy.md); unset
+// ones take the daemon's defaults.
+struct PlacementOptions {
+  uint32_t warmup_steps = 0;  // steps recorded before planning; 0: default
+  std::optional<double> margin_ratio;  // of the measured device capacity
+  bool prefetch = true;
+  Planner planner = Planner::kDefault;
+  // `static`: fractions of parameter / optimizer-state chunks kept on the
+  // host (the rest, first registered first, stay on the device).
+  std::optional<double> static_param_offload;
+  std::optional<double> static_optim_offload;
+  uint32_t lookahead_ops = 0;  // prefetch window in ops; 0: a whole step
+};
+
 struct SessionOptions {
   std::string socket = kDefaultSocket;  // the daemon's gRPC socket
   std::string device;  // name, GPU UUID or ordinal; empty: the first
@@ -50,6 +68,7 @@ struct SessionOptions {
   uint64_t device_quota_bytes = 0;  // 0: no per-session limit
   uint64_t host_quota_bytes = 0;
   std::string client_name;
+  std::optional<PlacementOptions> placement;
 };
 
 struct DeviceInfo {
@@ -96,6 +115,25 @@ struct SessionStats {
   uint64_t host_pool_capacity = 0;
   uint64_t host_pool_used = 0;
   uint32_t sessions = 0;
+  // Prefetch (auto): loads started ahead of use and their outcomes.
+  uint64_t prefetches = 0;
+  uint64_t prefetch_bytes = 0;
+  uint64_t prefetch_hits = 0;    // arrived before the acquire
+  uint64_t prefetch_late = 0;    // still in flight at the acquire
+  uint64_t prefetch_wasted = 0;  // evicted before any use
+};
+
+// Where an auto/static session's planner stands.
+struct PlacementStatus {
+  // "recording" (warm-up), "planned", "fallback" (left the plan; LRU until
+  // the step ends, then re-recording) or "none" (cpu, cuda).
+  std::string state = "none";
+  uint64_t plan_ops = 0;
+  uint64_t replans = 0;
+  uint64_t planned_ops = 0;
+  uint64_t unplanned_ops = 0;
+  uint64_t steps = 0;
+  std::string last_divergence;
 };
 
 class Session {
@@ -127,7 +165,18 @@ class Session {
   absl::Status Release(std::span<const uint64_t> tensor_ids,
                        TensorState target, CudaStream stream = nullptr);
 
+  // Ops and steps, for `auto`. BeginOp names the op the following acquires
+  // belong to, by a key stable across steps (module name + phase, such as
+  // "layer3.mlp/fwd" — never a position), with the framework's allocated
+  // non-model bytes (activations, workspaces) during it. It costs no round
+  // trip: the key travels with the next acquires. MarkStep ends a training
+  // step: the first step(s) are the warm-up the daemon records. Harmless
+  // under other policies.
+  void BeginOp(std::string key, uint64_t non_model_bytes = 0);
+  absl::StatusOr<PlacementStatus> MarkStep();
+
   absl::StatusOr<SessionStats> Stats();
+  absl::StatusOr<PlacementStatus> Placement();
   absl::StatusOr<std::vector<ChunkState>> Chunks();
 
   // Closes the session now (the destructor does it otherwise).

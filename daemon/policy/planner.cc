@@ -1,0 +1,264 @@
+#include "daemon/policy/planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <unordered_set>
+
+namespace tidepool {
+namespace {
+
+uint64_t SatSub(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
+uint64_t SatAdd(uint64_t a, uint64_t b) {
+  return a > std::numeric_limits<uint64_t>::max() - b
+             ? std::numeric_limits<uint64_t>::max()
+             : a + b;
+}
+uint64_t Fraction(double ratio, uint64_t bytes) {
+  if (!(ratio > 0)) return 0;  // also NaN
+  if (ratio >= 1) return bytes;
+  return static_cast<uint64_t>(ratio * static_cast<double>(bytes));
+}
+
+// Whether candidate a is a better victim than b under Belady's rule.
+bool BeladyBetter(uint64_t da, const EvictionCandidate& a, uint64_t db,
+                  const EvictionCandidate& b) {
+  if (da != db) return da > db;
+  if (a.dirty != b.dirty) return !a.dirty;
+  if (a.last_use_tick != b.last_use_tick) {
+    return a.last_use_tick < b.last_use_tick;
+  }
+  return a.chunk_id < b.chunk_id;
+}
+
+}  // namespace
+
+Plan::Plan(Trace trace, const PlanOptions& options)
+    : trace_(std::move(trace)), options_(options) {
+  if (options_.granularity == 0) options_.granularity = 1;
+  const size_t n = trace_.ops.size();
+  for (size_t i = 0; i < n; ++i) {
+    positions_[trace_.ops[i].key].push_back(i);
+    for (uint64_t c : trace_.ops[i].chunks) uses_[c].push_back(i);
+  }
+  uint64_t outside = std::numeric_limits<uint64_t>::max();
+  for (const auto& op : trace_.ops)
+    outside = std::min(outside, op.outside_bytes);
+  if (n == 0) outside = 0;
+  measured_capacity_ = SatAdd(options_.pool_capacity, outside);
+  budget_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t non_model = trace_.ops[i].non_model_bytes;
+    if (options_.fixed_capacity_ratio > 0) {
+      budget_[i] = SatSub(
+          Fraction(options_.fixed_capacity_ratio, options_.pool_capacity),
+          non_model);
+    } else {
+      budget_[i] = SatSub(std::min(options_.pool_capacity,
+                                   SatSub(measured_capacity_, non_model)),
+                          Fraction(options_.margin_ratio, measured_capacity_));
+    }
+  }
+}
+
+const std::vector<size_t>* Plan::Positions(absl::string_view key) const {
+  auto it = positions_.find(key);
+  return it == positions_.end() ? nullptr : &it->second;
+}
+
+uint64_t Plan::NextUse(uint64_t chunk, size_t pos, bool include_current) const {
+  auto it = uses_.find(chunk);
+  if (it == uses_.end() || it->second.empty()) return kNeverUsed;
+  const auto& uses = it->second;
+  const size_t from = include_current ? pos : pos + 1;
+  auto next = std::lower_bound(uses.begin(), uses.end(), from);
+  if (next != uses.end()) return *next - pos;
+  return uses.front() + size() - pos;  // wraps into the next step
+}
+
+uint64_t Plan::WindowBudget(size_t pos, uint64_t distance) const {
+  const size_t n = size();
+  if (n == 0) return 0;
+  uint64_t b = std::numeric_limits<uint64_t>::max();
+  const uint64_t span = std::min<uint64_t>(distance, n - 1);
+  for (uint64_t k = 0; k <= span; ++k) b = std::min(b, budget_[(pos + k) % n]);
+  return b;
+}
+
+uint64_t Plan::Rounded(uint64_t bytes) const {
+  const uint64_t g = options_.granularity;
+  return (bytes + g - 1) / g * g;
+}
+
+uint64_t Plan::ChunkBytes(uint64_t chunk) const {
+  auto it = trace_.chunk_bytes.find(chunk);
+  return it == trace_.chunk_bytes.end() ? 0 : it->second;
+}
+
+size_t BeladyVictim(const Plan& plan, size_t pos,
+                    std::span<const EvictionCandidate> candidates,
+                    const std::function<bool(uint64_t)>& still_needed) {
+  auto distance = [&](const EvictionCandidate& c) {
+    return plan.NextUse(c.chunk_id, pos,
+                        still_needed && still_needed(c.chunk_id));
+  };
+  size_t best = 0;
+  uint64_t best_d = distance(candidates[0]);
+  for (size_t i = 1; i < candidates.size(); ++i) {
+    const uint64_t d = distance(candidates[i]);
+    if (BeladyBetter(d, candidates[i], best_d, candidates[best])) {
+      best = i;
+      best_d = d;
+    }
+  }
+  return best;
+}
+
+std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
+                                         const PrefetchInput& input) {
+  std::vector<PrefetchAction> actions;
+  const size_t n = plan.size();
+  if (n == 0 || input.pos >= n) return actions;
+  struct Entry {
+    ResidentChunk r;
+    uint64_t next;  // distance from pos to its next use
+  };
+  std::unordered_map<uint64_t, Entry> resident;
+  for (const auto& r : input.resident) {
+    const bool needed = input.still_needed && input.still_needed(r.chunk);
+    resident[r.chunk] = Entry{r, plan.NextUse(r.chunk, input.pos, needed)};
+  }
+  uint64_t used = input.resident_bytes;
+  const size_t lookahead =
+      input.max_lookahead == 0 ? n - 1 : std::min(input.max_lookahead, n - 1);
+  uint64_t window = std::numeric_limits<uint64_t>::max();
+  for (size_t d = 0; d <= lookahead; ++d) {
+    const size_t j = (input.pos + d) % n;
+    window = std::min(window, plan.Budget(j));
+    for (uint64_t c : plan.op(j).chunks) {
+      if (resident.contains(c)) continue;
+      const uint64_t need = plan.Rounded(plan.ChunkBytes(c));
+      PrefetchAction action{.chunk = c};
+      uint64_t freed = 0;
+      while (used - freed + need > window) {
+        // Belady at op j: among what will be resident then, the chunk whose
+        // next use after j is furthest. One that is used before j stays
+        // resident until then, so the decision has to wait.
+        const Entry* best = nullptr;
+        uint64_t best_after = 0;
+        for (const auto& [id, e] : resident) {
+          if (std::find(action.victims.begin(), action.victims.end(), id) !=
+              action.victims.end()) {
+            continue;
+          }
+          if (e.next == d) continue;  // op j needs it
+          if (e.next < d && plan.trace().Touches(j, id)) continue;
+          const uint64_t after =
+              e.next > d ? e.next : d + plan.NextUse(id, j, false);
+          const EvictionCandidate ca{id, 0, e.r.bytes, e.r.dirty,
+                                     e.r.last_use_tick};
+          if (best == nullptr ||
+              BeladyBetter(
+                  after, ca, best_after,
+                  EvictionCandidate{best->r.chunk, 0, best->r.bytes,
+                                    best->r.dirty, best->r.last_use_tick})) {
+            best = &e;
+            best_after = after;
+          }
+        }
+        if (best == nullptr || best->next < d || !best->r.evictable) {
+          return actions;
+        }
+        action.victims.push_back(best->r.chunk);
+        freed += best->r.bytes;
+      }
+      for (uint64_t v : action.victims) resident.erase(v);
+      used = used - freed + need;
+      resident[c] = Entry{ResidentChunk{.chunk = c, .bytes = need}, d};
+      actions.push_back(std::move(action));
+      if (actions.size() >= input.max_actions) return actions;
+    }
+  }
+  return actions;
+}
+
+OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
+  OfflineResult out;
+  struct State {
+    bool dirty = false;
+    uint64_t tick = 0;
+  };
+  std::unordered_map<uint64_t, State> resident;
+  uint64_t used = 0;
+  uint64_t tick = 0;
+  const size_t n = plan.size();
+  for (int step = 0; step < options.steps; ++step) {
+    const bool measure = step >= options.measure_from;
+    for (size_t pos = 0; pos < n; ++pos) {
+      const TraceOp& op = plan.op(pos);
+      const uint64_t budget = plan.Budget(pos);
+      auto in_op = [&](uint64_t c) {
+        return std::find(op.chunks.begin(), op.chunks.end(), c) !=
+               op.chunks.end();
+      };
+      // Evicts one chunk that the op does not use; false if none is left.
+      auto evict_one = [&]() {
+        std::vector<EvictionCandidate> cands;
+        for (const auto& [id, s] : resident) {
+          if (!in_op(id)) {
+            cands.push_back({id, 0, plan.ChunkBytes(id), s.dirty, s.tick});
+          }
+        }
+        if (cands.empty()) return false;
+        size_t v = 0;
+        if (options.victim == OfflineVictim::kBelady) {
+          v = BeladyVictim(plan, pos, cands, nullptr);
+        } else {
+          for (size_t i = 1; i < cands.size(); ++i) {
+            const auto& a = cands[i];
+            const auto& b = cands[v];
+            if (a.last_use_tick < b.last_use_tick ||
+                (a.last_use_tick == b.last_use_tick &&
+                 (a.dirty != b.dirty ? !a.dirty : a.chunk_id < b.chunk_id))) {
+              v = i;
+            }
+          }
+        }
+        const auto& victim = cands[v];
+        const bool write_back = victim.dirty || !options.clean_drop;
+        if (measure) {
+          ++out.evictions;
+          if (write_back) {
+            out.bytes_to_host += victim.bytes;
+          } else {
+            ++out.clean_evictions;
+          }
+          out.victims.push_back(victim.chunk_id);
+        }
+        used -= plan.Rounded(victim.bytes);
+        resident.erase(victim.chunk_id);
+        return true;
+      };
+      while (used > budget && evict_one()) {
+      }
+      for (uint64_t c : op.chunks) {
+        if (resident.contains(c)) continue;
+        const uint64_t need = plan.Rounded(plan.ChunkBytes(c));
+        while (used + need > budget && evict_one()) {
+        }
+        resident[c] = State{};
+        used += need;
+        if (measure) {
+          ++out.loads;
+          out.bytes_to_device += plan.ChunkBytes(c);
+        }
+      }
+      ++tick;
+      for (uint64_t c : op.chunks) resident[c].tick = tick;
+      for (uint64_t c : op.written) resident[c].dirty = true;
+    }
+  }
+  return out;
+}
+
+}  // namespace tidepool

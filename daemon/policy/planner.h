@@ -1,0 +1,147 @@
+// The `auto` policy's planner: from one recorded step (a Trace) it builds
+// a Plan that knows, for every op, the next use of every chunk (the step
+// repeats, so uses wrap around into the next step) and how many bytes of
+// model data the device can hold while that op runs. Everything here is
+// pure (no locks, no I/O) so that it is unit-testable and usable offline:
+//
+//   Plan plan(trace, {.pool_capacity = cap, .margin_ratio = 0.05});
+//   uint64_t d = plan.NextUse(chunk, pos, /*include_current=*/false);
+//   size_t v = BeladyVictim(plan, pos, candidates, still_needed);
+//   auto actions = PlanPrefetch(plan, {.pos = pos, .resident = ...});
+//   OfflineResult best = SimulateOffline(plan, {.steps = 3});
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "daemon/policy/eviction_policy.h"
+#include "daemon/policy/trace.h"
+
+namespace tidepool {
+
+inline constexpr uint64_t kNeverUsed = ~0ull;
+
+struct PlanOptions {
+  // The daemon's device pool for this session (bytes).
+  uint64_t pool_capacity = 0;
+  // Safety margin, a fraction of the measured device capacity, kept free
+  // of model data (like Gemini's gpu_margin_mem_ratio).
+  double margin_ratio = 0.05;
+  // Device allocation granularity: chunk bytes are rounded up to it.
+  uint64_t granularity = 1;
+  // Gemini-like budgets (comparison only): capacity is this fixed fraction
+  // of the pool, minus the op's non-model bytes; no measured headroom and
+  // no margin. 0: measured headroom (the default).
+  double fixed_capacity_ratio = 0;
+};
+
+class Plan {
+ public:
+  Plan(Trace trace, const PlanOptions& options);
+
+  size_t size() const { return trace_.ops.size(); }
+  const Trace& trace() const { return trace_; }
+  const TraceOp& op(size_t pos) const { return trace_.ops[pos]; }
+
+  // Positions of the ops recorded under `key`, ascending; null if the key
+  // was never seen.
+  const std::vector<size_t>* Positions(absl::string_view key) const;
+
+  // Distance in ops from `pos` to the next op that touches `chunk`, wrapping
+  // into the next step; with `include_current` the op at `pos` itself
+  // counts (distance 0). kNeverUsed for a chunk the trace never touched.
+  uint64_t NextUse(uint64_t chunk, size_t pos, bool include_current) const;
+
+  // Model bytes (rounded) the device may hold while op `pos` runs:
+  // min(pool, measured capacity - non-model bytes of the op) - margin.
+  uint64_t Budget(size_t pos) const { return budget_[pos]; }
+  // The smallest budget of the ops pos, pos+1, ..., pos+distance (cyclic):
+  // what a chunk loaded now and used `distance` ops later may count on.
+  uint64_t WindowBudget(size_t pos, uint64_t distance) const;
+
+  uint64_t Rounded(uint64_t bytes) const;
+  // Bytes of a chunk the trace touched (unrounded); 0 if unknown.
+  uint64_t ChunkBytes(uint64_t chunk) const;
+  // The measured capacity the budgets derive from.
+  uint64_t measured_capacity() const { return measured_capacity_; }
+
+ private:
+  Trace trace_;
+  PlanOptions options_;
+  std::map<std::string, std::vector<size_t>, std::less<>> positions_;
+  std::unordered_map<uint64_t, std::vector<size_t>> uses_;
+  std::vector<uint64_t> budget_;
+  uint64_t measured_capacity_ = 0;
+};
+
+// Belady's choice among `candidates` (never empty) at op `pos`: the chunk
+// whose next use is furthest away; on a tie the clean one (evicting it
+// moves no bytes), then the least recently used, then the lowest id.
+// `still_needed(chunk)`: the op at `pos` has yet to acquire it (its next
+// use is then `pos` itself).
+size_t BeladyVictim(const Plan& plan, size_t pos,
+                    std::span<const EvictionCandidate> candidates,
+                    const std::function<bool(uint64_t)>& still_needed);
+
+// One device-resident chunk of the session, as the prefetcher sees it.
+struct ResidentChunk {
+  uint64_t chunk = 0;
+  uint64_t bytes = 0;  // rounded, as counted against the budget
+  bool dirty = false;
+  bool evictable = true;  // not COMPUTE, not pinned
+  uint64_t last_use_tick = 0;
+};
+
+struct PrefetchInput {
+  size_t pos = 0;                       // the op being served
+  std::vector<ResidentChunk> resident;  // all of the session's, on device
+  uint64_t resident_bytes = 0;          // their rounded sum
+  std::function<bool(uint64_t)> still_needed;  // see BeladyVictim
+  size_t max_lookahead = 0;  // ops to look ahead; 0: a whole step
+  size_t max_actions = 64;
+};
+
+// Load `chunk` now, after evicting `victims` (in order).
+struct PrefetchAction {
+  uint64_t chunk = 0;
+  std::vector<uint64_t> victims;
+};
+
+// Loads to start now, in the order their chunks are needed. A chunk needed
+// at op j (distance d from pos) is loaded now only if it fits the window
+// budget of ops pos..j, evicting what Belady would evict at j: while it does
+// not fit, the resident chunk whose next use after j is furthest goes, and
+// the scan stops as soon as that chunk is still needed before j (it cannot
+// leave yet) or nothing is left to evict. So prefetching moves the same
+// bytes as demand Belady, only earlier.
+std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
+                                         const PrefetchInput& input);
+
+// Offline simulation of one policy over `steps` repetitions of the plan's
+// step, starting from an empty device; counts only steps >= measure_from.
+enum class OfflineVictim { kBelady, kLru };
+struct OfflineOptions {
+  int steps = 3;
+  int measure_from = 2;
+  OfflineVictim victim = OfflineVictim::kBelady;
+  bool clean_drop = true;  // false: every eviction writes back
+};
+struct OfflineResult {
+  uint64_t bytes_to_device = 0;
+  uint64_t bytes_to_host = 0;
+  uint64_t loads = 0;
+  uint64_t evictions = 0;
+  uint64_t clean_evictions = 0;
+  // Chunks evicted, in order, over the measured steps.
+  std::vector<uint64_t> victims;
+};
+OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options);
+
+}  // namespace tidepool

@@ -1,0 +1,56 @@
+#include "daemon/policy/trace.h"
+
+#include <algorithm>
+
+namespace tidepool {
+
+bool Trace::Touches(size_t pos, uint64_t chunk) const {
+  const auto& c = ops.at(pos).chunks;
+  return std::find(c.begin(), c.end(), chunk) != c.end();
+}
+
+void TraceRecorder::BeginOp(absl::string_view key, uint64_t non_model_bytes,
+                            uint64_t outside_bytes) {
+  if (overflowed_) return;
+  if (trace_.ops.size() >= max_ops_) {
+    overflowed_ = true;
+    return;
+  }
+  trace_.ops.push_back(TraceOp{.key = std::string(key),
+                               .non_model_bytes = non_model_bytes,
+                               .outside_bytes = outside_bytes});
+}
+
+void TraceRecorder::Touch(uint64_t chunk, uint64_t bytes, bool write) {
+  if (overflowed_) return;
+  if (trace_.ops.empty()) BeginOp("", 0, 0);
+  if (overflowed_) return;
+  if (++touches_ > max_touches_) {
+    overflowed_ = true;
+    return;
+  }
+  TraceOp& op = trace_.ops.back();
+  if (std::find(op.chunks.begin(), op.chunks.end(), chunk) == op.chunks.end()) {
+    op.chunks.push_back(chunk);
+  }
+  if (write && std::find(op.written.begin(), op.written.end(), chunk) ==
+                   op.written.end()) {
+    op.written.push_back(chunk);
+  }
+  trace_.chunk_bytes[chunk] = bytes;
+}
+
+std::optional<Trace> TraceRecorder::EndStep() {
+  std::optional<Trace> out;
+  if (!overflowed_ && !trace_.ops.empty()) out = std::move(trace_);
+  Reset();
+  return out;
+}
+
+void TraceRecorder::Reset() {
+  trace_ = Trace();
+  touches_ = 0;
+  overflowed_ = false;
+}
+
+}  // namespace tidepool

@@ -1,0 +1,72 @@
+// Warm-up traces for the `auto` policy: what every op of a training step
+// touched and how much non-model memory (activations, workspaces) was in
+// use while it ran. Ops are identified by a key the client supplies (such as
+// "layer3.attn/fwd"), never by their position, so that a plan can find its
+// place again after an evaluation pass or a skipped op.
+//
+//   TraceRecorder rec;
+//   rec.BeginOp("layer0/fwd", /*non_model_bytes=*/1 << 30, /*outside=*/0);
+//   rec.Touch(chunk_id, chunk_bytes, /*write=*/false);
+//   ...
+//   std::optional<Trace> trace = rec.EndStep();  // one step's ops, in order
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+
+namespace tidepool {
+
+struct TraceOp {
+  std::string key;
+  std::vector<uint64_t> chunks;   // first-touch order, no duplicates
+  std::vector<uint64_t> written;  // chunks it acquired for writing
+  uint64_t non_model_bytes = 0;   // the client's report for this op
+  // Device memory outside the daemon's pool that the framework could use at
+  // this op (driver free bytes + the framework's own bytes); 0 on the sim
+  // backend, whose "card" is the pool itself.
+  uint64_t outside_bytes = 0;
+};
+
+struct Trace {
+  std::vector<TraceOp> ops;
+  std::map<uint64_t, uint64_t> chunk_bytes;  // every chunk touched -> bytes
+
+  // Whether the op at `pos` touches `chunk`.
+  bool Touches(size_t pos, uint64_t chunk) const;
+};
+
+// Records one step at a time. Bounded: a step with more than `max_ops` ops
+// or `max_touches` chunk touches is abandoned (EndStep returns nothing), so
+// a client cannot make the daemon keep an unbounded trace.
+class TraceRecorder {
+ public:
+  explicit TraceRecorder(size_t max_ops = 1 << 16, size_t max_touches = 1 << 22)
+      : max_ops_(max_ops), max_touches_(max_touches) {}
+
+  void BeginOp(absl::string_view key, uint64_t non_model_bytes,
+               uint64_t outside_bytes);
+  // A chunk the current op acquired. Before the first BeginOp of a step,
+  // touches go to an op with an empty key.
+  void Touch(uint64_t chunk, uint64_t bytes, bool write);
+  // Ends the step: its trace, or nothing when it was empty or overflowed.
+  std::optional<Trace> EndStep();
+  // Forgets the step being recorded.
+  void Reset();
+
+  size_t ops() const { return trace_.ops.size(); }
+  bool overflowed() const { return overflowed_; }
+
+ private:
+  size_t max_ops_;
+  size_t max_touches_;
+  size_t touches_ = 0;
+  bool overflowed_ = false;
+  Trace trace_;
+};
+
+}  // namespace tidepool

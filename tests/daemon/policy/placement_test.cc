@@ -1,0 +1,340 @@
+// The `auto` placement, alone and inside the memory manager on a real sim
+// backend: its eviction choices once planned equal Belady's; unknown ops,
+// changed shapes and steps that leave the recorded order fall back to LRU
+// without failing and trigger re-recording; bad op input never breaks it.
+#include "daemon/policy/placement.h"
+
+#include <unistd.h>
+
+#include <limits>
+#include <set>
+
+#include "daemon/backend/sim_backend.h"
+#include "daemon/core/memory_manager.h"
+#include "gtest/gtest.h"
+
+namespace tidepool {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+// --- SessionPlacement alone ------------------------------------------------
+
+class PlacementTest : public ::testing::Test {
+ protected:
+  void Op(const std::string& key, std::vector<uint64_t> chunks,
+          uint64_t non_model = 0) {
+    OpContext op{.key = key, .seq = ++seq_, .non_model_bytes = non_model};
+    std::vector<SessionPlacement::Touch> touches;
+    for (uint64_t c : chunks) touches.push_back({c, kMiB, false});
+    p_.OnAcquire(&op, nullptr, touches);
+  }
+  void Step(const std::vector<std::string>& keys, uint64_t non_model = 0) {
+    for (size_t i = 0; i < keys.size(); ++i) Op(keys[i], {i + 1}, non_model);
+    p_.OnStep();
+  }
+  PlacementState state() const { return p_.stats().state; }
+
+  uint64_t seq_ = 0;
+  SessionPlacement p_{Policy::kAuto, PlacementConfig{}, 64 * kMiB, 2 * kMiB};
+};
+
+TEST_F(PlacementTest, WarmUpThenPlan) {
+  EXPECT_EQ(state(), PlacementState::kRecording);
+  Step({"a", "b", "c"});
+  EXPECT_EQ(state(), PlacementState::kPlanned);
+  EXPECT_EQ(p_.stats().plan_ops, 3u);
+  Step({"a", "b", "c"});
+  EXPECT_EQ(state(), PlacementState::kPlanned);
+  EXPECT_EQ(p_.stats().planned_ops, 3u);
+  EXPECT_EQ(p_.stats().replans, 0u);
+}
+
+TEST_F(PlacementTest, UnknownOpFallsBackAndReRecords) {
+  Step({"a", "b", "c"});
+  Op("a", {1});
+  EXPECT_EQ(p_.position(), 0u);
+  Op("eval/a", {1});  // never recorded
+  EXPECT_EQ(state(), PlacementState::kFallback);
+  EXPECT_NE(p_.stats().last_divergence.find("unknown op 'eval/a'"),
+            std::string::npos);
+  // Falling back, victims are LRU: the oldest goes.
+  std::vector<EvictionCandidate> c = {{1, 0, kMiB, false, 9},
+                                      {2, 0, kMiB, false, 3}};
+  EXPECT_EQ(p_.ChooseVictim(c), 1u);
+  p_.OnStep();
+  EXPECT_EQ(state(), PlacementState::kRecording);
+  EXPECT_EQ(p_.stats().replans, 1u);
+  Step({"eval/a", "eval/b"});  // the new pattern is recorded and planned
+  EXPECT_EQ(state(), PlacementState::kPlanned);
+  EXPECT_EQ(p_.stats().plan_ops, 2u);
+}
+
+TEST_F(PlacementTest, ChangedBatchShapeFallsBack) {
+  Step({"a", "b"}, 100 * kMiB);
+  Op("a", {1}, 100 * kMiB);
+  EXPECT_EQ(state(), PlacementState::kPlanned);
+  Op("b", {2}, 200 * kMiB);  // twice the activations: a bigger batch
+  EXPECT_EQ(state(), PlacementState::kFallback);
+  p_.OnStep();
+  EXPECT_EQ(state(), PlacementState::kRecording);
+}
+
+TEST_F(PlacementTest, GradientAccumulationLeavesTheOrderAndReRecords) {
+  Step({"fwd", "bwd", "opt"});
+  Op("fwd", {1});
+  Op("bwd", {2});
+  Op("fwd", {1});  // a second micro-batch before the optimizer
+  EXPECT_EQ(state(), PlacementState::kFallback);
+  EXPECT_NE(p_.stats().last_divergence.find("out of the recorded order"),
+            std::string::npos);
+  Op("bwd", {2});
+  Op("opt", {3});
+  p_.OnStep();
+  Step({"fwd", "bwd", "fwd", "bwd", "opt"});
+  EXPECT_EQ(state(), PlacementState::kPlanned);
+  EXPECT_EQ(p_.stats().plan_ops, 5u);
+}
+
+TEST_F(PlacementTest, StepEndingEarlyReRecords) {
+  Step({"a", "b", "c"});
+  Op("a", {1});
+  p_.OnStep();  // an evaluation-only step, say
+  EXPECT_EQ(state(), PlacementState::kRecording);
+  EXPECT_EQ(p_.stats().replans, 1u);
+}
+
+TEST_F(PlacementTest, HugeNonModelDegradesToZeroBudgetWithoutOverflow) {
+  Op("a", {1}, std::numeric_limits<uint64_t>::max());
+  EXPECT_EQ(p_.Limit(), 0u);
+  p_.OnStep();
+  Op("a", {1}, std::numeric_limits<uint64_t>::max());
+  EXPECT_EQ(state(), PlacementState::kPlanned);
+  EXPECT_EQ(p_.Limit(), 0u);
+}
+
+TEST(StaticPlacementTest, KeepsTheFirstFractionOfEachGroup) {
+  PlacementConfig config;
+  config.static_param_offload = 0.5;
+  config.static_optim_offload = 1.0;
+  SessionPlacement p(Policy::kStatic, config, 64 * kMiB, 2 * kMiB);
+  for (uint64_t c = 1; c <= 4; ++c) p.OnChunkCreated(c, Group::kParam, kMiB);
+  for (uint64_t c = 5; c <= 6; ++c) {
+    p.OnChunkCreated(c, Group::kOptimState, kMiB);
+  }
+  EXPECT_TRUE(p.kept(1));
+  EXPECT_TRUE(p.kept(2));
+  EXPECT_FALSE(p.kept(3));
+  EXPECT_FALSE(p.kept(5));
+  // Offloaded chunks go first, whatever their age.
+  std::vector<EvictionCandidate> c = {{1, 0, kMiB, false, 1},
+                                      {3, 0, kMiB, false, 9}};
+  EXPECT_EQ(p.ChooseVictim(c), 1u);
+  // Kept ones only when nothing else can go.
+  std::vector<EvictionCandidate> only_kept = {{1, 0, kMiB, false, 1}};
+  EXPECT_EQ(p.ChooseVictim(only_kept), 0u);
+}
+
+// --- Inside the manager ----------------------------------------------------
+
+class AutoManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto host = HostPool::Create(128 * kMiB);
+    ASSERT_TRUE(host.ok());
+    BackendOptions b;
+    b.pool_bytes = 12 * kMiB;  // three 4 MiB chunks
+    auto sim = SimBackend::Create(b, host->data(), host->size());
+    ASSERT_TRUE(sim.ok());
+    std::vector<std::unique_ptr<DeviceBackend>> devices;
+    devices.push_back(std::move(*sim));
+    ManagerOptions options;
+    options.chunk_size = 4 * kMiB;
+    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
+                                               std::move(devices));
+  }
+
+  void Open(PlacementConfig config) {
+    auto s = manager_->OpenSession(
+        {.policy = Policy::kAuto, .pid = getpid(), .placement = config});
+    ASSERT_TRUE(s.ok()) << s.status();
+    id_ = s->id;
+    token_ = s->token;
+  }
+
+  // n tensors of 4 MiB, one chunk each; returns {tensor ids, chunk ids}.
+  void RegisterChunks(int n) {
+    std::vector<TensorSpec> specs;
+    for (int i = 0; i < n; ++i) {
+      specs.push_back({"c" + std::to_string(i),
+                       DType::kU8,
+                       {static_cast<int64_t>(4 * kMiB)},
+                       Group::kParam});
+    }
+    auto r = manager_->Register(id_, token_, specs);
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const auto& t : r->tensors) {
+      tensors_.push_back(t.tensor_id);
+      chunks_.push_back(t.chunk_id);
+    }
+  }
+
+  // One step: op i acquires (and releases) tensor sequence[i].
+  void RunStep(const std::vector<int>& sequence) {
+    for (size_t i = 0; i < sequence.size(); ++i) {
+      OpContext op{.key = "op" + std::to_string(i), .seq = ++seq_};
+      const uint64_t t = tensors_[sequence[i]];
+      auto r = manager_->Acquire(id_, token_, {t}, AccessMode::kRead, &op);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_TRUE(manager_->Release(id_, token_, {t}, TensorState::kHold).ok());
+    }
+    ASSERT_TRUE(manager_->MarkStep(id_, token_).ok());
+  }
+
+  // Chunks evicted since residency event `from`, in order.
+  std::vector<uint64_t> EvictedSince(size_t from) {
+    auto tl = manager_->Timeline(id_, 0);
+    EXPECT_TRUE(tl.ok());
+    std::vector<uint64_t> out;
+    for (const auto& e : tl->events) {
+      if (e.sequence >= from && e.kind == ResidencyEventKind::kEvicted) {
+        out.push_back(e.chunk_id);
+      }
+    }
+    return out;
+  }
+
+  std::unique_ptr<MemoryManager> manager_;
+  uint64_t id_ = 0;
+  Token token_{};
+  uint64_t seq_ = 0;
+  std::vector<uint64_t> tensors_;
+  std::vector<uint64_t> chunks_;
+};
+
+// Reference: LRU over step 0 from an empty device, then Belady (next use in
+// the flattened future of repeated steps) over step 1; returns step 1's
+// victims as indices into the sequence's chunk numbering.
+std::vector<int> ReferenceVictims(const std::vector<int>& seq,
+                                  size_t capacity) {
+  std::vector<int> cache;  // LRU order: front = oldest
+  for (int c : seq) {
+    auto it = std::find(cache.begin(), cache.end(), c);
+    if (it != cache.end()) {
+      cache.erase(it);
+    } else if (cache.size() == capacity) {
+      cache.erase(cache.begin());
+    }
+    cache.push_back(c);
+  }
+  std::vector<int> future;
+  for (int s = 0; s < 3; ++s)
+    future.insert(future.end(), seq.begin(), seq.end());
+  std::set<int> resident(cache.begin(), cache.end());
+  std::vector<int> victims;
+  for (size_t i = 0; i < seq.size(); ++i) {
+    const int c = future[i];
+    if (resident.contains(c)) continue;
+    if (resident.size() == capacity) {
+      int victim = -1;
+      size_t best = 0;
+      for (int r : resident) {
+        size_t next = i + 1;
+        while (next < future.size() && future[next] != r) ++next;
+        if (next > best) {
+          best = next;
+          victim = r;
+        }
+      }
+      resident.erase(victim);
+      victims.push_back(victim);
+    }
+    resident.insert(c);
+  }
+  return victims;
+}
+
+TEST_F(AutoManagerTest, PlannedEvictionsEqualBelady) {
+  PlacementConfig config;
+  config.margin_ratio = 0;
+  config.prefetch = false;  // demand loads only: compare the victims
+  Open(config);
+  RegisterChunks(6);
+  const std::vector<std::vector<int>> traces = {
+      {0, 1, 2, 3, 4, 5},
+      {0, 1, 2, 3, 3, 2, 1, 0},
+      {0, 1, 0, 2, 0, 3, 0, 4},
+      {5, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2},
+  };
+  for (const auto& seq : traces) {
+    // Re-open per trace so that each starts from an empty device.
+    ASSERT_TRUE(manager_->CloseSession(id_, token_).ok());
+    tensors_.clear();
+    chunks_.clear();
+    Open(config);
+    RegisterChunks(6);
+    RunStep(seq);  // warm-up (recorded; LRU meanwhile)
+    auto stats = manager_->Stats(id_, token_);
+    ASSERT_TRUE(stats.ok());
+    ASSERT_TRUE(stats->placement.has_value());
+    ASSERT_EQ(stats->placement->state, PlacementState::kPlanned);
+    const size_t from = manager_->residency_events_recorded();
+    RunStep(seq);
+    std::vector<uint64_t> want;
+    for (int v : ReferenceVictims(seq, 3)) want.push_back(chunks_[v]);
+    EXPECT_EQ(EvictedSince(from), want);
+  }
+}
+
+TEST_F(AutoManagerTest, UnknownOpsAndBadReportsNeverFail) {
+  Open(PlacementConfig{});
+  RegisterChunks(6);
+  RunStep({0, 1, 2, 3, 4, 5});
+  // A step of unknown keys, absurd non-model reports and no keys at all.
+  for (int i = 0; i < 6; ++i) {
+    OpContext op{.key = "never-seen-" + std::to_string(i),
+                 .seq = ++seq_,
+                 .non_model_bytes = std::numeric_limits<uint64_t>::max()};
+    auto r = manager_->Acquire(id_, token_, {tensors_[i]},
+                               AccessMode::kReadWrite, i % 2 ? &op : nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(
+        manager_->Release(id_, token_, {tensors_[i]}, TensorState::kHold).ok());
+  }
+  auto marked = manager_->MarkStep(id_, token_);
+  ASSERT_TRUE(marked.ok());
+  ASSERT_TRUE(marked->has_value());
+  EXPECT_EQ((*marked)->state, PlacementState::kRecording);
+  EXPECT_EQ((*marked)->replans, 1u);
+  // An over-long key is refused clearly, and the session keeps working.
+  OpContext huge{.key = std::string(4096, 'k'), .seq = ++seq_};
+  auto bad =
+      manager_->Acquire(id_, token_, {tensors_[0]}, AccessMode::kRead, &huge);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  RunStep({0, 1, 2, 3, 4, 5});
+  auto st = manager_->Stats(id_, token_);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->placement->state, PlacementState::kPlanned);
+}
+
+TEST_F(AutoManagerTest, PrefetchLoadsTheNextOpsChunksAhead) {
+  PlacementConfig config;
+  config.margin_ratio = 0;
+  Open(config);
+  RegisterChunks(6);
+  const std::vector<int> seq = {0, 1, 2, 3, 4, 5};
+  RunStep(seq);
+  RunStep(seq);
+  auto st = manager_->Stats(id_, token_);
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(st->session.prefetches, 0u);
+  // Prefetched chunks were acquired (hit or late); none were wasted.
+  EXPECT_GT(st->session.prefetch_hits + st->session.prefetch_late, 0u);
+  EXPECT_LE(st->session.prefetch_hits + st->session.prefetch_late,
+            st->session.prefetches);
+  EXPECT_EQ(st->session.prefetch_wasted, 0u);
+  EXPECT_LE(st->session.peak_device_bytes, 12 * kMiB);
+}
+
+}  // namespace
+}  // namespace tidepool
