@@ -164,6 +164,13 @@ void SessionPlacement::OnStep() {
                             .granularity = granularity_};
         if (config_.planner == PlannerKind::kGeminiLike) {
           options.fixed_capacity_ratio = config_.gemini_capacity_ratio;
+        } else if (config_.prefetch) {
+          // Room for the largest chunk to stream in ahead of its op.
+          for (const auto& [c, bytes] : trace->chunk_bytes) {
+            options.prefetch_reserve = std::max(
+                options.prefetch_reserve,
+                (bytes + granularity_ - 1) / granularity_ * granularity_);
+          }
         }
         plan_.emplace(std::move(*trace), options);
         state_ = PlacementState::kPlanned;
@@ -240,7 +247,7 @@ uint64_t SessionPlacement::Limit() const {
     if (Planned()) return plan_->Budget(pos_);
     return SatSub(cap, non_model_);
   }
-  if (Planned()) return plan_->Budget(pos_);
+  if (Planned()) return plan_->DemandBudget(pos_);
   return HeadroomLimit();
 }
 

@@ -59,6 +59,13 @@ Plan::Plan(Trace trace, const PlanOptions& options)
                           Fraction(options_.margin_ratio, measured_capacity_));
     }
   }
+  demand_budget_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t own = 0;
+    for (uint64_t c : trace_.ops[i].chunks) own += Rounded(ChunkBytes(c));
+    demand_budget_[i] = std::max(std::min(own, budget_[i]),
+                                 SatSub(budget_[i], options_.prefetch_reserve));
+  }
 }
 
 const std::vector<size_t>* Plan::Positions(absl::string_view key) const {
@@ -196,7 +203,8 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
     const bool measure = step >= options.measure_from;
     for (size_t pos = 0; pos < n; ++pos) {
       const TraceOp& op = plan.op(pos);
-      const uint64_t budget = plan.Budget(pos);
+      const uint64_t budget =
+          options.demand_budget ? plan.DemandBudget(pos) : plan.Budget(pos);
       auto in_op = [&](uint64_t c) {
         return std::find(op.chunks.begin(), op.chunks.end(), c) !=
                op.chunks.end();

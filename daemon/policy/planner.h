@@ -40,6 +40,10 @@ struct PlanOptions {
   // of the pool, minus the op's non-model bytes; no measured headroom and
   // no margin. 0: measured headroom (the default).
   double fixed_capacity_ratio = 0;
+  // Bytes of each op's budget that demand loads leave free for prefetch,
+  // so that the next op's chunks can stream in while this op computes even
+  // where Belady would have nothing to evict yet (see docs/policy.md).
+  uint64_t prefetch_reserve = 0;
 };
 
 class Plan {
@@ -62,6 +66,9 @@ class Plan {
   // Model bytes (rounded) the device may hold while op `pos` runs:
   // min(pool, measured capacity - non-model bytes of the op) - margin.
   uint64_t Budget(size_t pos) const { return budget_[pos]; }
+  // What demand loads and evictions keep to: Budget() less the prefetch
+  // reserve (never below the op's own chunks' bytes).
+  uint64_t DemandBudget(size_t pos) const { return demand_budget_[pos]; }
   // The smallest budget of the ops pos, pos+1, ..., pos+distance (cyclic):
   // what a chunk loaded now and used `distance` ops later may count on.
   uint64_t WindowBudget(size_t pos, uint64_t distance) const;
@@ -78,6 +85,7 @@ class Plan {
   std::map<std::string, std::vector<size_t>, std::less<>> positions_;
   std::unordered_map<uint64_t, std::vector<size_t>> uses_;
   std::vector<uint64_t> budget_;
+  std::vector<uint64_t> demand_budget_;
   uint64_t measured_capacity_ = 0;
 };
 
@@ -131,7 +139,8 @@ struct OfflineOptions {
   int steps = 3;
   int measure_from = 2;
   OfflineVictim victim = OfflineVictim::kBelady;
-  bool clean_drop = true;  // false: every eviction writes back
+  bool clean_drop = true;      // false: every eviction writes back
+  bool demand_budget = false;  // keep to DemandBudget() instead of Budget()
 };
 struct OfflineResult {
   uint64_t bytes_to_device = 0;
