@@ -138,10 +138,16 @@ std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
   uint64_t used = input.resident_bytes;
   const size_t lookahead =
       input.max_lookahead == 0 ? n - 1 : std::min(input.max_lookahead, n - 1);
-  uint64_t window = std::numeric_limits<uint64_t>::max();
+  // The prefetch reserve (Budget - DemandBudget) is for the current and the
+  // next op only: chunks needed later must fit the demand budget, or the
+  // next op's limit would evict them again before their use.
+  uint64_t full = std::numeric_limits<uint64_t>::max();
+  uint64_t demand = std::numeric_limits<uint64_t>::max();
   for (size_t d = 0; d <= lookahead; ++d) {
     const size_t j = (input.pos + d) % n;
-    window = std::min(window, plan.Budget(j));
+    full = std::min(full, plan.Budget(j));
+    demand = std::min(demand, plan.DemandBudget(j));
+    const uint64_t window = d <= 1 ? full : demand;
     for (uint64_t c : plan.op(j).chunks) {
       if (resident.contains(c)) continue;
       const uint64_t need = plan.Rounded(plan.ChunkBytes(c));

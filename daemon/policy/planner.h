@@ -124,7 +124,8 @@ struct PrefetchAction {
 
 // Loads to start now, in the order their chunks are needed. A chunk needed
 // at op j (distance d from pos) is loaded now only if it fits the window
-// budget of ops pos..j, evicting what Belady would evict at j: while it does
+// budget of ops pos..j (Budget for the current and next op, DemandBudget
+// beyond), evicting what Belady would evict at j: while it does
 // not fit, the resident chunk whose next use after j is furthest goes, and
 // the scan stops as soon as that chunk is still needed before j (it cannot
 // leave yet) or nothing is left to evict. So prefetching moves the same

@@ -1,0 +1,585 @@
+// bench_policy: replays one training step of real architectures (tensor
+// sizes and access order generated from their published configurations)
+// against a real tidepoold on the sim backend with a modelled 25 GB/s link,
+// and compares placement policies at device capacities of 25/50/75% of the
+// model state: bytes moved each way, stall time and step time, next to
+// offline Belady's bytes and the lower bound max(compute, time to move
+// Belady's bytes).
+//
+//   bench_policy                      # every model, 25/50/75%
+//   bench_policy --models=opt-1.3b --capacities=25 --steps=2
+//
+// The workload, per step (bf16 mixed precision, activation checkpointing,
+// GPU Adam on every chunk):
+//   embed/fwd, layer{i}/fwd (params read), head (final norm + LM head +
+//   loss, fwd and bwd), layer{i}/bwd in reverse (recompute + backward,
+//   params read and gradients written into the param chunk, as Gemini
+//   reuses it), embed/bwd, then {part}/adam for every part (param, fp32
+//   master, Adam m and v, all read and written).
+// Non-model bytes per op: the layer-input checkpoints held so far plus the
+// op's working set (34*b*s*h bytes per layer, Korthikanti et al. with flash
+// attention; logits at 6 bytes per element for the head). Compute per op:
+// FLOPs (6*N*tokens per step for the matmuls, 8 with recompute, plus
+// attention) at --tflops; Adam at --hbm_gbps.
+//
+// Scaling: each model is scaled by S so that its model state is
+// --scaled_state_mib: bytes and compute time are divided by S together, so
+// every ratio (compute : transfer : capacity) is the full model's. Time is
+// also dilated by --dilation (the sim link runs at 25/dilation GB/s and
+// every sleep is dilation times longer) so that the host's memcpy and RPCs
+// stay well below the modelled costs. Reported bytes and times are scaled
+// back to the full model on a 25 GB/s link.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "daemon/policy/planner.h"
+#include "tests/support/process.h"
+#include "tidepool/session.h"
+
+ABSL_FLAG(std::string, models,
+          "gpt2-xl,opt-1.3b,opt-2.7b,opt-6.7b,opt-13b,llama2-7b,llama2-13b",
+          "models to replay");
+ABSL_FLAG(std::string, capacities, "25,50,75",
+          "device capacities, % of the model state");
+ABSL_FLAG(std::string, policies, "auto,static,gemini,lru", "policies to run");
+ABSL_FLAG(double, link_gbps, 25, "modelled host<->device link, GB/s");
+ABSL_FLAG(double, tflops, 400, "modelled compute rate, TFLOP/s (bf16)");
+ABSL_FLAG(double, hbm_gbps, 2000, "modelled device memory bandwidth (Adam)");
+ABSL_FLAG(int, batch, 8, "micro-batch size");
+ABSL_FLAG(int, seq, 1024, "sequence length");
+ABSL_FLAG(double, margin, 0.05, "auto/lru safety margin (of capacity)");
+ABSL_FLAG(int, scaled_state_mib, 768, "model state after scaling, MiB");
+ABSL_FLAG(double, dilation, 4, "time dilation of the replay");
+ABSL_FLAG(int, warmup, 1, "warm-up steps (not measured)");
+ABSL_FLAG(int, steps, 2, "measured steps");
+
+namespace tidepool {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kGranularity = 2 * kMiB;  // sim slot size
+
+struct ModelConfig {
+  std::string name;
+  int layers, hidden, ffn, vocab, positions;
+  bool llama;  // SwiGLU, RMSNorm, no biases, untied head
+};
+
+const std::vector<ModelConfig>& Models() {
+  static const std::vector<ModelConfig> models = {
+      {"gpt2-xl", 48, 1600, 6400, 50257, 1024, false},
+      {"opt-1.3b", 24, 2048, 8192, 50272, 2050, false},
+      {"opt-2.7b", 32, 2560, 10240, 50272, 2050, false},
+      {"opt-6.7b", 32, 4096, 16384, 50272, 2050, false},
+      {"opt-13b", 40, 5120, 20480, 50272, 2050, false},
+      {"llama2-7b", 32, 4096, 11008, 32000, 0, true},
+      {"llama2-13b", 40, 5120, 13824, 32000, 0, true},
+  };
+  return models;
+}
+
+// One model part (embedding, a layer, the head): its parameter tensors.
+struct Part {
+  std::string name;
+  std::vector<std::pair<std::string, uint64_t>> params;  // name, elements
+  uint64_t elements = 0;
+};
+
+std::vector<Part> Parts(const ModelConfig& m) {
+  const uint64_t h = m.hidden, f = m.ffn;
+  std::vector<Part> parts;
+  Part embed{"embed"};
+  embed.params.push_back({"wte", uint64_t(m.vocab) * h});
+  if (m.positions > 0)
+    embed.params.push_back({"wpe", uint64_t(m.positions) * h});
+  parts.push_back(embed);
+  for (int l = 0; l < m.layers; ++l) {
+    Part p{"layer" + std::to_string(l)};
+    for (const char* w : {"q", "k", "v", "o"}) {
+      p.params.push_back({absl::StrCat("attn.", w), h * h});
+      if (!m.llama) p.params.push_back({absl::StrCat("attn.", w, ".b"), h});
+    }
+    if (m.llama) {
+      p.params.push_back({"mlp.gate", h * f});
+      p.params.push_back({"mlp.up", h * f});
+      p.params.push_back({"mlp.down", f * h});
+      p.params.push_back({"norm1", h});
+      p.params.push_back({"norm2", h});
+    } else {
+      p.params.push_back({"mlp.fc1", h * f});
+      p.params.push_back({"mlp.fc1.b", f});
+      p.params.push_back({"mlp.fc2", f * h});
+      p.params.push_back({"mlp.fc2.b", h});
+      p.params.push_back({"ln1", 2 * h});
+      p.params.push_back({"ln2", 2 * h});
+    }
+    parts.push_back(p);
+  }
+  Part head{"head"};
+  head.params.push_back({"norm_f", m.llama ? h : 2 * h});
+  if (m.llama) head.params.push_back({"lm_head", uint64_t(m.vocab) * h});
+  parts.push_back(head);
+  for (auto& p : parts) {
+    for (const auto& [n, e] : p.params) p.elements += e;
+  }
+  return parts;
+}
+
+// The replayed step, in full-model units.
+struct ReplayOp {
+  std::string key;
+  std::vector<int> parts;   // whose tensors it acquires
+  bool with_optim = false;  // also master, m, v of those parts
+  bool write = false;
+  double compute_s = 0;
+  double non_model_bytes = 0;
+};
+
+std::vector<ReplayOp> StepOps(const ModelConfig& m,
+                              const std::vector<Part>& parts) {
+  const double tokens =
+      double(absl::GetFlag(FLAGS_batch)) * absl::GetFlag(FLAGS_seq);
+  const double b = absl::GetFlag(FLAGS_batch), s = absl::GetFlag(FLAGS_seq);
+  const double h = m.hidden, rate = absl::GetFlag(FLAGS_tflops) * 1e12;
+  const double ckpt = 2 * tokens * h;      // a layer input, bf16
+  const double working = 34 * tokens * h;  // one layer's activations
+  const double attn_fwd = 4 * b * s * s * h;
+  const int head = int(parts.size()) - 1;
+  const bool tied = !m.llama;
+  std::vector<ReplayOp> ops;
+  ops.push_back({"embed/fwd", {0}, false, false, 2 * tokens * h / rate, ckpt});
+  for (int l = 0; l < m.layers; ++l) {
+    const double n = parts[l + 1].elements;
+    ops.push_back({absl::StrCat("layer", l, "/fwd"),
+                   {l + 1},
+                   false,
+                   false,
+                   (2 * tokens * n + attn_fwd) / rate,
+                   ckpt * (l + 1) + working});
+  }
+  const double logits = 6 * tokens * m.vocab;
+  std::vector<int> head_parts = {head};
+  if (tied) head_parts.push_back(0);
+  ops.push_back({"head/fwd+bwd", head_parts, false, true,
+                 6 * tokens * double(m.vocab) * h / rate,
+                 ckpt * (m.layers + 1) + logits});
+  for (int l = m.layers - 1; l >= 0; --l) {
+    const double n = parts[l + 1].elements;
+    ops.push_back({absl::StrCat("layer", l, "/bwd"),
+                   {l + 1},
+                   false,
+                   true,
+                   (8 * tokens * n + 3 * attn_fwd) / rate,
+                   ckpt * (l + 1) + working + 2 * tokens * h});
+  }
+  ops.push_back({"embed/bwd", {0}, false, true, 2 * tokens * h / rate, 0});
+  const double hbm = absl::GetFlag(FLAGS_hbm_gbps) * 1e9;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    // AdamW reads grad, master, m, v and writes master, m, v, param.
+    const double bytes = parts[p].elements * (2 + 12 + 12 + 2);
+    ops.push_back(
+        {parts[p].name + "/adam", {int(p)}, true, true, bytes / hbm, 0});
+  }
+  return ops;
+}
+
+struct Registered {
+  // Per part: its tensor ids (params), and its optimizer tensors.
+  std::vector<std::vector<uint64_t>> params, optim;
+  std::map<uint64_t, uint64_t> tensor_chunk;
+  std::map<uint64_t, uint64_t> chunk_bytes;
+};
+
+absl::StatusOr<Registered> RegisterModel(Session& s,
+                                         const std::vector<Part>& parts,
+                                         double scale) {
+  Registered r;
+  auto scaled = [&](uint64_t elements, int bytes_per) {
+    return std::max<int64_t>(
+        256, std::llround(double(elements) * bytes_per / scale));
+  };
+  std::vector<TensorSpec> specs;
+  for (const auto& p : parts) {
+    for (const auto& [n, e] : p.params) {
+      specs.push_back(
+          {p.name + "." + n, DType::kU8, {scaled(e, 2)}, Group::kParam});
+    }
+  }
+  for (const auto& p : parts) {
+    for (const auto& [n, e] : p.params) {
+      specs.push_back({p.name + "." + n + ".master",
+                       DType::kU8,
+                       {scaled(e, 4)},
+                       Group::kMaster});
+      specs.push_back({p.name + "." + n + ".m",
+                       DType::kU8,
+                       {scaled(e, 4)},
+                       Group::kOptimState});
+      specs.push_back({p.name + "." + n + ".v",
+                       DType::kU8,
+                       {scaled(e, 4)},
+                       Group::kOptimState});
+    }
+  }
+  auto got = s.Register(specs);
+  if (!got.ok()) return got.status();
+  r.params.resize(parts.size());
+  r.optim.resize(parts.size());
+  size_t k = 0;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    for (size_t i = 0; i < parts[p].params.size(); ++i) {
+      r.params[p].push_back((*got)[k++].id);
+    }
+  }
+  for (size_t p = 0; p < parts.size(); ++p) {
+    for (size_t i = 0; i < parts[p].params.size() * 3; ++i) {
+      r.optim[p].push_back((*got)[k++].id);
+    }
+  }
+  for (const auto& t : *got) r.tensor_chunk[t.id] = t.chunk_id;
+  auto chunks = s.Chunks();
+  if (!chunks.ok()) return chunks.status();
+  for (const auto& c : *chunks) r.chunk_bytes[c.id] = c.bytes;
+  return r;
+}
+
+std::vector<uint64_t> OpTensors(const ReplayOp& op, const Registered& r) {
+  std::vector<uint64_t> out;
+  for (int p : op.parts) {
+    out.insert(out.end(), r.params[p].begin(), r.params[p].end());
+    if (op.with_optim) {
+      out.insert(out.end(), r.optim[p].begin(), r.optim[p].end());
+    }
+  }
+  return out;
+}
+
+// The trace the daemon would record, for offline Belady.
+Trace BuildTrace(const std::vector<ReplayOp>& ops, const Registered& r,
+                 double scale) {
+  Trace t;
+  for (const auto& op : ops) {
+    TraceOp o{.key = op.key,
+              .non_model_bytes = uint64_t(op.non_model_bytes / scale)};
+    for (uint64_t tensor : OpTensors(op, r)) {
+      const uint64_t c = r.tensor_chunk.at(tensor);
+      if (std::find(o.chunks.begin(), o.chunks.end(), c) == o.chunks.end()) {
+        o.chunks.push_back(c);
+        if (op.write) o.written.push_back(c);
+      }
+      t.chunk_bytes[c] = r.chunk_bytes.at(c);
+    }
+    t.ops.push_back(std::move(o));
+  }
+  return t;
+}
+
+struct RunResult {
+  bool ok = false;
+  std::string error;
+  double to_device = 0, to_host = 0;  // bytes per step, full scale
+  double stall = 0, step = 0;         // seconds per step, full scale
+  uint64_t prefetch_hits = 0, prefetch_late = 0, prefetch_wasted = 0;
+  std::string placement;  // the planner's state at the end
+};
+
+using Clock = std::chrono::steady_clock;
+
+RunResult RunPolicy(const testing::DaemonProcess& daemon,
+                    const std::string& policy, const ModelConfig& model,
+                    const std::vector<Part>& parts,
+                    const std::vector<ReplayOp>& ops, double scale,
+                    const std::pair<double, double>& static_offload) {
+  RunResult out;
+  SessionOptions options;
+  options.socket = daemon.socket();
+  options.client_name = "bench_policy";
+  PlacementOptions placement;
+  placement.margin_ratio = absl::GetFlag(FLAGS_margin);
+  if (policy == "static") {
+    options.policy = Policy::kStatic;
+    placement.static_param_offload = static_offload.first;
+    placement.static_optim_offload = static_offload.second;
+  } else {
+    options.policy = Policy::kAuto;
+    if (policy == "gemini") placement.planner = Planner::kGeminiLike;
+    if (policy == "lru") placement.planner = Planner::kLru;
+  }
+  options.placement = placement;
+  auto session = Session::Open(options);
+  if (!session.ok()) {
+    out.error = session.status().ToString();
+    return out;
+  }
+  Session& s = **session;
+  auto reg = RegisterModel(s, parts, scale);
+  if (!reg.ok()) {
+    out.error = reg.status().ToString();
+    return out;
+  }
+  const double dilation = absl::GetFlag(FLAGS_dilation);
+  const int warmup = absl::GetFlag(FLAGS_warmup);
+  const int steps = absl::GetFlag(FLAGS_steps);
+  SessionStats before;
+  double stall_wall = 0;
+  const auto unit = [&](double wall) { return wall / dilation * scale; };
+  Clock::time_point measure_start;
+  for (int step = 0; step < warmup + steps; ++step) {
+    if (step == warmup) {
+      auto st = s.Stats();
+      if (!st.ok()) {
+        out.error = st.status().ToString();
+        return out;
+      }
+      before = *st;
+      stall_wall = 0;
+      measure_start = Clock::now();
+    }
+    for (const auto& op : ops) {
+      const std::vector<uint64_t> tensors = OpTensors(op, *reg);
+      s.BeginOp(op.key, uint64_t(op.non_model_bytes / scale));
+      const auto t0 = Clock::now();
+      auto got = s.Acquire(
+          tensors, op.write ? AccessMode::kReadWrite : AccessMode::kRead);
+      stall_wall += std::chrono::duration<double>(Clock::now() - t0).count();
+      if (!got.ok()) {
+        out.error = absl::StrCat(op.key, ": ", got.status().ToString());
+        return out;
+      }
+      std::this_thread::sleep_for(
+          std::chrono::duration<double>(op.compute_s / scale * dilation));
+      auto released = s.Release(tensors, TensorState::kHold);
+      if (!released.ok()) {
+        out.error = released.ToString();
+        return out;
+      }
+    }
+    auto marked = s.MarkStep();
+    if (!marked.ok()) {
+      out.error = marked.status().ToString();
+      return out;
+    }
+  }
+  const double wall =
+      std::chrono::duration<double>(Clock::now() - measure_start).count();
+  auto after = s.Stats();
+  if (!after.ok()) {
+    out.error = after.status().ToString();
+    return out;
+  }
+  out.ok = true;
+  out.to_device =
+      double(after->bytes_to_device - before.bytes_to_device) * scale / steps;
+  out.to_host =
+      double(after->bytes_to_host - before.bytes_to_host) * scale / steps;
+  out.stall = unit(stall_wall) / steps;
+  out.step = unit(wall) / steps;
+  out.prefetch_hits = after->prefetch_hits - before.prefetch_hits;
+  out.prefetch_late = after->prefetch_late - before.prefetch_late;
+  out.prefetch_wasted = after->prefetch_wasted - before.prefetch_wasted;
+  auto p = s.Placement();
+  if (p.ok()) {
+    out.placement = p->state;
+    if (p->replans > 0) {
+      out.placement +=
+          absl::StrCat(" (", p->replans, " replans: ", p->last_divergence, ")");
+    }
+  }
+  return out;
+}
+
+int Main() {
+  const double link = absl::GetFlag(FLAGS_link_gbps) * 1e9;
+  const double dilation = absl::GetFlag(FLAGS_dilation);
+  const uint64_t target =
+      uint64_t(absl::GetFlag(FLAGS_scaled_state_mib)) * kMiB;
+  std::vector<std::string> want_models =
+      absl::StrSplit(absl::GetFlag(FLAGS_models), ',');
+  std::vector<std::string> policies =
+      absl::StrSplit(absl::GetFlag(FLAGS_policies), ',');
+  std::vector<int> capacities;
+  for (absl::string_view c :
+       absl::StrSplit(absl::GetFlag(FLAGS_capacities), ',')) {
+    capacities.push_back(std::stoi(std::string(c)));
+  }
+  absl::PrintF(
+      "bench_policy: trace replay on tidepoold (sim backend), modelled link "
+      "%.0f GB/s, compute %.0f TFLOP/s, Adam at %.0f GB/s HBM, batch %d x "
+      "seq %d, bf16 + fp32 master/m/v (14 B/param), checkpointed "
+      "activations, margin %.2f.\n",
+      link / 1e9, absl::GetFlag(FLAGS_tflops), absl::GetFlag(FLAGS_hbm_gbps),
+      absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_seq),
+      absl::GetFlag(FLAGS_margin));
+  absl::PrintF(
+      "Each model is scaled by S to %d MiB of model state (bytes and compute "
+      "time / S together) and replayed %.0fx slower (sim link %.2f GB/s); "
+      "figures below are per step, scaled back to the full model on the "
+      "%.0f GB/s link. %d warm-up + %d measured step(s).\n",
+      absl::GetFlag(FLAGS_scaled_state_mib), dilation, link / 1e9 / dilation,
+      link / 1e9, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_steps));
+  absl::PrintF(
+      "belady = offline Belady on the same trace and per-op budget "
+      "(capacity - non-model - margin), demand loads, clean drop; "
+      "LB = max(compute, belady bytes / link).\n\n");
+  absl::PrintF("%-11s %4s %-7s %9s %9s %8s %8s %8s %8s %7s %9s\n", "model",
+               "cap", "policy", "H2D GB", "D2H GB", "xBelady", "stall s",
+               "step s", "xLB", "xGemini", "prefetch");
+  for (const auto& model : Models()) {
+    if (std::find(want_models.begin(), want_models.end(), model.name) ==
+        want_models.end()) {
+      continue;
+    }
+    const std::vector<Part> parts = Parts(model);
+    uint64_t elements = 0;
+    for (const auto& p : parts) elements += p.elements;
+    const double state = double(elements) * 14;
+    const double scale = state / double(target);
+    const std::vector<ReplayOp> ops = StepOps(model, parts);
+    double compute = 0, peak_non_model = 0, max_op = 0;
+    for (const auto& op : ops) {
+      compute += op.compute_s;
+      peak_non_model = std::max(peak_non_model, op.non_model_bytes);
+    }
+    // Chunks: one layer's bf16 parameters, rounded up to the slot size.
+    const uint64_t layer_bytes = uint64_t(parts[1].elements * 2 / scale);
+    const uint64_t chunk =
+        std::max<uint64_t>(kGranularity, (layer_bytes + kGranularity - 1) /
+                                             kGranularity * kGranularity);
+    absl::PrintF(
+        "%s: %.2fB params, model state %.1f GB, S = %.0f, chunk %s "
+        "(%.0f MB full scale), compute %.2f s/step, peak non-model "
+        "%.1f GB\n",
+        model.name, elements / 1e9, state / 1e9, scale,
+        absl::StrCat(chunk / kMiB, " MiB"), chunk * scale / 1e6, compute,
+        peak_non_model / 1e9);
+    for (int pct : capacities) {
+      const uint64_t capacity =
+          std::max<uint64_t>(kGranularity, uint64_t(target * pct / 100) /
+                                               kGranularity * kGranularity);
+      testing::DaemonOptions d;
+      d.sim_capacity = absl::StrCat(capacity / kMiB, "MiB");
+      d.host_pool =
+          absl::StrCat(2 * target / kMiB + 256, "MiB");  // packing waste
+      d.chunk_size = absl::StrCat(chunk / kMiB, "MiB");
+      d.extra_args = {absl::StrCat("--sim_link_gbps=", link / 1e9 / dilation)};
+      auto daemon = testing::DaemonProcess::Start(d);
+      if (!daemon.ok()) {
+        absl::PrintF("cannot start tidepoold: %s\n",
+                     daemon.status().ToString());
+        return 1;
+      }
+      // Offline Belady on the trace of a probe registration (same packing).
+      double belady_in = 0, belady_out = 0;
+      std::pair<double, double> static_offload{0, 1};
+      {
+        SessionOptions o;
+        o.socket = (*daemon)->socket();
+        o.policy = Policy::kCpu;
+        auto probe = Session::Open(o);
+        if (!probe.ok()) {
+          absl::PrintF("probe: %s\n", probe.status().ToString());
+          return 1;
+        }
+        auto reg = RegisterModel(**probe, parts, scale);
+        if (!reg.ok()) {
+          absl::PrintF("register: %s\n", reg.status().ToString());
+          return 1;
+        }
+        Plan plan(BuildTrace(ops, *reg, scale),
+                  {.pool_capacity = capacity,
+                   .margin_ratio = absl::GetFlag(FLAGS_margin),
+                   .granularity = kGranularity});
+        OfflineResult best =
+            SimulateOffline(plan, {.steps = 3, .measure_from = 2});
+        belady_in = double(best.bytes_to_device) * scale;
+        belady_out = double(best.bytes_to_host) * scale;
+        // static: keep what fits beside the peak non-model bytes and room
+        // to stream the largest op, parameters first (ZeRO-Offload-like).
+        for (const auto& op : plan.trace().ops) {
+          double bytes = 0;
+          for (uint64_t c : op.chunks)
+            bytes += double(plan.Rounded(plan.ChunkBytes(c)));
+          max_op = std::max(max_op, bytes);
+        }
+        const double avail =
+            std::max(0.0, capacity * (1 - absl::GetFlag(FLAGS_margin)) -
+                              peak_non_model / scale - max_op);
+        const double param_bytes = double(elements) * 2 / scale;
+        const double optim_bytes = double(elements) * 12 / scale;
+        const double keep_params = std::min(avail, param_bytes);
+        const double keep_optim = std::min(avail - keep_params, optim_bytes);
+        static_offload = {1 - keep_params / param_bytes,
+                          1 - keep_optim / optim_bytes};
+      }
+      const double lb = std::max(compute, (belady_in + belady_out) / link);
+      absl::PrintF("%-11s %3d%% %-7s %9.1f %9.1f %8s %8s %8s %8.2f %7s %9s\n",
+                   model.name, pct, "belady", belady_in / 1e9, belady_out / 1e9,
+                   "1.00", "-", "-", 1.0, "-", "-");
+      std::map<std::string, RunResult> results;
+      for (const auto& policy : policies) {
+        results[policy] = RunPolicy(**daemon, policy, model, parts, ops, scale,
+                                    static_offload);
+      }
+      for (const auto& policy : policies) {
+        const RunResult& r = results[policy];
+        if (!r.ok) {
+          absl::PrintF("%-11s %3d%% %-7s FAILED: %s\n", model.name, pct, policy,
+                       r.error);
+          continue;
+        }
+        const double moved = r.to_device + r.to_host;
+        const double belady = belady_in + belady_out;
+        std::string vs_gemini = "-";
+        auto g = results.find("gemini");
+        if (g != results.end() && g->second.ok && policy != "gemini") {
+          vs_gemini = absl::StrFormat("%.2f", g->second.step / r.step);
+        }
+        std::string prefetch = "-";
+        if (r.prefetch_hits + r.prefetch_late > 0) {
+          prefetch = absl::StrFormat(
+              "%.0f%% hit", 100.0 * r.prefetch_hits /
+                                double(r.prefetch_hits + r.prefetch_late));
+        }
+        absl::PrintF(
+            "%-11s %3d%% %-7s %9.1f %9.1f %8.2f %8.2f %8.2f %8.2f "
+            "%7s %9s\n",
+            model.name, pct, policy, r.to_device / 1e9, r.to_host / 1e9,
+            belady > 0 ? moved / belady : 0.0, r.stall, r.step, r.step / lb,
+            vs_gemini, prefetch);
+        if (getenv("BENCH_POLICY_VERBOSE") != nullptr) {
+          absl::PrintF("    %s: placement %s, prefetch wasted %d\n", policy,
+                       r.placement, r.prefetch_wasted);
+        }
+      }
+      absl::PrintF(
+          "%-11s %3d%% LB %.2f s (compute %.2f s, belady transfer "
+          "%.2f s)\n",
+          model.name, pct, lb, compute, (belady_in + belady_out) / link);
+    }
+  }
+  absl::PrintF(
+      "\nxBelady: bytes moved (both ways) / offline Belady's. xLB: step time "
+      "/ lower bound. xGemini: Gemini-like step time / this policy's "
+      "(>1: faster than Gemini-like). stall: time in Acquire waiting for "
+      "bytes (incl. the RPC).\n");
+  return 0;
+}
+
+}  // namespace
+}  // namespace tidepool
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return tidepool::Main();
+}
