@@ -20,9 +20,11 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   trainer_args=(--layers=${TIDEPOOL_DEMO_LAYERS:-148} --width=256
                 --steps=${TIDEPOOL_DEMO_STEPS:-100})
 else
-  # The sim device's slots are 2 MiB (as VMM on an H100): 8 MiB is four of
-  # them, the most one trainer and its optimizer worker hold at once.
-  device_args=(--device=sim --sim_capacity=8MiB --host_pool=512MiB
+  # The sim device's slots are 2 MiB (as VMM on an H100). The optimizer
+  # state stays in host memory (updated in place by CPU AdamW), so the
+  # parameters page through a 4 MiB pool: two chunks, what the trainer and
+  # its optimizer worker hold at once.
+  device_args=(--device=sim --sim_capacity=${TIDEPOOL_DEMO_POOL:-4MiB} --host_pool=512MiB
                --chunk_size=2MiB)
   trainer_args=(--layers=37 --width=256 --steps=${TIDEPOOL_DEMO_STEPS:-200})
 fi

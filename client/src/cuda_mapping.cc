@@ -89,6 +89,13 @@ class CudaMapping : public DeviceMapping {
                      "cudaStreamWaitEvent (arrival)");
   }
 
+  absl::Status WaitArrivalOnHost(uint64_t sequence, int) override {
+    if (sequence == 0) return absl::OkStatus();  // nothing was written back
+    // The arrival event follows every write-back submitted before it.
+    return CheckCuda(cudaEventSynchronize(arrival_),
+                     "cudaEventSynchronize (arrival)");
+  }
+
   absl::Status BeforeRelease(CudaStream stream) override {
     return CheckCuda(
         cudaEventRecord(release_, reinterpret_cast<cudaStream_t>(stream)),

@@ -26,6 +26,9 @@ class DeviceMapping {
   // sequence `sequence`. `daemon_alive` is polled while waiting.
   virtual absl::Status WaitArrival(uint64_t sequence, CudaStream stream,
                                    int daemon_fd) = 0;
+  // Blocks the calling thread until arrival sequence `sequence` (and every
+  // write-back submitted before it) completed.
+  virtual absl::Status WaitArrivalOnHost(uint64_t sequence, int daemon_fd) = 0;
   // Records that the work on `stream` so far must finish before the daemon
   // moves released chunks (cuda); nothing on sim.
   virtual absl::Status BeforeRelease(CudaStream stream) = 0;

@@ -94,9 +94,9 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
         "its socket)"));
   }
   if (::access(socket_.c_str(), R_OK | W_OK) != 0) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "no permission to use ", socket_,
-        ": join the daemon's group (usually 'tidepool')"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("no permission to use ", socket_,
+                     ": join the daemon's group (usually 'tidepool')"));
   }
   stub_ = v1::Tidepool::NewStub(grpc::CreateChannel(
       "unix:" + socket_, grpc::InsecureChannelCredentials()));
@@ -221,9 +221,9 @@ absl::StatusOr<std::vector<TensorInfo>> Session::Register(
   }
   v1::RegisterTensorsResponse response;
   grpc::ClientContext ctx;
-  TP_RETURN_IF_ERROR(impl_->Call(
-      "RegisterTensors", impl_->stub_->RegisterTensors(&ctx, request,
-                                                       &response)));
+  TP_RETURN_IF_ERROR(
+      impl_->Call("RegisterTensors",
+                  impl_->stub_->RegisterTensors(&ctx, request, &response)));
   std::vector<TensorInfo> out;
   out.reserve(response.tensors_size());
   for (const auto& t : response.tensors()) {
@@ -249,8 +249,8 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
   }
   v1::AcquireResponse response;
   grpc::ClientContext ctx;
-  TP_RETURN_IF_ERROR(impl_->Call(
-      "Acquire", impl_->stub_->Acquire(&ctx, request, &response)));
+  TP_RETURN_IF_ERROR(
+      impl_->Call("Acquire", impl_->stub_->Acquire(&ctx, request, &response)));
   TP_RETURN_IF_ERROR(impl_->mapping_->WaitArrival(
       response.ready_sequence(), stream, impl_->fd_conn_.get()));
   std::vector<AcquiredTensor> out;
@@ -258,6 +258,33 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
   for (const auto& t : response.tensors()) {
     out.push_back(AcquiredTensor{t.tensor_id(),
                                  impl_->mapping_->base() + t.device_offset(),
+                                 t.size_bytes()});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
+    std::span<const uint64_t> tensor_ids, AccessMode mode) {
+  v1::AcquireRequest request;
+  *request.mutable_session() = impl_->Ref();
+  request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
+  request.set_mode(ToProto(mode));
+  request.set_location(v1::LOCATION_HOST);
+  v1::AcquireResponse response;
+  grpc::ClientContext ctx;
+  TP_RETURN_IF_ERROR(impl_->Call(
+      "AcquireOnHost", impl_->stub_->Acquire(&ctx, request, &response)));
+  // The CPU reads next: wait here for any write-back to land.
+  TP_RETURN_IF_ERROR(impl_->mapping_->WaitArrivalOnHost(
+      response.ready_sequence(), impl_->fd_conn_.get()));
+  std::vector<AcquiredTensor> out;
+  out.reserve(response.tensors_size());
+  for (const auto& t : response.tensors()) {
+    if (t.device_offset() + t.size_bytes() > impl_->host_.size()) {
+      return absl::DataLossError("the daemon sent a host offset out of range");
+    }
+    out.push_back(AcquiredTensor{t.tensor_id(),
+                                 impl_->host_.data() + t.device_offset(),
                                  t.size_bytes()});
   }
   return out;

@@ -17,8 +17,8 @@ class SimMapping : public DeviceMapping {
 
   absl::Status Map(const wire::AttachReply& reply, UniqueFd device_fd,
                    UniqueFd control_fd) override {
-    TP_ASSIGN_OR_RETURN(device_, SharedMapping::Map(device_fd.get(),
-                                                    reply.device_pool_bytes));
+    TP_ASSIGN_OR_RETURN(
+        device_, SharedMapping::Map(device_fd.get(), reply.device_pool_bytes));
     TP_ASSIGN_OR_RETURN(control_, SharedMapping::Map(control_fd.get(),
                                                      reply.control_page_bytes));
     if (page()->magic != wire::kControlMagic) {
@@ -52,6 +52,10 @@ class SimMapping : public DeviceMapping {
             sequence, ")"));
       }
     }
+  }
+
+  absl::Status WaitArrivalOnHost(uint64_t sequence, int daemon_fd) override {
+    return WaitArrival(sequence, nullptr, daemon_fd);
   }
 
   absl::Status BeforeRelease(CudaStream) override { return absl::OkStatus(); }

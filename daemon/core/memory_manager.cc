@@ -1,12 +1,12 @@
 #include "daemon/core/memory_manager.h"
 
+#include <glog/logging.h>
 #include <sys/random.h>
 
 #include <algorithm>
 #include <cstring>
 #include <set>
 
-#include <glog/logging.h>
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -49,11 +49,12 @@ absl::string_view PolicyName(Policy policy) {
 }
 
 absl::StatusOr<Policy> ParsePolicy(absl::string_view name) {
-  for (Policy p : {Policy::kCuda, Policy::kCpu, Policy::kStatic, Policy::kAuto}) {
+  for (Policy p :
+       {Policy::kCuda, Policy::kCpu, Policy::kStatic, Policy::kAuto}) {
     if (PolicyName(p) == name) return p;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown policy '", name, "' (cuda, cpu, static or auto)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown policy '", name, "' (cuda, cpu, static or auto)"));
 }
 
 absl::string_view ReclaimReasonName(ReclaimReason reason) {
@@ -84,19 +85,20 @@ absl::string_view ResidencyEventKindName(ResidencyEventKind kind) {
   return "unknown";
 }
 
-MemoryManager::MemoryManager(ManagerOptions options, HostPool host_pool,
-                             std::vector<std::unique_ptr<DeviceBackend>> devices)
+MemoryManager::MemoryManager(
+    ManagerOptions options, HostPool host_pool,
+    std::vector<std::unique_ptr<DeviceBackend>> devices)
     : options_(std::move(options)),
       host_pool_(std::move(host_pool)),
       devices_(std::move(devices)),
       host_allocator_(host_pool_.size(), kHostAlignment) {
   for (const auto& d : devices_) {
     const auto& desc = d->description();
-    device_state_.push_back(Device{
-        std::make_unique<RangeAllocator>(desc.capacity_bytes,
-                                         std::max<uint64_t>(desc.granularity,
-                                                            kHostAlignment)),
-        std::make_unique<LruEvictionPolicy>()});
+    device_state_.push_back(
+        Device{std::make_unique<RangeAllocator>(
+                   desc.capacity_bytes,
+                   std::max<uint64_t>(desc.granularity, kHostAlignment)),
+               std::make_unique<LruEvictionPolicy>()});
   }
 }
 
@@ -110,8 +112,7 @@ absl::StatusOr<size_t> MemoryManager::ResolveDevice(
   if (name.empty()) return 0;
   for (size_t i = 0; i < devices_.size(); ++i) {
     const auto& d = devices_[i]->description();
-    if (d.name == name || d.uuid == name ||
-        absl::StrCat(d.ordinal) == name ||
+    if (d.name == name || d.uuid == name || absl::StrCat(d.ordinal) == name ||
         absl::StrCat(d.backend, ":", d.ordinal) == name) {
       return i;
     }
@@ -205,13 +206,9 @@ absl::Status MemoryManager::CloseSession(uint64_t id, const Token& token) {
 }
 
 ChunkView MemoryManager::View(const Chunk& c) {
-  return ChunkView{c.id,
-                   c.bytes,
-                   c.group,
-                   c.device_offset.has_value(),
-                   c.dirty,
-                   c.host_offset,
-                   c.device_offset};
+  return ChunkView{
+      c.id,    c.bytes,       c.group,        c.device_offset.has_value(),
+      c.dirty, c.host_offset, c.device_offset};
 }
 
 absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
@@ -228,19 +225,21 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
     const uint64_t rounded = dev.allocator->RoundUp(bytes);
     if (session.device_quota != 0 &&
         session.stats.device_bytes + rounded > session.device_quota) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "policy cuda: chunk of ", bytes, " bytes exceeds the session's "
-          "device quota (", session.stats.device_bytes, " of ",
-          session.device_quota, " bytes used)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("policy cuda: chunk of ", bytes,
+                       " bytes exceeds the session's "
+                       "device quota (",
+                       session.stats.device_bytes, " of ", session.device_quota,
+                       " bytes used)"));
     }
     auto offset = dev.allocator->Allocate(bytes);
     if (!offset.ok()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "policy cuda: the model does not fit on ",
-          devices_[session.device]->description().name, ": a chunk of ", bytes,
-          " bytes needs room but ", dev.allocator->used(), " of ",
-          dev.allocator->capacity(),
-          " bytes are in use; use policy 'cpu' to offload"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("policy cuda: the model does not fit on ",
+                       devices_[session.device]->description().name,
+                       ": a chunk of ", bytes, " bytes needs room but ",
+                       dev.allocator->used(), " of ", dev.allocator->capacity(),
+                       " bytes are in use; use policy 'cpu' to offload"));
     }
     chunk.device_offset = *offset;
     batch.zero_device.push_back(CopyOp{0, *offset, rounded});
@@ -292,8 +291,8 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   if (specs.empty()) return absl::InvalidArgumentError("no tensors given");
   if (specs.size() > options_.max_tensors_per_request) {
     return absl::InvalidArgumentError(
-        absl::StrCat("too many tensors in one request (", specs.size(),
-                     " > ", options_.max_tensors_per_request, ")"));
+        absl::StrCat("too many tensors in one request (", specs.size(), " > ",
+                     options_.max_tensors_per_request, ")"));
   }
   // Validate every spec before touching any state.
   std::vector<uint64_t> sizes;
@@ -394,12 +393,12 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
                         SubmitBatch(session->device, std::move(batch)));
     for (uint64_t c : new_chunks) chunks_.at(c).arrival_sequence = seq;
   }
-  for (uint64_t c : new_chunks) result.new_chunks.push_back(View(chunks_.at(c)));
+  for (uint64_t c : new_chunks)
+    result.new_chunks.push_back(View(chunks_.at(c)));
   return result;
 }
 
-void MemoryManager::Evict(Chunk& chunk, EvictionCause cause,
-                          CopyBatch& batch) {
+void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
   Session& owner = sessions_.at(chunk.session_id);
   Device& dev = device_state_[owner.device];
   const uint64_t rounded = dev.allocator->RoundUp(chunk.bytes);
@@ -439,8 +438,10 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
   };
   if (session.device_quota != 0 && rounded > session.device_quota) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("a chunk of ", bytes, " bytes exceeds the session's "
-                     "device quota of ", session.device_quota, " bytes"));
+        absl::StrCat("a chunk of ", bytes,
+                     " bytes exceeds the session's "
+                     "device quota of ",
+                     session.device_quota, " bytes"));
   }
   // auto/static: the placement's own limit (soft) and victim choice among
   // the session's own chunks come first.
@@ -619,29 +620,8 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   // Check the whole request before changing anything.
-  std::vector<uint64_t> needed;  // chunks, in first-use order
-  std::set<uint64_t> seen;
-  for (uint64_t t : tensor_ids) {
-    auto it = session->tensors.find(t);
-    if (it == session->tensors.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("tensor ", t, " is not registered in this session"));
-    }
-    if (!seen.insert(t).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", t, " appears twice in one acquire"));
-    }
-    absl::Status legal =
-        CheckTransition(it->second.state, TensorState::kCompute);
-    if (!legal.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " '", it->second.name, "': ", legal.message()));
-    }
-    const uint64_t c = it->second.chunk_id;
-    if (std::find(needed.begin(), needed.end(), c) == needed.end()) {
-      needed.push_back(c);
-    }
-  }
+  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
+                      CheckAcquire(*session, tensor_ids, /*on_host=*/false));
   CopyBatch batch;
   if (session->placement) {
     std::vector<SessionPlacement::Touch> touches;
@@ -690,7 +670,8 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
     // Undo the loads of this request; evictions already planned still run.
     for (uint64_t cid : loaded) {
       Chunk& c = chunks_.at(cid);
-      device_state_[session->device].allocator->Free(*c.device_offset)
+      device_state_[session->device]
+          .allocator->Free(*c.device_offset)
           .IgnoreError();
       session->stats.device_bytes -=
           device_state_[session->device].allocator->RoundUp(c.bytes);
@@ -744,6 +725,108 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
   return result;
 }
 
+absl::StatusOr<std::vector<uint64_t>> MemoryManager::CheckAcquire(
+    const Session& session, const std::vector<uint64_t>& tensor_ids,
+    bool on_host) const {
+  std::vector<uint64_t> needed;
+  std::set<uint64_t> seen;
+  for (uint64_t t : tensor_ids) {
+    auto it = session.tensors.find(t);
+    if (it == session.tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t, " appears twice in one acquire"));
+    }
+    absl::Status legal =
+        CheckTransition(it->second.state, TensorState::kCompute);
+    if (!legal.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " '", it->second.name, "': ", legal.message()));
+    }
+    const Chunk& c = chunks_.at(it->second.chunk_id);
+    // A chunk is computed on in one place at a time, or the host and device
+    // copies would diverge.
+    const int other_side =
+        on_host ? c.compute_count - c.host_compute_count : c.host_compute_count;
+    if (other_side > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " '", it->second.name, "': its chunk is in use on the ",
+          on_host ? "device" : "host", "; release those tensors first"));
+    }
+    if (on_host && !c.host_offset) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " '", it->second.name,
+          "' lives only on the device (policy cuda) and has no host copy"));
+    }
+    if (std::find(needed.begin(), needed.end(), c.id) == needed.end()) {
+      needed.push_back(c.id);
+    }
+  }
+  return needed;
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
+                      CheckAcquire(*session, tensor_ids, /*on_host=*/true));
+  CopyBatch batch;
+  std::vector<uint64_t> written_back;
+  for (uint64_t cid : needed) {
+    Chunk& c = chunks_.at(cid);
+    if (!c.device_offset) continue;
+    const bool was_dirty = c.dirty;
+    if (mode == AccessMode::kReadWrite) {
+      // The host home is about to change: drop the device copy (after
+      // writing it back if it is the newer one).
+      Evict(c, EvictionCause::kHostAccess, batch);
+    } else if (was_dirty) {
+      batch.to_host.push_back(
+          CopyOp{*c.host_offset, *c.device_offset, c.bytes});
+      session->stats.bytes_to_host += c.bytes;
+      batch.wait_sessions.push_back(session->id);
+      c.dirty = false;
+    }
+    if (was_dirty) written_back.push_back(cid);
+  }
+  if (!batch.to_host.empty()) {
+    TP_ASSIGN_OR_RETURN(const uint64_t seq,
+                        SubmitBatch(session->device, std::move(batch)));
+    for (uint64_t cid : written_back) {
+      chunks_.at(cid).host_ready_sequence = seq;
+    }
+  }
+  AcquireResult result;
+  result.ready_sequence = 0;
+  const uint64_t tick = ++tick_;
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session->tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    tensor.state = TensorState::kCompute;
+    tensor.on_host = true;
+    ++c.compute_count;
+    ++c.host_compute_count;
+    c.last_use_tick = tick;
+    result.ready_sequence =
+        std::max(result.ready_sequence, c.host_ready_sequence);
+    result.tensors.push_back({t, *c.host_offset + tensor.offset, tensor.bytes});
+  }
+  for (uint64_t cid : needed) {
+    RecordEvent(chunks_.at(cid), ResidencyEventKind::kAcquired);
+  }
+  ++session->stats.acquires;
+  return result;
+}
+
 absl::Status MemoryManager::Release(uint64_t id, const Token& token,
                                     const std::vector<uint64_t>& tensor_ids,
                                     TensorState target) {
@@ -783,6 +866,10 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
       released.push_back(c.id);
     }
     if (tensor.state == TensorState::kCompute) --c.compute_count;
+    if (tensor.on_host) {
+      --c.host_compute_count;
+      tensor.on_host = false;
+    }
     tensor.state = target;
     c.last_use_tick = tick;
     if (target == TensorState::kFree) {
@@ -851,9 +938,9 @@ absl::StatusOr<AttachGrant> MemoryManager::Attach(
   // trainer in another container): its pid cannot be checked, and the token
   // alone proves ownership. Inside our namespace the pids must agree.
   if (peer.pid != 0 && peer.pid != session->pid) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "session ", session->id, " belongs to pid ", session->pid,
-        ", not to the connecting pid ", peer.pid));
+    return absl::PermissionDeniedError(
+        absl::StrCat("session ", session->id, " belongs to pid ", session->pid,
+                     ", not to the connecting pid ", peer.pid));
   }
   DeviceBackend* backend = devices_[session->device].get();
   TP_RETURN_IF_ERROR(backend->AddSession(session->id, request));

@@ -152,7 +152,9 @@ struct StatsView {
 enum class ReclaimReason { kClosed, kDisconnected, kAttachTimeout };
 absl::string_view ReclaimReasonName(ReclaimReason reason);
 
-enum class EvictionCause { kCapacity, kQuota };
+// kHostAccess: the device copy is dropped because the client is about to
+// write the host home (AcquireOnHost read-write).
+enum class EvictionCause { kCapacity, kQuota, kHostAccess };
 enum class PrefetchOutcome { kHit, kLate, kWasted };
 
 // Told about events as they happen (for metrics); called under the
@@ -253,6 +255,14 @@ class MemoryManager {
                                         const std::vector<uint64_t>& tensors,
                                         AccessMode mode,
                                         const OpContext* op = nullptr);
+  // Makes the tensors COMPUTE in their host homes, for work on the CPU (the
+  // optimizer's host-resident shards): a dirty device copy is written back
+  // first; a read-write acquire also drops the device copy, which the
+  // client is about to make stale. Offsets in the result are into the host
+  // pool. Chunks without a host home (policy cuda) are refused.
+  absl::StatusOr<AcquireResult> AcquireOnHost(
+      uint64_t id, const Token& token, const std::vector<uint64_t>& tensors,
+      AccessMode mode);
   // The client finished a training step (auto: ends warm-up recording,
   // re-synchronises the plan). Sessions of other policies: a no-op.
   absl::StatusOr<std::optional<PlacementStatsView>> MarkStep(
@@ -306,6 +316,7 @@ class MemoryManager {
     uint64_t offset;
     uint64_t bytes;
     TensorState state = TensorState::kFree;
+    bool on_host = false;  // COMPUTE through the host pool (AcquireOnHost)
   };
   struct Chunk {
     uint64_t id;
@@ -317,6 +328,8 @@ class MemoryManager {
     std::optional<uint64_t> device_offset;  // present: resident
     bool dirty = false;  // the device copy is newer than the host home
     int compute_count = 0;
+    int host_compute_count = 0;        // of compute_count, acquired on the host
+    uint64_t host_ready_sequence = 0;  // the write-back a host reader awaits
     uint64_t last_use_tick = 0;
     uint64_t arrival_sequence = 0;  // the load that brought it in
     bool prefetched = false;        // loaded ahead of use, not yet acquired
@@ -347,6 +360,12 @@ class MemoryManager {
 
   absl::StatusOr<Session*> Authenticate(uint64_t id, const Token& token)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Checks that every tensor may become COMPUTE (registered here, listed
+  // once, legal transition, its chunk not in use on the other side) and
+  // returns their chunks in first-use order.
+  absl::StatusOr<std::vector<uint64_t>> CheckAcquire(
+      const Session& session, const std::vector<uint64_t>& tensor_ids,
+      bool on_host) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<size_t> ResolveDevice(const std::string& name) const;
   // Makes room for `bytes` in `session`'s device pool (and quota), adding
   // write-backs of victims to `batch`. `pinned` chunks are never victims.
@@ -383,7 +402,9 @@ class MemoryManager {
   const absl::Time started_at_ = absl::Now();
   ManagerObserver* observer_ = nullptr;
   ManagerObserver null_observer_;
-  ManagerObserver& observer() { return observer_ ? *observer_ : null_observer_; }
+  ManagerObserver& observer() {
+    return observer_ ? *observer_ : null_observer_;
+  }
   HostPool host_pool_;
   std::vector<std::unique_ptr<DeviceBackend>> devices_;
 

@@ -147,11 +147,11 @@ grpc::Status GrpcService::Run(absl::string_view method, Fn&& fn) {
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = fn();
   if (observer_) {
-    observer_(method,
-              std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                            start)
-                  .count(),
-              status);
+    observer_(
+        method,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count(),
+        status);
   }
   return ToGrpc(status);
 }
@@ -248,10 +248,21 @@ grpc::Status GrpcService::Acquire(grpc::ServerContext*,
                  .seq = request->op_seq(),
                  .non_model_bytes = request->non_model_bytes()};
     const bool has_op = !op.key.empty() || op.non_model_bytes != 0;
-    TP_ASSIGN_OR_RETURN(
-        AcquireResult r,
-        manager_->Acquire(request->session().session_id(), token, ids, mode,
-                          has_op ? &op : nullptr));
+    absl::StatusOr<AcquireResult> acquired;
+    switch (request->location()) {
+      case v1::LOCATION_UNSPECIFIED:
+      case v1::LOCATION_DEVICE:
+        acquired = manager_->Acquire(request->session().session_id(), token,
+                                     ids, mode, has_op ? &op : nullptr);
+        break;
+      case v1::LOCATION_HOST:
+        acquired = manager_->AcquireOnHost(request->session().session_id(),
+                                           token, ids, mode);
+        break;
+      default:
+        return absl::InvalidArgumentError("unknown acquire location");
+    }
+    TP_ASSIGN_OR_RETURN(AcquireResult r, std::move(acquired));
     for (const auto& t : r.tensors) {
       auto* out = response->add_tensors();
       out->set_tensor_id(t.tensor_id);
@@ -268,8 +279,7 @@ grpc::Status GrpcService::Release(grpc::ServerContext*,
                                   v1::ReleaseResponse*) {
   return Run("Release", [&]() -> absl::Status {
     TP_ASSIGN_OR_RETURN(Token token, TokenOf(request->session()));
-    TP_ASSIGN_OR_RETURN(const TensorState target,
-                        FromProto(request->target()));
+    TP_ASSIGN_OR_RETURN(const TensorState target, FromProto(request->target()));
     std::vector<uint64_t> ids(request->tensor_ids().begin(),
                               request->tensor_ids().end());
     return manager_->Release(request->session().session_id(), token, ids,

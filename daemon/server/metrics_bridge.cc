@@ -62,9 +62,8 @@ MetricsBridge::MetricsBridge(metrics::TidepoolMetrics* metrics,
     backend->SetCopyObserver(
         [this, dm](bool to_device, uint64_t bytes, double seconds) {
           metrics_->OnBytesMoved(*dm,
-                                 to_device
-                                     ? metrics::Direction::kHostToDevice
-                                     : metrics::Direction::kDeviceToHost,
+                                 to_device ? metrics::Direction::kHostToDevice
+                                           : metrics::Direction::kDeviceToHost,
                                  bytes, seconds);
         });
   }
@@ -83,8 +82,10 @@ void MetricsBridge::OnSessionReclaimed(size_t device, Policy policy,
   metrics_->SessionReclaimed(ToMetrics(reason));
 }
 
-void MetricsBridge::OnEviction(size_t device, EvictionCause cause,
-                               bool clean) {
+void MetricsBridge::OnEviction(size_t device, EvictionCause cause, bool clean) {
+  // Dropping a device copy the client is about to overwrite on the host is
+  // not a placement decision; its write-back still counts as bytes moved.
+  if (cause == EvictionCause::kHostAccess) return;
   metrics_->OnEviction(*devices_[device],
                        cause == EvictionCause::kQuota
                            ? metrics::EvictionReason::kQuota
@@ -93,8 +94,7 @@ void MetricsBridge::OnEviction(size_t device, EvictionCause cause,
 }
 
 RpcObserver MetricsBridge::MakeRpcObserver() {
-  return [this](absl::string_view method, double seconds,
-                const absl::Status&) {
+  return [this](absl::string_view method, double seconds, const absl::Status&) {
     metrics_->ObserveRpc(std::string_view(method.data(), method.size()),
                          seconds);
   };
@@ -112,12 +112,11 @@ void MetricsBridge::Scrape() {
                                            .peak_bytes = dev.pool.peak});
     for (int on_device = 0; on_device < 2; ++on_device) {
       for (int s = 0; s < ManagerSnapshot::kStates; ++s) {
-        metrics_->SetChunkBytes(
-            *devices_[d],
-            on_device ? metrics::ChunkLocation::kDevice
-                      : metrics::ChunkLocation::kHost,
-            ToMetrics(static_cast<TensorState>(s)),
-            dev.chunk_bytes[on_device][s]);
+        metrics_->SetChunkBytes(*devices_[d],
+                                on_device ? metrics::ChunkLocation::kDevice
+                                          : metrics::ChunkLocation::kHost,
+                                ToMetrics(static_cast<TensorState>(s)),
+                                dev.chunk_bytes[on_device][s]);
       }
     }
   }

@@ -21,10 +21,10 @@
 namespace tidepool {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ChildProcess;
 using testing::DaemonOptions;
 using testing::DaemonProcess;
+using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = 1 << 20;
 
@@ -65,8 +65,8 @@ class DaemonTest : public ::testing::Test {
     }
     auto st = probe.Stats();
     FAIL() << "pools did not settle: sessions " << st->sessions
-           << ", host pool used " << st->host_pool_used << " (want "
-           << sessions << ", " << host_used << ")";
+           << ", host pool used " << st->host_pool_used << " (want " << sessions
+           << ", " << host_used << ")";
   }
 
   std::unique_ptr<DaemonProcess> daemon_;
@@ -76,8 +76,8 @@ class DaemonTest : public ::testing::Test {
 // under `cpu`: every byte checks out, and it really did page.
 TEST_F(DaemonTest, OversubscribedModelKeepsEveryByte) {
   // 64 layers of ~4 MiB plus 16 tensors of 6 MiB: about 4.5x the 64 MiB device.
-  auto client = PatternClient({"--layers=64", "--layer_bytes=4194304",
-                               "--steps=3", "--seed=7"});
+  auto client = PatternClient(
+      {"--layers=64", "--layer_bytes=4194304", "--steps=3", "--seed=7"});
   ASSERT_TRUE(client.ok()) << client.status();
   EXPECT_EQ(client->Wait(), 0);
 }
@@ -88,8 +88,10 @@ TEST_F(DaemonTest, OversubscriptionMovesBytesAndEvictsCleanChunksForFree) {
   const uint64_t capacity = s->device().capacity_bytes;
   std::vector<TensorSpec> specs;
   for (int i = 0; i < 64; ++i) {  // 64 x 4 MiB = 4x the device
-    specs.push_back({"t" + std::to_string(i), DType::kU8,
-                     {static_cast<int64_t>(4 * kMiB)}, Group::kParam});
+    specs.push_back({"t" + std::to_string(i),
+                     DType::kU8,
+                     {static_cast<int64_t>(4 * kMiB)},
+                     Group::kParam});
   }
   auto t = s->Register(specs);
   ASSERT_TRUE(t.ok()) << t.status();
@@ -117,8 +119,10 @@ TEST_F(DaemonTest, CudaPolicyRefusesOverCapacityRegistration) {
   ASSERT_NE(s, nullptr);
   std::vector<TensorSpec> specs;
   for (int i = 0; i < 32; ++i) {  // 128 MiB on a 64 MiB device
-    specs.push_back({"w" + std::to_string(i), DType::kF32,
-                     {static_cast<int64_t>(kMiB)}, Group::kParam});
+    specs.push_back({"w" + std::to_string(i),
+                     DType::kF32,
+                     {static_cast<int64_t>(kMiB)},
+                     Group::kParam});
   }
   auto t = s->Register(specs);
   ASSERT_FALSE(t.ok());
@@ -137,9 +141,8 @@ TEST_F(DaemonTest, CudaPolicyRefusesOverCapacityRegistration) {
   auto got = s->Acquire({&id, 1}, AccessMode::kRead);
   ASSERT_TRUE(got.ok()) << got.status();
   const auto* p = static_cast<const uint8_t*>((*got)[0].data);
-  EXPECT_TRUE(std::all_of(p, p + (*got)[0].bytes, [](uint8_t b) {
-    return b == 0;
-  }));
+  EXPECT_TRUE(
+      std::all_of(p, p + (*got)[0].bytes, [](uint8_t b) { return b == 0; }));
 }
 
 // 3. Two clients at once, each with its own memory.
@@ -221,18 +224,19 @@ TEST_F(DaemonTest, BadRequestsGetClearErrors) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s->Register({{"neg", DType::kF32, {-4}}}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s->Register({{"huge", DType::kF64, {1 << 30, 1 << 30}}})
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      s->Register({{"huge", DType::kF64, {1 << 30, 1 << 30}}}).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s->Register({}).status().code(),
             absl::StatusCode::kInvalidArgument);
 
   // Acquire beyond capacity: 80 MiB at once on a 64 MiB device.
   std::vector<TensorSpec> big;
   for (int i = 0; i < 20; ++i) {
-    big.push_back({"big" + std::to_string(i), DType::kU8,
-                   {static_cast<int64_t>(4 * kMiB)}, Group::kOther});
+    big.push_back({"big" + std::to_string(i),
+                   DType::kU8,
+                   {static_cast<int64_t>(4 * kMiB)},
+                   Group::kOther});
   }
   auto tb = s->Register(big);
   ASSERT_TRUE(tb.ok()) << tb.status();
@@ -317,6 +321,30 @@ TEST_F(DaemonTest, RawProtocolAbuseIsRefusedAndDaemonKeepsServing) {
   ASSERT_TRUE(t.ok()) << t.status();
   const uint64_t id = (*t)[0].id;
   EXPECT_TRUE(s->Acquire({&id, 1}, AccessMode::kReadWrite).ok());
+}
+
+// CPU work on host-resident state: bytes written on the device are current
+// on the host, and host writes reach the device on the next acquire.
+TEST_F(DaemonTest, HostAcquireSeesAndFeedsTheDevice) {
+  auto s = Open(Policy::kCpu);
+  ASSERT_NE(s, nullptr);
+  auto t = s->Register({{"state", DType::kU8, {1 << 20}, Group::kOptimState}});
+  ASSERT_TRUE(t.ok());
+  const uint64_t id = (*t)[0].id;
+  auto dev = s->Acquire({&id, 1}, AccessMode::kReadWrite);
+  ASSERT_TRUE(dev.ok());
+  std::memset((*dev)[0].data, 0x21, 1 << 20);
+  ASSERT_TRUE(s->Release({&id, 1}, TensorState::kHold).ok());
+  auto host = s->AcquireOnHost({&id, 1}, AccessMode::kReadWrite);
+  ASSERT_TRUE(host.ok()) << host.status();
+  auto* h = static_cast<uint8_t*>((*host)[0].data);
+  EXPECT_EQ(h[0], 0x21);
+  EXPECT_EQ(h[(1 << 20) - 1], 0x21);
+  std::memset(h, 0x43, 1 << 20);
+  ASSERT_TRUE(s->Release({&id, 1}, TensorState::kHold).ok());
+  dev = s->Acquire({&id, 1}, AccessMode::kRead);
+  ASSERT_TRUE(dev.ok());
+  EXPECT_EQ(static_cast<uint8_t*>((*dev)[0].data)[(1 << 20) - 1], 0x43);
 }
 
 TEST(DaemonStartTest, MissingDaemonIsAClearError) {

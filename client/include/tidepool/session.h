@@ -7,8 +7,8 @@
 //
 //   auto session = tidepool::Session::Open({.policy = tidepool::Policy::kCpu});
 //   if (!session.ok()) return session.status();
-//   auto tensors = (*session)->Register({{"w0", tidepool::DType::kF32, {1024}}});
-//   auto got = (*session)->Acquire({(*tensors)[0].id},
+//   auto tensors = (*session)->Register({{"w0", tidepool::DType::kF32,
+//   {1024}}}); auto got = (*session)->Acquire({(*tensors)[0].id},
 //                                  tidepool::AccessMode::kReadWrite);
 //   float* w0 = static_cast<float*>((*got)[0].data);  // valid until release
 //   ... compute on w0 (on the sim backend: CPU memory; cuda: device memory)
@@ -63,7 +63,7 @@ struct PlacementOptions {
 
 struct SessionOptions {
   std::string socket = kDefaultSocket;  // the daemon's gRPC socket
-  std::string device;  // name, GPU UUID or ordinal; empty: the first
+  std::string device;            // name, GPU UUID or ordinal; empty: the first
   std::optional<Policy> policy;  // empty: the daemon's default
   uint64_t device_quota_bytes = 0;  // 0: no per-session limit
   uint64_t host_quota_bytes = 0;
@@ -87,7 +87,8 @@ struct TensorInfo {
 
 struct AcquiredTensor {
   uint64_t id = 0;
-  void* data = nullptr;  // host memory (sim) or device memory (cuda)
+  // Host memory (sim, or AcquireOnHost) or device memory (cuda).
+  void* data = nullptr;
   uint64_t bytes = 0;
 };
 
@@ -159,11 +160,20 @@ class Session {
       std::span<const uint64_t> tensor_ids, AccessMode mode,
       CudaStream stream = nullptr);
 
+  // Makes the tensors COMPUTE in their host homes, for work on the CPU
+  // (e.g. a CPU optimizer step over host-resident state): returns host
+  // pointers once the bytes there are current (a dirty device copy is
+  // written back first). kReadWrite drops the device copy, so nothing
+  // moves back later. Release as usual. Not for policy kCuda, whose chunks
+  // live only on the device.
+  absl::StatusOr<std::vector<AcquiredTensor>> AcquireOnHost(
+      std::span<const uint64_t> tensor_ids, AccessMode mode);
+
   // Ends COMPUTE: `target` is kHold (after forward), kHoldAfterBwd (after
   // backward) or kFree (contents no longer needed). On cuda, work already
   // enqueued on `stream` finishes before the daemon moves the chunks.
-  absl::Status Release(std::span<const uint64_t> tensor_ids,
-                       TensorState target, CudaStream stream = nullptr);
+  absl::Status Release(std::span<const uint64_t> tensor_ids, TensorState target,
+                       CudaStream stream = nullptr);
 
   // Ops and steps, for `auto`. BeginOp names the op the following acquires
   // belong to, by a key stable across steps (module name + phase, such as

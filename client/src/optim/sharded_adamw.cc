@@ -225,31 +225,18 @@ class ShardedAdamW::Impl {
 #endif
   }
 
-  // Runs fn(master, m, v) on host views of block b's shards and writes
-  // them back (modify) or not.
+  // Runs fn(master, m, v) on block b's shards in their host homes: the
+  // optimizer state stays in host memory and never crosses the link
+  // (CPU AdamW over host-resident state, as ZeRO-Offload does).
   template <typename F>
   absl::Status WithState(const Block& blk, bool modify, F&& fn) {
     const uint64_t ids[3] = {blk.master, blk.m, blk.v};
-    auto got = session_->Acquire(
+    auto got = session_->AcquireOnHost(
         ids, modify ? AccessMode::kReadWrite : AccessMode::kRead);
     if (!got.ok()) return got.status();
-    const size_t bytes = blk.shard * sizeof(float);
-    absl::Status s;
-    if (!cuda_) {
-      s = fn(static_cast<float*>((*got)[0].data),
-             static_cast<float*>((*got)[1].data),
-             static_cast<float*>((*got)[2].data));
-    } else {
-      std::vector<float> host[3];
-      for (int i = 0; i < 3 && s.ok(); ++i) {
-        host[i].resize(blk.shard);
-        s = ToHost((*got)[i], host[i].data(), bytes);
-      }
-      if (s.ok()) s = fn(host[0].data(), host[1].data(), host[2].data());
-      for (int i = 0; i < 3 && s.ok() && modify; ++i) {
-        s = FromHost((*got)[i], host[i].data(), bytes);
-      }
-    }
+    absl::Status s = fn(static_cast<float*>((*got)[0].data),
+                        static_cast<float*>((*got)[1].data),
+                        static_cast<float*>((*got)[2].data));
     absl::Status r = session_->Release(ids, TensorState::kHold);
     return s.ok() ? r : s;
   }

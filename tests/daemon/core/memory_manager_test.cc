@@ -40,8 +40,10 @@ class MemoryManagerTest : public ::testing::Test {
   std::vector<uint64_t> RegisterChunks(int n) {
     std::vector<TensorSpec> specs;
     for (int i = 0; i < n; ++i) {
-      specs.push_back({"c" + std::to_string(i), DType::kU8,
-                       {static_cast<int64_t>(4 * kMiB)}, Group::kParam});
+      specs.push_back({"c" + std::to_string(i),
+                       DType::kU8,
+                       {static_cast<int64_t>(4 * kMiB)},
+                       Group::kParam});
     }
     auto r = manager_->Register(id_, token_, specs);
     EXPECT_TRUE(r.ok()) << r.status();
@@ -127,8 +129,10 @@ TEST_F(MemoryManagerTest, QuotaLimitsTheSessionNotOthers) {
   ASSERT_TRUE(limited.ok());
   std::vector<TensorSpec> specs;
   for (int i = 0; i < 3; ++i) {
-    specs.push_back({"q" + std::to_string(i), DType::kU8,
-                     {static_cast<int64_t>(4 * kMiB)}, Group::kParam});
+    specs.push_back({"q" + std::to_string(i),
+                     DType::kU8,
+                     {static_cast<int64_t>(4 * kMiB)},
+                     Group::kParam});
   }
   auto r = manager_->Register(limited->id, limited->token, specs);
   ASSERT_TRUE(r.ok());
@@ -191,16 +195,96 @@ TEST_F(MemoryManagerTest, HostHomesAreZeroedWhenReused) {
 TEST_F(MemoryManagerTest, OpenRejectsBadParameters) {
   EXPECT_EQ(manager_->OpenSession({.pid = 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      manager_->OpenSession({.device = "GPU-nope", .pid = getpid()})
-          .status()
-          .code(),
-      absl::StatusCode::kNotFound);
-  EXPECT_EQ(manager_->OpenSession({.pid = getpid(),
-                                   .client_name = std::string(100, 'x')})
+  EXPECT_EQ(manager_->OpenSession({.device = "GPU-nope", .pid = getpid()})
                 .status()
                 .code(),
-            absl::StatusCode::kInvalidArgument);
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      manager_
+          ->OpenSession({.pid = getpid(), .client_name = std::string(100, 'x')})
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tidepool
+
+namespace tidepool {
+namespace {
+
+class HostAcquireTest : public MemoryManagerTest {
+ protected:
+  uint8_t* UseOnHost(uint64_t id, AccessMode mode) {
+    auto r = manager_->AcquireOnHost(id_, token_, {id}, mode);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(manager_->devices()[0]->Drain().ok());
+    return host_ + r->tensors[0].device_offset;
+  }
+};
+
+TEST_F(HostAcquireTest, HostSeesDeviceWritesAfterWriteBack) {
+  auto ids = RegisterChunks(1);
+  std::memset(Use(ids[0], AccessMode::kReadWrite), 0x55, 4 * kMiB);
+  Done(ids[0]);
+  const uint8_t* p = UseOnHost(ids[0], AccessMode::kRead);
+  EXPECT_EQ(p[0], 0x55);
+  EXPECT_EQ(p[4 * kMiB - 1], 0x55);
+  Done(ids[0]);
+  // A read keeps the (now clean) device copy: no further transfer.
+  auto chunks = manager_->Chunks(id_, token_);
+  EXPECT_TRUE((*chunks)[0].on_device);
+  EXPECT_FALSE((*chunks)[0].dirty);
+  EXPECT_EQ(Stats().session.bytes_to_host, 4 * kMiB);
+}
+
+TEST_F(HostAcquireTest, HostWritesReachTheDeviceNextTime) {
+  auto ids = RegisterChunks(1);
+  Use(ids[0], AccessMode::kRead);
+  Done(ids[0]);
+  // Writing on the host drops the clean device copy without a transfer.
+  std::memset(UseOnHost(ids[0], AccessMode::kReadWrite), 0x66, 4 * kMiB);
+  auto chunks = manager_->Chunks(id_, token_);
+  EXPECT_FALSE((*chunks)[0].on_device);
+  EXPECT_EQ(Stats().session.bytes_to_host, 0u);
+  Done(ids[0]);
+  const uint8_t* d = Use(ids[0], AccessMode::kRead);
+  EXPECT_EQ(d[0], 0x66);
+  EXPECT_EQ(d[4 * kMiB - 1], 0x66);
+}
+
+TEST_F(HostAcquireTest, AChunkIsComputedOnInOnePlaceAtATime) {
+  std::vector<TensorSpec> specs = {{"a", DType::kU8, {1024}, Group::kParam},
+                                   {"b", DType::kU8, {1024}, Group::kParam}};
+  auto r = manager_->Register(id_, token_, specs);
+  ASSERT_TRUE(r.ok());
+  const uint64_t a = r->tensors[0].tensor_id, b = r->tensors[1].tensor_id;
+  ASSERT_EQ(r->tensors[0].chunk_id, r->tensors[1].chunk_id);
+  ASSERT_TRUE(
+      manager_->AcquireOnHost(id_, token_, {a}, AccessMode::kRead).ok());
+  EXPECT_EQ(
+      manager_->Acquire(id_, token_, {b}, AccessMode::kRead).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  Done(a);
+  ASSERT_TRUE(manager_->Acquire(id_, token_, {b}, AccessMode::kRead).ok());
+  EXPECT_EQ(manager_->AcquireOnHost(id_, token_, {a}, AccessMode::kRead)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(HostAcquireTest, DeviceOnlyChunksHaveNoHostSide) {
+  auto s = manager_->OpenSession({.policy = Policy::kCuda, .pid = getpid()});
+  ASSERT_TRUE(s.ok());
+  auto r = manager_->Register(s->id, s->token,
+                              {{"w", DType::kF32, {16}, Group::kParam}});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(manager_
+                ->AcquireOnHost(s->id, s->token, {r->tensors[0].tensor_id},
+                                AccessMode::kRead)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
