@@ -93,6 +93,22 @@ void MetricsBridge::OnEviction(size_t device, EvictionCause cause, bool clean) {
                        clean);
 }
 
+void MetricsBridge::OnPrefetch(size_t device, PrefetchOutcome outcome) {
+  metrics::PrefetchOutcome m = metrics::PrefetchOutcome::kHit;
+  switch (outcome) {
+    case PrefetchOutcome::kHit:
+      m = metrics::PrefetchOutcome::kHit;
+      break;
+    case PrefetchOutcome::kLate:
+      m = metrics::PrefetchOutcome::kLate;
+      break;
+    case PrefetchOutcome::kWasted:
+      m = metrics::PrefetchOutcome::kWasted;
+      break;
+  }
+  metrics_->OnPrefetch(*devices_[device], m);
+}
+
 RpcObserver MetricsBridge::MakeRpcObserver() {
   return [this](absl::string_view method, double seconds, const absl::Status&) {
     metrics_->ObserveRpc(std::string_view(method.data(), method.size()),

@@ -26,6 +26,7 @@ class MetricsBridge : public ManagerObserver {
   void OnSessionReclaimed(size_t device, Policy policy,
                           ReclaimReason reason) override;
   void OnEviction(size_t device, EvictionCause cause, bool clean) override;
+  void OnPrefetch(size_t device, PrefetchOutcome outcome) override;
 
   RpcObserver MakeRpcObserver();
 

@@ -213,6 +213,24 @@ TEST_F(TidepoolMetricsTest, RpcMethodsAreBounded) {
   }
 }
 
+// Every RPC of the service has its own latency series: a new RPC must be
+// added to kRpcMethods, or it would hide under "other".
+TEST_F(TidepoolMetricsTest, RpcMethodsCoverTheService) {
+  const std::string proto = ReadFileOrEmpty(SourcePath("proto/tidepool.proto"));
+  ASSERT_FALSE(proto.empty());
+  std::set<std::string> in_proto;
+  for (size_t at = proto.find("rpc "); at != std::string::npos;
+       at = proto.find("rpc ", at + 4)) {
+    if (at > 0 && !std::isspace(static_cast<unsigned char>(proto[at - 1]))) {
+      continue;
+    }
+    const size_t end = proto.find('(', at);
+    in_proto.insert(proto.substr(at + 4, end - at - 4));
+  }
+  std::set<std::string> listed(kRpcMethods.begin(), kRpcMethods.end() - 1);
+  EXPECT_EQ(in_proto, listed);
+}
+
 TEST_F(TidepoolMetricsTest, EvictionsPrefetchesStallsAndChunks) {
   DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
   metrics_.OnEviction(gpu, EvictionReason::kQuota, /*clean=*/true);
