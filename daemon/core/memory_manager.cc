@@ -1120,6 +1120,32 @@ absl::StatusOr<std::vector<ChunkDetailView>> MemoryManager::SessionChunks(
   return out;
 }
 
+absl::StatusOr<TraceView> MemoryManager::RecordedTrace(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("no session ", id));
+  }
+  const Session& session = it->second;
+  if (session.policy != Policy::kAuto || !session.placement) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", id, " has policy ", PolicyName(session.policy),
+                     ", which records no trace (only auto does)"));
+  }
+  TraceView view;
+  view.policy = session.policy;
+  view.stats = session.placement->stats();
+  if (const Plan* plan = session.placement->plan()) {
+    view.measured_capacity = plan->measured_capacity();
+    for (size_t pos = 0; pos < plan->size(); ++pos) {
+      const TraceOp& op = plan->op(pos);
+      view.ops.push_back({op.key, op.chunks, op.written, op.non_model_bytes,
+                          plan->Budget(pos)});
+    }
+  }
+  return view;
+}
+
 absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
                                                      size_t max_events) const {
   absl::MutexLock lock(&mu_);

@@ -226,6 +226,20 @@ struct ChunkDetailView {
   std::vector<std::string> tensors;  // names, in placement order
 };
 
+struct TraceView {
+  struct Op {
+    std::string key;
+    std::vector<uint64_t> chunks;
+    std::vector<uint64_t> written;
+    uint64_t non_model_bytes = 0;
+    uint64_t budget_bytes = 0;
+  };
+  Policy policy = Policy::kAuto;
+  PlacementStatsView stats;
+  std::vector<Op> ops;
+  uint64_t measured_capacity = 0;
+};
+
 struct TimelineView {
   std::vector<ResidencyEventView> events;  // oldest first
   std::vector<ChunkDetailView> chunks;     // empty once the session ended
@@ -303,6 +317,9 @@ class MemoryManager {
   // The session's most recent `max_events` residency events (0: all still
   // in the ring). A session that ended still has its recorded events.
   absl::StatusOr<TimelineView> Timeline(uint64_t id, size_t max_events) const;
+  // The recorded warm-up trace of an auto session (FAILED_PRECONDITION for
+  // policies that record none).
+  absl::StatusOr<TraceView> RecordedTrace(uint64_t id) const;
   uint64_t residency_events_recorded() const;
   absl::Time started_at() const { return started_at_; }
 

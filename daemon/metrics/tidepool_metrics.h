@@ -95,11 +95,11 @@ std::string_view LabelValue(ReclaimReason reason);
 
 // Label values of tidepool_rpc_duration_seconds{method}: the control-plane
 // RPCs, plus "other" for any method not in this list.
-inline constexpr std::array<std::string_view, 13> kRpcMethods = {
+inline constexpr std::array<std::string_view, 14> kRpcMethods = {
     "OpenSession", "CloseSession", "RegisterTensors", "Acquire",
     "Release",     "GetStats",     "GetChunks",       "MarkStep",
     "GetStatus",   "ListSessions", "ListChunks",      "GetTimeline",
-    "other"};
+    "GetTrace",    "other"};
 
 // Pool occupancy in bytes.
 struct PoolUsage {

@@ -435,4 +435,28 @@ grpc::Status GrpcService::GetTimeline(grpc::ServerContext*,
   });
 }
 
+grpc::Status GrpcService::GetTrace(grpc::ServerContext*,
+                                   const v1::GetTraceRequest* request,
+                                   v1::GetTraceResponse* response) {
+  return Run("GetTrace", [&]() -> absl::Status {
+    TP_ASSIGN_OR_RETURN(TraceView t,
+                        manager_->RecordedTrace(request->session_id()));
+    response->set_policy(ToProto(t.policy));
+    response->set_state(std::string(PlacementStateName(t.stats.state)));
+    response->set_measured_capacity_bytes(t.measured_capacity);
+    response->set_steps(t.stats.steps);
+    response->set_replans(t.stats.replans);
+    response->set_last_divergence(t.stats.last_divergence);
+    for (const auto& op : t.ops) {
+      auto* out = response->add_ops();
+      out->set_key(op.key);
+      out->mutable_chunks()->Add(op.chunks.begin(), op.chunks.end());
+      out->mutable_written()->Add(op.written.begin(), op.written.end());
+      out->set_non_model_bytes(op.non_model_bytes);
+      out->set_budget_bytes(op.budget_bytes);
+    }
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace tidepool

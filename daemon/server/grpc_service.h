@@ -59,6 +59,9 @@ class GrpcService final : public v1::Tidepool::Service {
   grpc::Status GetTimeline(grpc::ServerContext*,
                            const v1::GetTimelineRequest* request,
                            v1::GetTimelineResponse* response) override;
+  grpc::Status GetTrace(grpc::ServerContext*,
+                        const v1::GetTraceRequest* request,
+                        v1::GetTraceResponse* response) override;
 
  private:
   template <typename Fn>

@@ -22,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/process.h"
+#include "tidepool/session.h"
 #include "tools/tidepoolctl/admin_client.h"
 #include "tools/tidepoolctl/timeline_svg.h"
 
@@ -236,6 +237,40 @@ TEST_F(TidepoolctlTest, TraceIsTheResidencyEventLog) {
   Output last = Ctl({Socket(), "trace", Session(), "--last=5"});
   ASSERT_EQ(last.code, 0) << last.err;
   EXPECT_EQ(CountLines(last.out), 2 + 5) << last.out;
+}
+
+// An auto session's trace is its recorded warm-up: ops by key, in order.
+TEST_F(TidepoolctlTest, TraceOfAnAutoSessionIsItsRecordedWarmUp) {
+  SessionOptions options;
+  options.socket = daemon_->socket();
+  options.policy = Policy::kAuto;
+  auto s = tidepool::Session::Open(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<TensorSpec> specs;
+  for (int l = 0; l < 3; ++l) {
+    specs.push_back(
+        {absl::StrCat("w", l), DType::kU8, {1 << 20}, Group::kParam});
+  }
+  auto t = (*s)->Register(specs);
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (int step = 0; step < 2; ++step) {
+    for (int l = 0; l < 3; ++l) {
+      (*s)->BeginOp(absl::StrCat("layer", l, "/fwd"), 4096);
+      const uint64_t id = (*t)[l].id;
+      ASSERT_TRUE((*s)->Acquire({&id, 1}, AccessMode::kRead).ok());
+      ASSERT_TRUE((*s)->Release({&id, 1}, TensorState::kHold).ok());
+    }
+    ASSERT_TRUE((*s)->MarkStep().ok());
+  }
+  Output o = Ctl({Socket(), "trace", absl::StrCat((*s)->id())});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("recorded trace"));
+  EXPECT_THAT(o.out, HasSubstr("state planned"));
+  const size_t l0 = o.out.find("layer0/fwd");
+  const size_t l2 = o.out.find("layer2/fwd");
+  ASSERT_NE(l0, std::string::npos) << o.out;
+  ASSERT_NE(l2, std::string::npos) << o.out;
+  EXPECT_LT(l0, l2);
 }
 
 TEST_F(TidepoolctlTest, Config) {

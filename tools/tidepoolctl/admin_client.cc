@@ -140,6 +140,13 @@ absl::StatusOr<v1::GetTimelineResponse> AdminClient::GetTimeline(
   TP_ADMIN_CALL(GetTimeline, request, v1::GetTimelineResponse);
 }
 
+absl::StatusOr<v1::GetTraceResponse> AdminClient::GetTrace(
+    uint64_t session_id) {
+  v1::GetTraceRequest request;
+  request.set_session_id(session_id);
+  TP_ADMIN_CALL(GetTrace, request, v1::GetTraceResponse);
+}
+
 #undef TP_ADMIN_CALL
 
 }  // namespace tidepool::ctl

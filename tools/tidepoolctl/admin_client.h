@@ -33,6 +33,7 @@ class AdminClient {
   absl::StatusOr<v1::ListChunksResponse> ListChunks(uint64_t session_id);
   absl::StatusOr<v1::GetTimelineResponse> GetTimeline(uint64_t session_id,
                                                       uint64_t max_events);
+  absl::StatusOr<v1::GetTraceResponse> GetTrace(uint64_t session_id);
 
   const std::string& socket() const { return socket_; }
 

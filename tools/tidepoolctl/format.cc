@@ -241,6 +241,34 @@ std::string FormatTrace(uint64_t session_id, const v1::GetTimelineResponse& r) {
   return out;
 }
 
+std::string FormatRecordedTrace(uint64_t session_id,
+                                const v1::GetTraceResponse& r) {
+  std::string out = absl::StrCat(
+      "# recorded trace of session ", session_id, " (policy auto): state ",
+      r.state(), ", ", r.steps(), " steps, ", r.replans(), " re-recordings",
+      r.last_divergence().empty()
+          ? ""
+          : absl::StrCat(" (last: ", r.last_divergence(), ")"),
+      "\n");
+  if (r.ops().empty()) {
+    absl::StrAppend(&out, "no trace yet: the warm-up step has not ended\n");
+    return out;
+  }
+  absl::StrAppend(&out, "# measured capacity ",
+                  HumanBytes(r.measured_capacity_bytes()), ", ", r.ops_size(),
+                  " ops\n");
+  Table t({"OP", "KEY", "CHUNKS", "WRITES", "NON-MODEL", "BUDGET"},
+          {true, false, false, true, true, true});
+  for (int i = 0; i < r.ops_size(); ++i) {
+    const auto& op = r.ops(i);
+    t.AddRow({absl::StrCat(i), op.key().empty() ? "-" : op.key(),
+              absl::StrJoin(op.chunks(), ","), absl::StrCat(op.written_size()),
+              HumanBytes(op.non_model_bytes()), HumanBytes(op.budget_bytes())});
+  }
+  absl::StrAppend(&out, t.Render());
+  return out;
+}
+
 std::string ToJson(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;

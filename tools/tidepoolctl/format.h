@@ -51,6 +51,10 @@ std::string FormatChunks(uint64_t session_id,
 // to the first event shown.
 std::string FormatTrace(uint64_t session_id,
                         const v1::GetTimelineResponse& timeline);
+// An auto session's recorded warm-up trace: one line per op, with the
+// chunks it touched and the plan's device budget there.
+std::string FormatRecordedTrace(uint64_t session_id,
+                                const v1::GetTraceResponse& trace);
 
 // The message as JSON (field names as in the .proto), ending in a newline.
 std::string ToJson(const google::protobuf::Message& message);

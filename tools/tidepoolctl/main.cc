@@ -3,7 +3,8 @@
 //   tidepoolctl status                    daemon, devices and pools
 //   tidepoolctl sessions                  every open session
 //   tidepoolctl chunks <session>          a session's chunks and where each is
-//   tidepoolctl trace <session>           the session's residency event log
+//   tidepoolctl trace <session>           auto: the recorded warm-up trace;
+//                                         others: the residency event log
 //   tidepoolctl timeline <session> --out=timeline.svg
 //   tidepoolctl config                    policy and pool settings
 //
@@ -53,7 +54,9 @@ constexpr char kUsage[] =
     "moved\n"
     "  chunks SESSION         the session's chunks: where each lives, state, "
     "tensors\n"
-    "  trace SESSION          the session's residency event log (loaded, "
+    "  trace SESSION          auto: the recorded warm-up trace (ops, chunks, "
+    "budgets);\n"
+    "                         other policies: the residency event log (loaded, "
     "evicted,\n"
     "                         acquired, released) [--last=N]\n"
     "  timeline SESSION --out=FILE.svg\n"
@@ -134,6 +137,20 @@ int Run(const std::vector<char*>& args) {
     std::cout << (absl::GetFlag(FLAGS_json) ? ToJson(*r)
                                             : FormatChunks(session, *r));
     return 0;
+  }
+  if (command == "trace") {
+    // An auto session's recorded warm-up trace; other policies record none,
+    // so their residency event log stands in.
+    auto trace = client->GetTrace(session);
+    if (trace.ok()) {
+      std::cout << (absl::GetFlag(FLAGS_json)
+                        ? ToJson(*trace)
+                        : FormatRecordedTrace(session, *trace));
+      return 0;
+    }
+    if (trace.status().code() != absl::StatusCode::kFailedPrecondition) {
+      return Fail(trace.status());
+    }
   }
   auto timeline = client->GetTimeline(session, absl::GetFlag(FLAGS_last));
   if (!timeline.ok()) return Fail(timeline.status());
