@@ -540,8 +540,11 @@ void MemoryManager::RunPrefetch(Session& session) {
     // The plan names chunks by id: check each is still this session's and
     // in the state the plan assumed.
     auto it = chunks_.find(a.chunk);
+    // A chunk being computed on in its host home must not get a device copy
+    // that its writes would make stale.
     if (it == chunks_.end() || it->second.session_id != session.id ||
-        it->second.device_offset || !it->second.host_offset) {
+        it->second.device_offset || !it->second.host_offset ||
+        it->second.host_compute_count > 0) {
       continue;
     }
     Chunk& c = it->second;
