@@ -8,10 +8,10 @@
 #define TP_CONCAT(a, b) TP_CONCAT_INNER(a, b)
 
 // Returns `expr` from the enclosing function when it is not OK.
-#define TP_RETURN_IF_ERROR(expr)                   \
-  do {                                             \
-    ::absl::Status tp_status_ = (expr);            \
-    if (!tp_status_.ok()) return tp_status_;       \
+#define TP_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status tp_status_ = (expr);      \
+    if (!tp_status_.ok()) return tp_status_; \
   } while (0)
 
 // `lhs = value of rexpr`, or returns its error.

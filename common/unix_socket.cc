@@ -19,9 +19,9 @@ absl::StatusOr<sockaddr_un> MakeAddress(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("socket path must be 1..", sizeof(addr.sun_path) - 1,
-                     " bytes: '", path, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("socket path must be 1..",
+                                                   sizeof(addr.sun_path) - 1,
+                                                   " bytes: '", path, "'"));
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
@@ -53,8 +53,8 @@ absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path) {
   if (!addr.ok()) return addr.status();
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr),
-                sizeof(*addr)) != 0) {
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) !=
+      0) {
     return absl::ErrnoToStatus(errno, "connect " + path);
   }
   return fd;

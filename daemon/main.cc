@@ -17,9 +17,9 @@
 #include "common/status_macros.h"
 #include "daemon/config/config.h"
 #include "daemon/core/memory_manager.h"
-#include "daemon/server/fd_server.h"
 #include "daemon/metrics/exposer.h"
 #include "daemon/metrics/tidepool_metrics.h"
+#include "daemon/server/fd_server.h"
 #include "daemon/server/grpc_service.h"
 #include "daemon/server/metrics_bridge.h"
 
@@ -80,8 +80,8 @@ absl::StatusOr<DaemonConfig> BuildConfig() {
     config.devices = {d};
   }
   for (auto& d : config.devices) {
-    const bool sim = d.backend == "sim" ||
-                     (d.backend == "auto" && !CudaDeviceAvailable());
+    const bool sim =
+        d.backend == "sim" || (d.backend == "auto" && !CudaDeviceAvailable());
     if (sim && d.pool_bytes == 0) d.pool_bytes = sim_capacity;
     if (absl::GetFlag(FLAGS_sim_link_gbps) > 0) {
       d.sim_link_gbps = absl::GetFlag(FLAGS_sim_link_gbps);
@@ -99,15 +99,13 @@ absl::StatusOr<DaemonConfig> BuildConfig() {
 }
 
 absl::Status EnsureSocketDirectory(const std::string& socket) {
-  const std::filesystem::path dir =
-      std::filesystem::path(socket).parent_path();
+  const std::filesystem::path dir = std::filesystem::path(socket).parent_path();
   if (dir.empty() || std::filesystem::exists(dir)) return absl::OkStatus();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create socket directory ", dir.string(), ": ",
-                     ec.message()));
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot create socket directory ", dir.string(), ": ", ec.message()));
   }
   ::chmod(dir.c_str(), 0750);
   return absl::OkStatus();
@@ -130,9 +128,8 @@ absl::Status Run() {
                       HostPool::Create(config.host_pool_bytes));
   std::vector<std::unique_ptr<DeviceBackend>> devices;
   for (const auto& d : config.devices) {
-    TP_ASSIGN_OR_RETURN(
-        auto backend,
-        CreateDeviceBackend(d, host_pool.data(), host_pool.size()));
+    TP_ASSIGN_OR_RETURN(auto backend, CreateDeviceBackend(d, host_pool.data(),
+                                                          host_pool.size()));
     const auto& desc = backend->description();
     LOG(INFO) << "device " << desc.name << " (" << desc.backend << "): pool "
               << desc.capacity_bytes << " bytes";
@@ -173,8 +170,8 @@ absl::Status Run() {
   ::chmod(config.socket.c_str(), 0660);
 
   std::cout << "tidepoold ready: socket " << config.socket << ", host pool "
-            << config.host_pool_bytes << " bytes, "
-            << manager.devices().size() << " device(s)" << std::endl;
+            << config.host_pool_bytes << " bytes, " << manager.devices().size()
+            << " device(s)" << std::endl;
   sd_notify(0, "READY=1");
 
   int sig = 0;

@@ -121,7 +121,8 @@ struct LayerIo {
 };
 
 std::string Bytes(uint64_t b) {
-  if (b >= (1ull << 30)) return absl::StrFormat("%.2f GiB", b / double(1 << 30));
+  if (b >= (1ull << 30))
+    return absl::StrFormat("%.2f GiB", b / double(1 << 30));
   return absl::StrFormat("%.1f MiB", b / double(1 << 20));
 }
 
@@ -150,11 +151,12 @@ int main(int argc, char** argv) {
   tidepool::Session& s = **opened;
   const uint64_t model_bytes = static_cast<uint64_t>(layers) * floats * 4;
   const uint64_t capacity = s.device().capacity_bytes;
-  std::printf("tidepool demo: %d-layer MLP, width %d, %s of weights on %s "
-              "(%s backend, device pool %s: %.1fx oversubscribed)\n",
-              layers, d, Bytes(model_bytes).c_str(), s.device().name.c_str(),
-              s.device().backend.c_str(), Bytes(capacity).c_str(),
-              double(model_bytes) / capacity);
+  std::printf(
+      "tidepool demo: %d-layer MLP, width %d, %s of weights on %s "
+      "(%s backend, device pool %s: %.1fx oversubscribed)\n",
+      layers, d, Bytes(model_bytes).c_str(), s.device().name.c_str(),
+      s.device().backend.c_str(), Bytes(capacity).c_str(),
+      double(model_bytes) / capacity);
   if (model_bytes < absl::GetFlag(FLAGS_min_ratio) * capacity) {
     return Fail(absl::FailedPreconditionError(absl::StrFormat(
         "the model must be at least %.1fx the device pool; raise --layers",
@@ -205,8 +207,7 @@ int main(int argc, char** argv) {
       if (!got.ok()) return Fail(got.status());
       Forward(io.ToHost((*got)[0].data, floats), acts[l], acts[l + 1], d,
               batch);
-      if (auto r = s.Release({&id, 1}, tidepool::TensorState::kHold);
-          !r.ok()) {
+      if (auto r = s.Release({&id, 1}, tidepool::TensorState::kHold); !r.ok()) {
         return Fail(r);
       }
     }
@@ -231,8 +232,8 @@ int main(int argc, char** argv) {
       }
       ref_loss = Loss(ref_acts[layers], target, &dy);
       for (int l = layers - 1; l >= 0; --l) {
-        BackwardAndUpdate(reference[l].data(), ref_acts[l], ref_acts[l + 1],
-                          dy, dx, d, batch, lr);
+        BackwardAndUpdate(reference[l].data(), ref_acts[l], ref_acts[l + 1], dy,
+                          dx, d, batch, lr);
         dy.swap(dx);
       }
     }
@@ -260,10 +261,10 @@ int main(int argc, char** argv) {
       if (!got.ok()) return Fail(got.status());
       const float* w = io.ToHost((*got)[0].data, floats);
       for (size_t k = 0; k < floats; ++k) {
-        max_diff = std::max<double>(max_diff, std::fabs(w[k] - reference[l][k]));
+        max_diff =
+            std::max<double>(max_diff, std::fabs(w[k] - reference[l][k]));
       }
-      if (auto r = s.Release({&id, 1}, tidepool::TensorState::kHold);
-          !r.ok()) {
+      if (auto r = s.Release({&id, 1}, tidepool::TensorState::kHold); !r.ok()) {
         return Fail(r);
       }
     }

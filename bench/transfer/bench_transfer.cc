@@ -80,9 +80,9 @@ double RawGbps(bool cuda, uint64_t bytes, int count, uint64_t pool) {
   }
 #endif
   // Two shared mappings, as the sim backend copies between memfds.
-  auto* a = static_cast<uint8_t*>(mmap(nullptr, host_bytes,
-                                       PROT_READ | PROT_WRITE,
-                                       MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* a =
+      static_cast<uint8_t*>(mmap(nullptr, host_bytes, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   auto* b = static_cast<uint8_t*>(mmap(nullptr, pool, PROT_READ | PROT_WRITE,
                                        MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   std::memset(a, 1, host_bytes);
@@ -106,11 +106,12 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const bool cuda = absl::GetFlag(FLAGS_device) != "sim" && HaveGpu();
   const uint64_t pool = uint64_t(absl::GetFlag(FLAGS_pool_mib)) << 20;
-  std::printf("bench/transfer: %s backend, device pool %d MiB, host->device "
-              "chunk loads vs raw %s\n",
-              cuda ? "cuda" : "sim", absl::GetFlag(FLAGS_pool_mib),
-              cuda ? "cudaMemcpyAsync from cudaMallocHost memory"
-                   : "memcpy between shared mappings");
+  std::printf(
+      "bench/transfer: %s backend, device pool %d MiB, host->device "
+      "chunk loads vs raw %s\n",
+      cuda ? "cuda" : "sim", absl::GetFlag(FLAGS_pool_mib),
+      cuda ? "cudaMemcpyAsync from cudaMallocHost memory"
+           : "memcpy between shared mappings");
   std::printf("%10s %8s %14s %14s %8s\n", "chunk", "chunks", "tidepool GB/s",
               "raw GB/s", "ratio");
   for (absl::string_view size_text :
@@ -147,8 +148,10 @@ int main(int argc, char** argv) {
     }
     std::vector<tidepool::TensorSpec> specs;
     for (int i = 0; i < count; ++i) {
-      specs.push_back({absl::StrCat("c", i), tidepool::DType::kU8,
-                       {static_cast<int64_t>(chunk)}, tidepool::Group::kParam});
+      specs.push_back({absl::StrCat("c", i),
+                       tidepool::DType::kU8,
+                       {static_cast<int64_t>(chunk)},
+                       tidepool::Group::kParam});
     }
     auto t = (*s)->Register(specs);
     if (!t.ok()) {

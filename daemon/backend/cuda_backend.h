@@ -61,7 +61,7 @@ class CudaBackend : public DeviceBackend {
   SharedMapping control_;
   cudaStream_t to_device_ = nullptr;
   cudaStream_t to_host_ = nullptr;
-  cudaEvent_t arrival_ = nullptr;     // interprocess
+  cudaEvent_t arrival_ = nullptr;  // interprocess
   cudaEvent_t written_back_ = nullptr;
   cudaIpcEventHandle_t arrival_handle_{};
 

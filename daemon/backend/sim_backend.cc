@@ -41,8 +41,8 @@ absl::StatusOr<std::unique_ptr<SimBackend>> SimBackend::Create(
                       SharedMapping::Map(b->device_fd_.get(), capacity));
   TP_ASSIGN_OR_RETURN(b->control_fd_,
                       CreateMemfd("tidepool-sim-control", kControlPageBytes));
-  TP_ASSIGN_OR_RETURN(b->control_, SharedMapping::Map(b->control_fd_.get(),
-                                                      kControlPageBytes));
+  TP_ASSIGN_OR_RETURN(
+      b->control_, SharedMapping::Map(b->control_fd_.get(), kControlPageBytes));
   auto* page = new (b->control_.data()) wire::ControlPage();
   page->magic = wire::kControlMagic;
   page->version = 1;
@@ -127,10 +127,10 @@ void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes,
         start + std::chrono::duration_cast<std::chrono::nanoseconds>(budget));
   }
   if (copy_observer_ && src != nullptr) {
-    copy_observer_(to_device, bytes,
-                   std::chrono::duration<double>(
-                       std::chrono::steady_clock::now() - start)
-                       .count());
+    copy_observer_(
+        to_device, bytes,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count());
   }
 }
 

@@ -1,10 +1,11 @@
 #include "daemon/config/config.h"
 
+#include <toml++/toml.h>
+
 #include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -62,8 +63,7 @@ absl::Status ParseDevice(const toml::table& table, size_t index,
     } else if (key == "sim_link_gbps") {
       TP_ASSIGN_OR_RETURN(out->sim_link_gbps, NumberValue(node, where));
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown key ", where));
+      return absl::InvalidArgumentError(absl::StrCat("unknown key ", where));
     }
   }
   return absl::OkStatus();
@@ -74,8 +74,8 @@ absl::Status ParseDevice(const toml::table& table, size_t index,
 absl::StatusOr<uint64_t> ParseSize(absl::string_view text) {
   std::string s(absl::StripAsciiWhitespace(text));
   size_t i = 0;
-  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) ||
-                          s[i] == '.')) {
+  while (i < s.size() &&
+         (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) {
     ++i;
   }
   double number = 0;
@@ -110,8 +110,8 @@ absl::StatusOr<uint64_t> ParseSize(absl::string_view text) {
   }
   const double bytes = number * scale;
   if (bytes >= 1.8e19) {
-    return absl::InvalidArgumentError(absl::StrCat("size '", text,
-                                                   "' is too large"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("size '", text, "' is too large"));
   }
   return static_cast<uint64_t>(bytes);
 }
@@ -120,8 +120,9 @@ absl::StatusOr<DaemonConfig> ParseConfig(absl::string_view toml_text,
                                          absl::string_view source_name) {
   toml::table root;
   try {
-    root = toml::parse(std::string_view(toml_text.data(), toml_text.size()),
-                       std::string_view(source_name.data(), source_name.size()));
+    root =
+        toml::parse(std::string_view(toml_text.data(), toml_text.size()),
+                    std::string_view(source_name.data(), source_name.size()));
   } catch (const toml::parse_error& e) {
     std::ostringstream where;
     where << e.source().begin;
@@ -203,9 +204,9 @@ absl::Status DaemonConfig::Validate() const {
   }
   if (default_policy != "cpu" && default_policy != "cuda" &&
       default_policy != "auto" && default_policy != "static") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "default_policy '", default_policy,
-        "' is not one of cuda, cpu, static, auto"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("default_policy '", default_policy,
+                     "' is not one of cuda, cpu, static, auto"));
   }
   return absl::OkStatus();
 }

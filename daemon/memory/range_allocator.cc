@@ -25,10 +25,9 @@ absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
     peak_ = std::max(peak_, used_);
     return offset;
   }
-  return absl::ResourceExhaustedError(
-      absl::StrCat("no free range of ", rounded, " bytes (", used_, " of ",
-                   capacity_, " bytes in use, largest free ", largest_free(),
-                   ")"));
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "no free range of ", rounded, " bytes (", used_, " of ", capacity_,
+      " bytes in use, largest free ", largest_free(), ")"));
 }
 
 absl::Status RangeAllocator::Free(uint64_t offset) {

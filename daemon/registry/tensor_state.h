@@ -8,9 +8,8 @@
 // A chunk may move only while none of its tensors is COMPUTE.
 #pragma once
 
-#include "absl/strings/string_view.h"
-
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "tidepool/types.h"
 
 namespace tidepool {

@@ -74,8 +74,8 @@ void FdServer::Loop() {
       const int fd = events[i].data.fd;
       if (fd == wake_fd_.get()) return;
       if (fd == listen_fd_.get()) {
-        UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr,
-                                SOCK_CLOEXEC));
+        UniqueFd conn(
+            ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (!conn.valid()) continue;
         // The handshake blocks on the peer; run it off the loop.
         {
@@ -143,9 +143,8 @@ absl::StatusOr<uint64_t> FdServer::Attach(int conn) {
   wire::AttachRequest request{};
   absl::Status received = ReceiveMessage(conn, &request, sizeof(request));
   if (!received.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("could not read the attach request: ",
-                     received.message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "could not read the attach request: ", received.message()));
   }
   if (request.magic != wire::kAttachMagic) {
     return absl::InvalidArgumentError("not a tidepool attach request");
@@ -156,18 +155,17 @@ absl::StatusOr<uint64_t> FdServer::Attach(int conn) {
                      " not supported (want ", wire::kAttachVersion, ")"));
   }
   TP_ASSIGN_OR_RETURN(const PeerCredentials peer, GetPeerCredentials(conn));
-  TP_ASSIGN_OR_RETURN(const AttachGrant grant,
-                      manager_->Attach(request, peer));
+  TP_ASSIGN_OR_RETURN(const AttachGrant grant, manager_->Attach(request, peer));
   wire::AttachReply reply{};
   reply.magic = wire::kAttachMagic;
   reply.status_code = 0;
   grant.backend->FillAttachReply(&reply);
   reply.host_pool_bytes = grant.host_pool_bytes;
   reply.fd_count = 3;
-  absl::Status sent = SendMessage(
-      conn, &reply, sizeof(reply),
-      {grant.host_pool_fd, grant.backend->device_pool_fd(),
-       grant.backend->control_page_fd()});
+  absl::Status sent =
+      SendMessage(conn, &reply, sizeof(reply),
+                  {grant.host_pool_fd, grant.backend->device_pool_fd(),
+                   grant.backend->control_page_fd()});
   if (!sent.ok()) {
     manager_->Detached(request.session_id);
     return sent;

@@ -69,9 +69,9 @@ TEST_F(CudaBackendTest, StreamOrderedKernelsSeeEveryArrival) {
 }
 
 TEST_F(CudaBackendTest, TwoClientsAndAKilledOne) {
-  std::vector<std::string> base = {testing::BinDir() +
-                                       "/tidepool_pattern_client",
-                                   "--socket=" + daemon_->socket()};
+  std::vector<std::string> base = {
+      testing::BinDir() + "/tidepool_pattern_client",
+      "--socket=" + daemon_->socket()};
   auto victim_args = base;
   victim_args.insert(victim_args.end(), {"--layers=16", "--hold"});
   auto victim = ChildProcess::Spawn(victim_args);

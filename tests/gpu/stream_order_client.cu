@@ -64,7 +64,9 @@ int main(int argc, char** argv) {
   const int64_t words = absl::GetFlag(FLAGS_layer_bytes) / 4;
   std::vector<tidepool::TensorSpec> specs;
   for (int l = 0; l < layers; ++l) {
-    specs.push_back({absl::StrCat("l", l), tidepool::DType::kI32, {words},
+    specs.push_back({absl::StrCat("l", l),
+                     tidepool::DType::kI32,
+                     {words},
                      tidepool::Group::kParam});
   }
   auto t = s.Register(specs);

@@ -187,8 +187,7 @@ int main(int argc, char** argv) {
     auto got = s.Acquire(ids, AccessMode::kRead);
     if (!got.ok()) return Fail(got.status());
     for (size_t k = 0; k < ids.size(); ++k) {
-      verify(layer_tensors[l][k], (*got)[k].data,
-             static_cast<uint32_t>(steps));
+      verify(layer_tensors[l][k], (*got)[k].data, static_cast<uint32_t>(steps));
     }
     if (auto r = s.Release(ids, TensorState::kHold); !r.ok()) return Fail(r);
   }

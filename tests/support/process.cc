@@ -28,9 +28,8 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
   ChildProcess child;
-  const int err =
-      ::posix_spawn(&child.pid_, args[0], nullptr, nullptr, args.data(),
-                    environ);
+  const int err = ::posix_spawn(&child.pid_, args[0], nullptr, nullptr,
+                                args.data(), environ);
   if (err != 0) return absl::ErrnoToStatus(err, "posix_spawn " + argv[0]);
   return child;
 }
@@ -81,14 +80,13 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(
   d->dir_ = tmpl;
   d->socket_ = d->dir_ + "/tidepoold.sock";
   d->fd_socket_ = d->dir_ + "/tidepoold.fd.sock";
-  std::vector<std::string> argv = {
-      BinDir() + "/tidepoold",
-      "--device=" + options.device,
-      "--sim_capacity=" + options.sim_capacity,
-      "--host_pool=" + options.host_pool,
-      "--chunk_size=" + options.chunk_size,
-      "--socket=" + d->socket_,
-      "--fd_socket=" + d->fd_socket_};
+  std::vector<std::string> argv = {BinDir() + "/tidepoold",
+                                   "--device=" + options.device,
+                                   "--sim_capacity=" + options.sim_capacity,
+                                   "--host_pool=" + options.host_pool,
+                                   "--chunk_size=" + options.chunk_size,
+                                   "--socket=" + d->socket_,
+                                   "--fd_socket=" + d->fd_socket_};
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   auto child = ChildProcess::Spawn(argv);
   if (!child.ok()) return child.status();

@@ -17,7 +17,8 @@ struct Placed {
 };
 
 // Packs `sizes` of one group, numbering chunks like a registry would.
-std::vector<Placed> Pack(ChunkPacker& packer, const std::vector<uint64_t>& sizes,
+std::vector<Placed> Pack(ChunkPacker& packer,
+                         const std::vector<uint64_t>& sizes,
                          std::map<uint64_t, uint64_t>* chunk_bytes,
                          int group = 0) {
   static uint64_t next_id = 1;

@@ -16,12 +16,17 @@ constexpr TensorState kAll[] = {TensorState::kFree, TensorState::kCompute,
 const std::set<std::pair<TensorState, TensorState>>& Legal() {
   using S = TensorState;
   static const auto* legal = new std::set<std::pair<S, S>>{
-      {S::kFree, S::kCompute},           {S::kHold, S::kCompute},
-      {S::kHoldAfterBwd, S::kCompute},   {S::kCompute, S::kHold},
-      {S::kCompute, S::kHoldAfterBwd},   {S::kCompute, S::kFree},
+      {S::kFree, S::kCompute},
+      {S::kHold, S::kCompute},
+      {S::kHoldAfterBwd, S::kCompute},
+      {S::kCompute, S::kHold},
+      {S::kCompute, S::kHoldAfterBwd},
+      {S::kCompute, S::kFree},
       {S::kHoldAfterBwd, S::kReadyForReduce},
-      {S::kReadyForReduce, S::kHold},    {S::kHold, S::kFree},
-      {S::kHoldAfterBwd, S::kFree},      {S::kReadyForReduce, S::kFree},
+      {S::kReadyForReduce, S::kHold},
+      {S::kHold, S::kFree},
+      {S::kHoldAfterBwd, S::kFree},
+      {S::kReadyForReduce, S::kFree},
   };
   return *legal;
 }
