@@ -155,7 +155,7 @@ absl::Status Run() {
     LOG(INFO) << "metrics on http://" << config.metrics_address << "/metrics";
   }
 
-  FdServer fd_server(&manager);
+  FdServer fd_server(&manager, bridge.MakeRpcObserver());
   TP_RETURN_IF_ERROR(fd_server.Start(config.fd_socket));
   GrpcService service(&manager, config.fd_socket, bridge.MakeRpcObserver());
   grpc::ServerBuilder builder;

@@ -33,7 +33,8 @@ struct AttachRequest {
 enum class Backend : uint32_t { kSim = 1, kCuda = 2 };
 
 // Daemon -> client. On success the fds arrive with it, in this order:
-// host pool memfd, device pool fd (memfd or VMM POSIX fd), control page.
+// host pool memfd, device pool fd (memfd or VMM POSIX fd), control page,
+// and the session's hot-path channel (HotPath below).
 struct AttachReply {
   uint32_t magic;
   int32_t status_code;  // absl::StatusCode
@@ -43,6 +44,7 @@ struct AttachReply {
   uint64_t host_pool_bytes;
   uint64_t device_pool_bytes;
   uint64_t control_page_bytes;
+  uint64_t hot_path_bytes;
   uint32_t fd_count;
   // cuda backend: event recorded on the host->device copy stream after
   // every batch; a client stream waits on it to see the bytes arrive.
@@ -64,5 +66,57 @@ struct ControlPage {
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+// The hot path: acquire and release without a gRPC round trip. One per
+// session, in a memfd both sides map: a request slot the client fills and a
+// completion slot the daemon fills, each published by bumping a sequence
+// number, with futex doorbells (spin briefly, then sleep). The client API is
+// synchronous, one request in flight per session, so one slot each way is
+// the whole ring. Requests that do not fit (more tensors or a longer op key)
+// go over gRPC. Everything the client wrote is copied and checked by the
+// daemon before use: garbage gets an error completion, nothing else.
+inline constexpr uint32_t kHotPathMagic = 0x50485054;  // "TPHP"
+inline constexpr uint32_t kHotPathMaxTensors = 64;
+inline constexpr uint32_t kHotPathMaxKey = 120;
+
+enum class HotPathOp : uint32_t {
+  kAcquire = 1,        // arg: AccessMode (1 read, 2 read-write)
+  kAcquireOnHost = 2,  // arg: AccessMode
+  kRelease = 3,        // arg: TensorState (1 free, 3 hold, 4 hold-after-bwd)
+};
+
+struct HotPathRequest {
+  uint32_t op;  // HotPathOp
+  uint32_t arg;
+  uint32_t count;    // tensor ids used
+  uint32_t key_len;  // bytes of op_key used; 0: no op context
+  uint64_t op_seq;
+  uint64_t non_model_bytes;
+  char op_key[kHotPathMaxKey];
+  uint64_t tensor_ids[kHotPathMaxTensors];
+};
+
+struct HotPathCompletion {
+  int32_t status_code;  // absl::StatusCode
+  uint32_t count;
+  uint64_t ready_sequence;
+  char message[200];
+  uint64_t offsets[kHotPathMaxTensors];  // into the pool the op names
+  uint64_t sizes[kHotPathMaxTensors];
+};
+
+struct HotPath {
+  uint32_t magic;
+  uint32_t version;
+  // Client: fill `request`, then request_seq += 1 and bump request_bell.
+  alignas(64) std::atomic<uint64_t> request_seq;
+  std::atomic<uint32_t> request_bell;
+  // Daemon: fill `completion`, then completion_seq = request_seq and bump
+  // completion_bell.
+  alignas(64) std::atomic<uint64_t> completion_seq;
+  std::atomic<uint32_t> completion_bell;
+  alignas(64) HotPathRequest request;
+  alignas(64) HotPathCompletion completion;
+};
 
 }  // namespace tidepool::wire

@@ -100,6 +100,47 @@ double RawGbps(bool cuda, uint64_t bytes, int count, uint64_t pool) {
   return best;
 }
 
+// Registers `count` chunks of `chunk` bytes (twice the pool) and sweeps
+// them read-only; the best of the sweeps after a warm-up, in GB/s.
+absl::StatusOr<double> Sweep(tidepool::Session& s, bool cuda, uint64_t chunk,
+                             int count) {
+  std::vector<tidepool::TensorSpec> specs;
+  for (int i = 0; i < count; ++i) {
+    specs.push_back({absl::StrCat("c", i),
+                     tidepool::DType::kU8,
+                     {static_cast<int64_t>(chunk)},
+                     tidepool::Group::kParam});
+  }
+  auto t = s.Register(specs);
+  if (!t.ok()) return t.status();
+  tidepool::CudaStream stream = nullptr;
+#ifdef TIDEPOOL_HAVE_CUDA
+  cudaStream_t cs = nullptr;
+  if (cuda) {
+    cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking);
+    stream = reinterpret_cast<tidepool::CudaStream>(cs);
+  }
+#endif
+  double best = 0;
+  for (int sweep = 0; sweep <= absl::GetFlag(FLAGS_sweeps); ++sweep) {
+    const auto start = Clock::now();
+    for (const auto& info : *t) {
+      const uint64_t id = info.id;
+      auto got = s.Acquire({&id, 1}, tidepool::AccessMode::kRead, stream);
+      if (!got.ok()) return got.status();
+      absl::Status r =
+          s.Release({&id, 1}, tidepool::TensorState::kHold, stream);
+      if (!r.ok()) return r;
+    }
+#ifdef TIDEPOOL_HAVE_CUDA
+    if (cuda) cudaStreamSynchronize(cs);
+#endif
+    const double gbps = chunk * double(count) / Since(start) / 1e9;
+    if (sweep > 0) best = std::max(best, gbps);  // sweep 0 warms up
+  }
+  return best;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,8 +153,8 @@ int main(int argc, char** argv) {
       cuda ? "cuda" : "sim", absl::GetFlag(FLAGS_pool_mib),
       cuda ? "cudaMemcpyAsync from cudaMallocHost memory"
            : "memcpy between shared mappings");
-  std::printf("%10s %8s %14s %14s %8s\n", "chunk", "chunks", "tidepool GB/s",
-              "raw GB/s", "ratio");
+  std::printf("%10s %8s %12s %12s %12s %8s %8s\n", "chunk", "chunks",
+              "hot GB/s", "gRPC GB/s", "raw GB/s", "hot/raw", "gRPC/raw");
   for (absl::string_view size_text :
        absl::StrSplit(absl::GetFlag(FLAGS_sizes_mib), ',')) {
     int mib = 0;
@@ -138,55 +179,29 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", daemon.status().ToString().c_str());
       return 1;
     }
-    tidepool::SessionOptions so;
-    so.socket = (*daemon)->socket();
-    so.policy = tidepool::Policy::kCpu;
-    auto s = tidepool::Session::Open(so);
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
-      return 1;
-    }
-    std::vector<tidepool::TensorSpec> specs;
-    for (int i = 0; i < count; ++i) {
-      specs.push_back({absl::StrCat("c", i),
-                       tidepool::DType::kU8,
-                       {static_cast<int64_t>(chunk)},
-                       tidepool::Group::kParam});
-    }
-    auto t = (*s)->Register(specs);
-    if (!t.ok()) {
-      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
-      return 1;
-    }
-    tidepool::CudaStream stream = nullptr;
-#ifdef TIDEPOOL_HAVE_CUDA
-    cudaStream_t cs = nullptr;
-    if (cuda) {
-      cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking);
-      stream = reinterpret_cast<tidepool::CudaStream>(cs);
-    }
-#endif
-    double best = 0;
-    for (int sweep = 0; sweep <= absl::GetFlag(FLAGS_sweeps); ++sweep) {
-      const auto start = Clock::now();
-      for (const auto& info : *t) {
-        const uint64_t id = info.id;
-        auto got = (*s)->Acquire({&id, 1}, tidepool::AccessMode::kRead, stream);
-        if (!got.ok()) {
-          std::fprintf(stderr, "%s\n", got.status().ToString().c_str());
-          return 1;
-        }
-        (void)(*s)->Release({&id, 1}, tidepool::TensorState::kHold, stream);
+    // The same sweep through the shared-memory hot path and through gRPC.
+    double gbps[2] = {0, 0};
+    for (int path = 0; path < 2; ++path) {
+      tidepool::SessionOptions so;
+      so.socket = (*daemon)->socket();
+      so.policy = tidepool::Policy::kCpu;
+      so.hot_path = path == 0;
+      auto s = tidepool::Session::Open(so);
+      if (!s.ok()) {
+        std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+        return 1;
       }
-#ifdef TIDEPOOL_HAVE_CUDA
-      if (cuda) cudaStreamSynchronize(cs);
-#endif
-      const double gbps = chunk * double(count) / Since(start) / 1e9;
-      if (sweep > 0) best = std::max(best, gbps);  // sweep 0 warms up
+      auto best = Sweep(**s, cuda, chunk, count);
+      if (!best.ok()) {
+        std::fprintf(stderr, "%s\n", best.status().ToString().c_str());
+        return 1;
+      }
+      gbps[path] = *best;
     }
     const double raw = RawGbps(cuda, chunk, count, pool);
-    std::printf("%7d MiB %8d %14.2f %14.2f %7.1f%%\n", mib, count, best, raw,
-                100 * best / raw);
+    std::printf("%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%%\n", mib,
+                count, gbps[0], gbps[1], raw, 100 * gbps[0] / raw,
+                100 * gbps[1] / raw);
     std::fflush(stdout);
   }
   return 0;

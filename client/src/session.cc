@@ -1,13 +1,16 @@
 #include "tidepool/session.h"
 
 #include <grpcpp/grpcpp.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "client/src/device_mapping.h"
+#include "common/futex.h"
 #include "common/shared_memory.h"
 #include "common/status_macros.h"
 #include "common/unix_socket.h"
@@ -39,6 +42,15 @@ class Session::Impl {
   SharedMapping host_;
   std::unique_ptr<internal::DeviceMapping> mapping_;
   // The current op (BeginOp); travels with every acquire.
+  // The hot path (proto/wire.h): one request in flight, under hot_mu_.
+  absl::Status HotCall(absl::string_view what, wire::HotPathRequest& request,
+                       wire::HotPathCompletion* completion);
+  wire::HotPath* hot() const {
+    return reinterpret_cast<wire::HotPath*>(hot_path_.data());
+  }
+  SharedMapping hot_path_;
+  std::mutex hot_mu_;
+
   std::mutex op_mu_;
   std::string op_key_;
   uint64_t op_seq_ = 0;
@@ -83,6 +95,49 @@ absl::Status Session::Impl::Call(absl::string_view what,
   }
   absl::Status s = FromGrpc(status);
   return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+absl::Status Session::Impl::HotCall(absl::string_view what,
+                                    wire::HotPathRequest& request,
+                                    wire::HotPathCompletion* completion) {
+  std::lock_guard<std::mutex> lock(hot_mu_);
+  wire::HotPath* hp = hot();
+  std::memcpy(&hp->request, &request,
+              offsetof(wire::HotPathRequest, tensor_ids) +
+                  request.count * sizeof(uint64_t));
+  const uint64_t seq = hp->request_seq.load(std::memory_order_relaxed) + 1;
+  hp->request_seq.store(seq, std::memory_order_release);
+  hp->request_bell.fetch_add(1, std::memory_order_release);
+  FutexWakeAll(&hp->request_bell);
+  // Spin briefly (the daemon usually answers in microseconds), then sleep,
+  // checking now and then that the daemon is still there.
+  bool done = false;
+  for (int i = 0; i < 2000 && !done; ++i) {
+    done = hp->completion_seq.load(std::memory_order_acquire) == seq;
+  }
+  while (!done) {
+    const uint32_t bell = hp->completion_bell.load(std::memory_order_acquire);
+    if (hp->completion_seq.load(std::memory_order_acquire) == seq) break;
+    FutexWait(&hp->completion_bell, bell, 100'000'000);
+    done = hp->completion_seq.load(std::memory_order_acquire) == seq;
+    if (!done) {
+      pollfd pfd{fd_conn_.get(), POLLIN | POLLRDHUP, 0};
+      if (::poll(&pfd, 1, 0) > 0) {
+        return absl::UnavailableError(
+            absl::StrCat(what, ": tidepoold went away (", socket_, ")"));
+      }
+    }
+  }
+  std::memcpy(completion, &hp->completion, sizeof(*completion));
+  if (completion->status_code != 0) {
+    completion->message[sizeof(completion->message) - 1] = '\0';
+    return absl::Status(static_cast<absl::StatusCode>(completion->status_code),
+                        absl::StrCat(what, ": ", completion->message));
+  }
+  if (completion->count > wire::kHotPathMaxTensors) {
+    return absl::DataLossError("malformed hot path completion");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Session::Impl::Open(const SessionOptions& options) {
@@ -169,7 +224,7 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
   wire::AttachReply reply{};
   std::vector<UniqueFd> fds;
   TP_RETURN_IF_ERROR(
-      ReceiveMessage(fd_conn_.get(), &reply, sizeof(reply), &fds, 3));
+      ReceiveMessage(fd_conn_.get(), &reply, sizeof(reply), &fds, 4));
   if (reply.magic != wire::kAttachMagic) {
     return absl::DataLossError("malformed attach reply from the daemon");
   }
@@ -178,8 +233,15 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
     return absl::Status(static_cast<absl::StatusCode>(reply.status_code),
                         absl::StrCat("attach: ", reply.message));
   }
-  if (fds.size() != 3) {
+  if (fds.size() < 3) {
     return absl::DataLossError("the daemon sent no pool file descriptors");
+  }
+  if (options.hot_path && fds.size() == 4 && reply.hot_path_bytes > 0) {
+    TP_ASSIGN_OR_RETURN(hot_path_,
+                        SharedMapping::Map(fds[3].get(), reply.hot_path_bytes));
+    if (hot()->magic != wire::kHotPathMagic) {
+      return absl::DataLossError("the daemon's hot path page is not valid");
+    }
   }
   TP_ASSIGN_OR_RETURN(host_,
                       SharedMapping::Map(fds[0].get(), reply.host_pool_bytes));
@@ -235,57 +297,111 @@ absl::StatusOr<std::vector<TensorInfo>> Session::Register(
 
 absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
     std::span<const uint64_t> tensor_ids, AccessMode mode, CudaStream stream) {
-  v1::AcquireRequest request;
-  *request.mutable_session() = impl_->Ref();
-  request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
-  request.set_mode(ToProto(mode));
+  std::string op_key;
+  uint64_t op_seq = 0, non_model = 0;
   {
     std::lock_guard<std::mutex> lock(impl_->op_mu_);
     if (impl_->op_seq_ != 0) {
-      request.set_op_key(impl_->op_key_);
-      request.set_op_seq(impl_->op_seq_);
-      request.set_non_model_bytes(impl_->op_non_model_);
+      op_key = impl_->op_key_;
+      op_seq = impl_->op_seq_;
+      non_model = impl_->op_non_model_;
     }
   }
-  v1::AcquireResponse response;
-  grpc::ClientContext ctx;
-  TP_RETURN_IF_ERROR(
-      impl_->Call("Acquire", impl_->stub_->Acquire(&ctx, request, &response)));
-  TP_RETURN_IF_ERROR(impl_->mapping_->WaitArrival(
-      response.ready_sequence(), stream, impl_->fd_conn_.get()));
   std::vector<AcquiredTensor> out;
-  out.reserve(response.tensors_size());
-  for (const auto& t : response.tensors()) {
-    out.push_back(AcquiredTensor{t.tensor_id(),
-                                 impl_->mapping_->base() + t.device_offset(),
-                                 t.size_bytes()});
+  out.reserve(tensor_ids.size());
+  uint64_t ready = 0;
+  if (impl_->hot() != nullptr && !tensor_ids.empty() &&
+      tensor_ids.size() <= wire::kHotPathMaxTensors &&
+      op_key.size() <= wire::kHotPathMaxKey) {
+    wire::HotPathRequest request;
+    request.op = static_cast<uint32_t>(wire::HotPathOp::kAcquire);
+    request.arg = mode == AccessMode::kRead ? 1 : 2;
+    request.count = static_cast<uint32_t>(tensor_ids.size());
+    request.key_len = static_cast<uint32_t>(op_key.size());
+    request.op_seq = op_seq;
+    request.non_model_bytes = non_model;
+    std::memcpy(request.op_key, op_key.data(), op_key.size());
+    std::copy(tensor_ids.begin(), tensor_ids.end(), request.tensor_ids);
+    wire::HotPathCompletion c;
+    TP_RETURN_IF_ERROR(impl_->HotCall("Acquire", request, &c));
+    ready = c.ready_sequence;
+    for (uint32_t i = 0; i < c.count; ++i) {
+      out.push_back(AcquiredTensor{
+          tensor_ids[i], impl_->mapping_->base() + c.offsets[i], c.sizes[i]});
+    }
+  } else {
+    v1::AcquireRequest request;
+    *request.mutable_session() = impl_->Ref();
+    request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
+    request.set_mode(ToProto(mode));
+    if (op_seq != 0) {
+      request.set_op_key(op_key);
+      request.set_op_seq(op_seq);
+      request.set_non_model_bytes(non_model);
+    }
+    v1::AcquireResponse response;
+    grpc::ClientContext ctx;
+    TP_RETURN_IF_ERROR(impl_->Call(
+        "Acquire", impl_->stub_->Acquire(&ctx, request, &response)));
+    ready = response.ready_sequence();
+    for (const auto& t : response.tensors()) {
+      out.push_back(AcquiredTensor{t.tensor_id(),
+                                   impl_->mapping_->base() + t.device_offset(),
+                                   t.size_bytes()});
+    }
   }
+  TP_RETURN_IF_ERROR(
+      impl_->mapping_->WaitArrival(ready, stream, impl_->fd_conn_.get()));
   return out;
 }
 
 absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
     std::span<const uint64_t> tensor_ids, AccessMode mode) {
-  v1::AcquireRequest request;
-  *request.mutable_session() = impl_->Ref();
-  request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
-  request.set_mode(ToProto(mode));
-  request.set_location(v1::LOCATION_HOST);
-  v1::AcquireResponse response;
-  grpc::ClientContext ctx;
-  TP_RETURN_IF_ERROR(impl_->Call(
-      "AcquireOnHost", impl_->stub_->Acquire(&ctx, request, &response)));
+  std::vector<std::pair<uint64_t, uint64_t>> places;  // offset, size
+  uint64_t ready = 0;
+  if (impl_->hot() != nullptr && !tensor_ids.empty() &&
+      tensor_ids.size() <= wire::kHotPathMaxTensors) {
+    wire::HotPathRequest request;
+    request.op = static_cast<uint32_t>(wire::HotPathOp::kAcquireOnHost);
+    request.arg = mode == AccessMode::kRead ? 1 : 2;
+    request.count = static_cast<uint32_t>(tensor_ids.size());
+    request.key_len = 0;
+    request.op_seq = 0;
+    request.non_model_bytes = 0;
+    std::copy(tensor_ids.begin(), tensor_ids.end(), request.tensor_ids);
+    wire::HotPathCompletion c;
+    TP_RETURN_IF_ERROR(impl_->HotCall("AcquireOnHost", request, &c));
+    ready = c.ready_sequence;
+    for (uint32_t i = 0; i < c.count; ++i) {
+      places.emplace_back(c.offsets[i], c.sizes[i]);
+    }
+  } else {
+    v1::AcquireRequest request;
+    *request.mutable_session() = impl_->Ref();
+    request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
+    request.set_mode(ToProto(mode));
+    request.set_location(v1::LOCATION_HOST);
+    v1::AcquireResponse response;
+    grpc::ClientContext ctx;
+    TP_RETURN_IF_ERROR(impl_->Call(
+        "AcquireOnHost", impl_->stub_->Acquire(&ctx, request, &response)));
+    ready = response.ready_sequence();
+    for (const auto& t : response.tensors()) {
+      places.emplace_back(t.device_offset(), t.size_bytes());
+    }
+  }
   // The CPU reads next: wait here for any write-back to land.
-  TP_RETURN_IF_ERROR(impl_->mapping_->WaitArrivalOnHost(
-      response.ready_sequence(), impl_->fd_conn_.get()));
+  TP_RETURN_IF_ERROR(
+      impl_->mapping_->WaitArrivalOnHost(ready, impl_->fd_conn_.get()));
   std::vector<AcquiredTensor> out;
-  out.reserve(response.tensors_size());
-  for (const auto& t : response.tensors()) {
-    if (t.device_offset() + t.size_bytes() > impl_->host_.size()) {
+  out.reserve(places.size());
+  for (size_t i = 0; i < places.size(); ++i) {
+    const auto [offset, size] = places[i];
+    if (offset + size > impl_->host_.size()) {
       return absl::DataLossError("the daemon sent a host offset out of range");
     }
-    out.push_back(AcquiredTensor{t.tensor_id(),
-                                 impl_->host_.data() + t.device_offset(),
-                                 t.size_bytes()});
+    out.push_back(
+        AcquiredTensor{tensor_ids[i], impl_->host_.data() + offset, size});
   }
   return out;
 }
@@ -293,6 +409,31 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
 absl::Status Session::Release(std::span<const uint64_t> tensor_ids,
                               TensorState target, CudaStream stream) {
   TP_RETURN_IF_ERROR(impl_->mapping_->BeforeRelease(stream));
+  if (impl_->hot() != nullptr && !tensor_ids.empty() &&
+      tensor_ids.size() <= wire::kHotPathMaxTensors) {
+    wire::HotPathRequest request;
+    request.op = static_cast<uint32_t>(wire::HotPathOp::kRelease);
+    switch (target) {
+      case TensorState::kFree:
+        request.arg = 1;
+        break;
+      case TensorState::kHold:
+        request.arg = 3;
+        break;
+      case TensorState::kHoldAfterBwd:
+        request.arg = 4;
+        break;
+      default:
+        request.arg = 0;  // the daemon names the error
+    }
+    request.count = static_cast<uint32_t>(tensor_ids.size());
+    request.key_len = 0;
+    request.op_seq = 0;
+    request.non_model_bytes = 0;
+    std::copy(tensor_ids.begin(), tensor_ids.end(), request.tensor_ids);
+    wire::HotPathCompletion c;
+    return impl_->HotCall("Release", request, &c);
+  }
   v1::ReleaseRequest request;
   *request.mutable_session() = impl_->Ref();
   request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());

@@ -89,16 +89,17 @@ void FdServer::Loop() {
       }
       // An attached connection became readable or hung up. Clients send
       // nothing after attaching, so either way the session ends.
-      uint64_t session = 0;
+      Attached gone;
       {
         absl::MutexLock lock(&mu_);
         auto it = attached_.find(fd);
         if (it == attached_.end()) continue;
-        session = it->second.second;
         ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+        gone = std::move(it->second);
         attached_.erase(it);
       }
-      manager_->Detached(session);
+      gone.hot_path.reset();  // stops serving before the session goes
+      manager_->Detached(gone.session);
     }
     manager_->ReapUnattached(absl::Now());
   }
@@ -115,12 +116,13 @@ void FdServer::Handshake(UniqueFd conn) {
   timeval tv{kHandshakeTimeoutSeconds, 0};
   ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   ::setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  auto session = Attach(conn.get());
-  if (!session.ok()) {
-    LOG(WARNING) << "fd socket: attach refused: " << session.status();
-    SendError(conn.get(), session.status());
+  auto attached = Attach(conn.get());
+  if (!attached.ok()) {
+    LOG(WARNING) << "fd socket: attach refused: " << attached.status();
+    SendError(conn.get(), attached.status());
     return;
   }
+  const uint64_t session = attached->session;
   bool watched = false;
   {
     absl::MutexLock lock(&mu_);
@@ -130,16 +132,20 @@ void FdServer::Handshake(UniqueFd conn) {
     // Added under mu_, so the loop cannot see the fd before it is known.
     if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, conn.get(), &ev) == 0) {
       const int fd = conn.get();
-      attached_.emplace(fd, std::make_pair(std::move(conn), *session));
+      attached->conn = std::move(conn);
+      attached_.emplace(fd, std::move(*attached));
       watched = true;
     } else {
       PLOG(ERROR) << "epoll_ctl";
     }
   }
-  if (!watched) manager_->Detached(*session);
+  if (!watched) {
+    attached->hot_path.reset();
+    manager_->Detached(session);
+  }
 }
 
-absl::StatusOr<uint64_t> FdServer::Attach(int conn) {
+absl::StatusOr<FdServer::Attached> FdServer::Attach(int conn) {
   wire::AttachRequest request{};
   absl::Status received = ReceiveMessage(conn, &request, sizeof(request));
   if (!received.ok()) {
@@ -156,23 +162,36 @@ absl::StatusOr<uint64_t> FdServer::Attach(int conn) {
   }
   TP_ASSIGN_OR_RETURN(const PeerCredentials peer, GetPeerCredentials(conn));
   TP_ASSIGN_OR_RETURN(const AttachGrant grant, manager_->Attach(request, peer));
+  Attached attached;
+  attached.session = request.session_id;
+  Token token;
+  std::memcpy(token.data(), request.token, token.size());
+  auto hot_path =
+      HotPathServer::Start(manager_, request.session_id, token, observer_);
+  if (!hot_path.ok()) {
+    manager_->Detached(request.session_id);
+    return hot_path.status();
+  }
+  attached.hot_path = std::move(*hot_path);
   wire::AttachReply reply{};
   reply.magic = wire::kAttachMagic;
   reply.status_code = 0;
   grant.backend->FillAttachReply(&reply);
   reply.host_pool_bytes = grant.host_pool_bytes;
-  reply.fd_count = 3;
+  reply.hot_path_bytes = attached.hot_path->bytes();
+  reply.fd_count = 4;
   absl::Status sent =
       SendMessage(conn, &reply, sizeof(reply),
                   {grant.host_pool_fd, grant.backend->device_pool_fd(),
-                   grant.backend->control_page_fd()});
+                   grant.backend->control_page_fd(), attached.hot_path->fd()});
   if (!sent.ok()) {
+    attached.hot_path.reset();
     manager_->Detached(request.session_id);
     return sent;
   }
   LOG(INFO) << "session " << request.session_id << " attached from pid "
             << peer.pid;
-  return request.session_id;
+  return attached;
 }
 
 }  // namespace tidepool

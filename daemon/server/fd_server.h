@@ -13,12 +13,15 @@
 #include "absl/synchronization/mutex.h"
 #include "common/unique_fd.h"
 #include "daemon/core/memory_manager.h"
+#include "daemon/server/hot_path_server.h"
 
 namespace tidepool {
 
 class FdServer {
  public:
-  explicit FdServer(MemoryManager* manager) : manager_(manager) {}
+  // `observer` (may be empty) times hot-path requests like RPCs.
+  explicit FdServer(MemoryManager* manager, RpcObserver observer = nullptr)
+      : manager_(manager), observer_(std::move(observer)) {}
   ~FdServer();
 
   // Listens on `path` (mode 0660) and starts the serving thread.
@@ -28,16 +31,22 @@ class FdServer {
  private:
   void Loop();
   void Handshake(UniqueFd conn);
-  absl::StatusOr<uint64_t> Attach(int conn);
+  struct Attached {
+    UniqueFd conn;
+    uint64_t session = 0;
+    std::unique_ptr<HotPathServer> hot_path;
+  };
+  absl::StatusOr<Attached> Attach(int conn);
 
   MemoryManager* manager_;
+  RpcObserver observer_;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;  // eventfd that stops the loop
   std::thread thread_;
   absl::Mutex mu_;
-  // Attached connections: fd -> session id.
-  std::map<int, std::pair<UniqueFd, uint64_t>> attached_ ABSL_GUARDED_BY(mu_);
+  // Attached connections by fd.
+  std::map<int, Attached> attached_ ABSL_GUARDED_BY(mu_);
   int handshakes_ ABSL_GUARDED_BY(mu_) = 0;  // threads still running
 };
 

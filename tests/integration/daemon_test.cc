@@ -11,9 +11,12 @@
 #include <cstring>
 #include <thread>
 
+#include "common/futex.h"
+#include "common/shared_memory.h"
 #include "common/unix_socket.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/tidepool.grpc.pb.h"
 #include "proto/wire.h"
 #include "tests/support/process.h"
 #include "tidepool/session.h"
@@ -78,6 +81,15 @@ TEST_F(DaemonTest, OversubscribedModelKeepsEveryByte) {
   // 64 layers of ~4 MiB plus 16 tensors of 6 MiB: about 4.5x the 64 MiB device.
   auto client = PatternClient(
       {"--layers=64", "--layer_bytes=4194304", "--steps=3", "--seed=7"});
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_EQ(client->Wait(), 0);
+}
+
+// The same through gRPC alone (the path for requests too big for the
+// shared-memory hot path).
+TEST_F(DaemonTest, OversubscribedModelKeepsEveryByteOverGrpc) {
+  auto client = PatternClient({"--layers=32", "--layer_bytes=4194304",
+                               "--steps=2", "--seed=8", "--hot_path=false"});
   ASSERT_TRUE(client.ok()) << client.status();
   EXPECT_EQ(client->Wait(), 0);
 }
@@ -316,6 +328,61 @@ TEST_F(DaemonTest, RawProtocolAbuseIsRefusedAndDaemonKeepsServing) {
     cv.wait(lock, [&] { return done; });
     EXPECT_FALSE(status.ok());
   }
+  // Garbage in a session's hot path: error completions, nothing else.
+  {
+    auto channel = grpc::CreateChannel("unix:" + daemon_->socket(),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = v1::Tidepool::NewStub(channel);
+    v1::OpenSessionRequest open;
+    open.set_pid(getpid());
+    open.set_policy(v1::POLICY_CPU);
+    v1::OpenSessionResponse opened;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->OpenSession(&ctx, open, &opened).ok());
+    auto conn = ConnectUnix(daemon_->fd_socket());
+    ASSERT_TRUE(conn.ok());
+    wire::AttachRequest req{};
+    req.magic = wire::kAttachMagic;
+    req.version = wire::kAttachVersion;
+    req.session_id = opened.session_id();
+    std::memcpy(req.token, opened.token().data(), sizeof(req.token));
+    ASSERT_TRUE(SendMessage(conn->get(), &req, sizeof(req)).ok());
+    wire::AttachReply reply{};
+    std::vector<UniqueFd> fds;
+    ASSERT_TRUE(
+        ReceiveMessage(conn->get(), &reply, sizeof(reply), &fds, 4).ok());
+    ASSERT_EQ(reply.status_code, 0) << reply.message;
+    ASSERT_EQ(fds.size(), 4u);
+    auto page = SharedMapping::Map(fds[3].get(), reply.hot_path_bytes);
+    ASSERT_TRUE(page.ok());
+    auto* hp = reinterpret_cast<wire::HotPath*>(page->data());
+    auto post = [&](uint64_t seq) {
+      hp->request_seq.store(seq);
+      hp->request_bell.fetch_add(1);
+      FutexWakeAll(&hp->request_bell);
+      while (hp->completion_seq.load() != seq) {
+        const uint32_t bell = hp->completion_bell.load();
+        if (hp->completion_seq.load() == seq) break;
+        FutexWait(&hp->completion_bell, bell, 10'000'000);
+      }
+      return hp->completion.status_code;
+    };
+    std::memset(&hp->request, 0xff, sizeof(hp->request));  // count 2^32-1
+    EXPECT_EQ(post(1), static_cast<int>(absl::StatusCode::kInvalidArgument));
+    hp->request.count = 1;
+    hp->request.key_len = 0;
+    hp->request.op = 77;
+    EXPECT_EQ(post(2), static_cast<int>(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(hp->completion.message, HasSubstr("unknown operation"));
+    hp->request.op = static_cast<uint32_t>(wire::HotPathOp::kAcquire);
+    hp->request.arg = 1;
+    auto theirs = s->Register({{"theirs", DType::kU8, {64}, Group::kParam}});
+    ASSERT_TRUE(theirs.ok());
+    hp->request.tensor_ids[0] = (*theirs)[0].id;  // another session's
+    EXPECT_EQ(post(3), static_cast<int>(absl::StatusCode::kNotFound));
+    EXPECT_EQ(post(9), static_cast<int>(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(hp->completion.message, HasSubstr("sequence jumped"));
+  }
   // The session that was there all along still works.
   auto t = s->Register({{"still", DType::kF32, {16}, Group::kParam}});
   ASSERT_TRUE(t.ok()) << t.status();
@@ -374,6 +441,9 @@ TEST(DaemonStartTest, DaemonDeathIsAClearErrorAndMappingsStay) {
   (*d)->process().Wait();
   auto after = (*s)->Stats();
   EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
+  // Through the hot path too: no hang, a clear error.
+  ASSERT_TRUE((*s)->Release({&id, 1}, TensorState::kHold).code() ==
+              absl::StatusCode::kUnavailable);
   // What the trainer holds is still readable.
   EXPECT_EQ(p[4095], 0x5A);
 }

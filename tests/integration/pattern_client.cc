@@ -27,6 +27,7 @@ ABSL_FLAG(int64_t, layer_bytes, 4 << 20, "approximate bytes per layer");
 ABSL_FLAG(int, steps, 3, "training steps");
 ABSL_FLAG(uint32_t, seed, 1, "pattern seed");
 ABSL_FLAG(bool, hold, false, "acquire a layer mid-step and wait to be killed");
+ABSL_FLAG(bool, hot_path, true, "acquire/release through shared memory");
 
 namespace {
 
@@ -93,6 +94,7 @@ int main(int argc, char** argv) {
                        ? tidepool::Policy::kCuda
                        : tidepool::Policy::kCpu;
   options.client_name = "pattern_client";
+  options.hot_path = absl::GetFlag(FLAGS_hot_path);
   auto session = tidepool::Session::Open(options);
   if (!session.ok()) return Fail(session.status());
   tidepool::Session& s = **session;

@@ -69,6 +69,10 @@ struct SessionOptions {
   uint64_t host_quota_bytes = 0;
   std::string client_name;
   std::optional<PlacementOptions> placement;
+  // Acquire and release through the shared-memory hot path (microseconds)
+  // instead of a gRPC round trip, when the daemon offers one. Requests with
+  // more than 64 tensors or a longer op key than 120 bytes use gRPC.
+  bool hot_path = true;
 };
 
 struct DeviceInfo {
