@@ -154,6 +154,10 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
   }
   TP_ASSIGN_OR_RETURN(Token token, NewToken());
   absl::MutexLock lock(&mu_);
+  if (sessions_.size() >= options_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "too many sessions open (", sessions_.size(), "); close some first"));
+  }
   const uint64_t id = next_session_id_++;
   Session s{.id = id,
             .token = token,

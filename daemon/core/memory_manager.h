@@ -51,6 +51,8 @@ struct ManagerOptions {
   size_t max_tensors_per_request = 1 << 20;
   size_t max_name_bytes = 1024;
   size_t max_dims = 16;
+  // Sessions open at once (each attached one has a hot-path thread).
+  size_t max_sessions = 1024;
   // Residency events kept for tidepoolctl's timeline (a ring: the oldest
   // are overwritten). 0 disables the log.
   size_t residency_event_capacity = 100000;

@@ -192,6 +192,20 @@ TEST_F(MemoryManagerTest, HostHomesAreZeroedWhenReused) {
   EXPECT_EQ(p[4 * kMiB - 1], 0);
 }
 
+TEST_F(MemoryManagerTest, SessionCountIsBounded) {
+  const size_t limit = manager_->options().max_sessions;
+  while (manager_->session_count() < limit) {
+    ASSERT_TRUE(manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()})
+                    .ok());
+  }
+  EXPECT_EQ(manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()})
+                .status()
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  // The first session is untouched.
+  EXPECT_TRUE(manager_->Stats(id_, token_).ok());
+}
+
 TEST_F(MemoryManagerTest, OpenRejectsBadParameters) {
   EXPECT_EQ(manager_->OpenSession({.pid = 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
