@@ -195,8 +195,8 @@ TEST_F(MemoryManagerTest, HostHomesAreZeroedWhenReused) {
 TEST_F(MemoryManagerTest, SessionCountIsBounded) {
   const size_t limit = manager_->options().max_sessions;
   while (manager_->session_count() < limit) {
-    ASSERT_TRUE(manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()})
-                    .ok());
+    ASSERT_TRUE(
+        manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()}).ok());
   }
   EXPECT_EQ(manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()})
                 .status()
