@@ -80,9 +80,9 @@ inline constexpr uint32_t kHotPathMaxTensors = 64;
 inline constexpr uint32_t kHotPathMaxKey = 120;
 
 enum class HotPathOp : uint32_t {
-  kAcquire = 1,        // arg: AccessMode (1 read, 2 read-write)
-  kAcquireOnHost = 2,  // arg: AccessMode
-  kRelease = 3,        // arg: TensorState (1 free, 3 hold, 4 hold-after-bwd)
+  kAcquire = 1,        // arg: tidepool.v1.AccessMode value
+  kAcquireOnHost = 2,  // arg: tidepool.v1.AccessMode value
+  kRelease = 3,        // arg: tidepool.v1.TensorState value
 };
 
 struct HotPathRequest {

@@ -19,6 +19,29 @@
 
 namespace tidepool {
 
+namespace {
+
+// A hot-path request; `arg` is the proto enum value of the access mode or
+// release target, read back with FromProto on the daemon's side.
+wire::HotPathRequest HotRequest(wire::HotPathOp op, int arg,
+                                std::span<const uint64_t> tensor_ids,
+                                absl::string_view op_key = "",
+                                uint64_t op_seq = 0,
+                                uint64_t non_model_bytes = 0) {
+  wire::HotPathRequest r;
+  r.op = static_cast<uint32_t>(op);
+  r.arg = static_cast<uint32_t>(arg);
+  r.count = static_cast<uint32_t>(tensor_ids.size());
+  r.key_len = static_cast<uint32_t>(op_key.size());
+  r.op_seq = op_seq;
+  r.non_model_bytes = non_model_bytes;
+  std::memcpy(r.op_key, op_key.data(), op_key.size());
+  std::copy(tensor_ids.begin(), tensor_ids.end(), r.tensor_ids);
+  return r;
+}
+
+}  // namespace
+
 class Session::Impl {
  public:
   absl::Status Open(const SessionOptions& options);
@@ -42,6 +65,12 @@ class Session::Impl {
   SharedMapping host_;
   std::unique_ptr<internal::DeviceMapping> mapping_;
   // The current op (BeginOp); travels with every acquire.
+  // Whether a request of `count` tensors and an op key of `key_len` bytes
+  // fits the hot path (others go over gRPC).
+  bool HotPathFits(size_t count, size_t key_len = 0) const {
+    return hot() != nullptr && count > 0 && count <= wire::kHotPathMaxTensors &&
+           key_len <= wire::kHotPathMaxKey;
+  }
   // The hot path (proto/wire.h): one request in flight, under hot_mu_.
   absl::Status HotCall(absl::string_view what, wire::HotPathRequest& request,
                        wire::HotPathCompletion* completion);
@@ -310,18 +339,10 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
   std::vector<AcquiredTensor> out;
   out.reserve(tensor_ids.size());
   uint64_t ready = 0;
-  if (impl_->hot() != nullptr && !tensor_ids.empty() &&
-      tensor_ids.size() <= wire::kHotPathMaxTensors &&
-      op_key.size() <= wire::kHotPathMaxKey) {
-    wire::HotPathRequest request;
-    request.op = static_cast<uint32_t>(wire::HotPathOp::kAcquire);
-    request.arg = mode == AccessMode::kRead ? 1 : 2;
-    request.count = static_cast<uint32_t>(tensor_ids.size());
-    request.key_len = static_cast<uint32_t>(op_key.size());
-    request.op_seq = op_seq;
-    request.non_model_bytes = non_model;
-    std::memcpy(request.op_key, op_key.data(), op_key.size());
-    std::copy(tensor_ids.begin(), tensor_ids.end(), request.tensor_ids);
+  if (impl_->HotPathFits(tensor_ids.size(), op_key.size())) {
+    wire::HotPathRequest request =
+        HotRequest(wire::HotPathOp::kAcquire, ToProto(mode), tensor_ids, op_key,
+                   op_seq, non_model);
     wire::HotPathCompletion c;
     TP_RETURN_IF_ERROR(impl_->HotCall("Acquire", request, &c));
     ready = c.ready_sequence;
@@ -359,16 +380,9 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
     std::span<const uint64_t> tensor_ids, AccessMode mode) {
   std::vector<std::pair<uint64_t, uint64_t>> places;  // offset, size
   uint64_t ready = 0;
-  if (impl_->hot() != nullptr && !tensor_ids.empty() &&
-      tensor_ids.size() <= wire::kHotPathMaxTensors) {
-    wire::HotPathRequest request;
-    request.op = static_cast<uint32_t>(wire::HotPathOp::kAcquireOnHost);
-    request.arg = mode == AccessMode::kRead ? 1 : 2;
-    request.count = static_cast<uint32_t>(tensor_ids.size());
-    request.key_len = 0;
-    request.op_seq = 0;
-    request.non_model_bytes = 0;
-    std::copy(tensor_ids.begin(), tensor_ids.end(), request.tensor_ids);
+  if (impl_->HotPathFits(tensor_ids.size())) {
+    wire::HotPathRequest request =
+        HotRequest(wire::HotPathOp::kAcquireOnHost, ToProto(mode), tensor_ids);
     wire::HotPathCompletion c;
     TP_RETURN_IF_ERROR(impl_->HotCall("AcquireOnHost", request, &c));
     ready = c.ready_sequence;
@@ -409,28 +423,9 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
 absl::Status Session::Release(std::span<const uint64_t> tensor_ids,
                               TensorState target, CudaStream stream) {
   TP_RETURN_IF_ERROR(impl_->mapping_->BeforeRelease(stream));
-  if (impl_->hot() != nullptr && !tensor_ids.empty() &&
-      tensor_ids.size() <= wire::kHotPathMaxTensors) {
-    wire::HotPathRequest request;
-    request.op = static_cast<uint32_t>(wire::HotPathOp::kRelease);
-    switch (target) {
-      case TensorState::kFree:
-        request.arg = 1;
-        break;
-      case TensorState::kHold:
-        request.arg = 3;
-        break;
-      case TensorState::kHoldAfterBwd:
-        request.arg = 4;
-        break;
-      default:
-        request.arg = 0;  // the daemon names the error
-    }
-    request.count = static_cast<uint32_t>(tensor_ids.size());
-    request.key_len = 0;
-    request.op_seq = 0;
-    request.non_model_bytes = 0;
-    std::copy(tensor_ids.begin(), tensor_ids.end(), request.tensor_ids);
+  if (impl_->HotPathFits(tensor_ids.size())) {
+    wire::HotPathRequest request =
+        HotRequest(wire::HotPathOp::kRelease, ToProto(target), tensor_ids);
     wire::HotPathCompletion c;
     return impl_->HotCall("Release", request, &c);
   }

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/futex.h"
 #include "common/status_macros.h"
+#include "proto/convert.h"
 
 namespace tidepool {
 namespace {
@@ -16,20 +17,6 @@ void Fill(const absl::Status& status, wire::HotPathCompletion* c) {
   const std::string msg(status.message());
   std::strncpy(c->message, msg.c_str(), sizeof(c->message) - 1);
   c->message[sizeof(c->message) - 1] = '\0';
-}
-
-absl::StatusOr<AccessMode> ModeOf(uint32_t arg) {
-  if (arg == 1) return AccessMode::kRead;
-  if (arg == 2) return AccessMode::kReadWrite;
-  return absl::InvalidArgumentError(absl::StrCat("unknown access mode ", arg));
-}
-
-absl::StatusOr<TensorState> TargetOf(uint32_t arg) {
-  if (arg == 1) return TensorState::kFree;
-  if (arg == 3) return TensorState::kHold;
-  if (arg == 4) return TensorState::kHoldAfterBwd;
-  return absl::InvalidArgumentError(
-      "release target must be HOLD, HOLD_AFTER_BWD or FREE");
 }
 
 }  // namespace
@@ -110,7 +97,8 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
     const auto op = static_cast<wire::HotPathOp>(request.op);
     if (op == wire::HotPathOp::kRelease) {
       method = "Release";
-      TP_ASSIGN_OR_RETURN(const TensorState target, TargetOf(request.arg));
+      TP_ASSIGN_OR_RETURN(const TensorState target,
+                          FromProto(static_cast<v1::TensorState>(request.arg)));
       return manager_->Release(session_id_, token_, ids, target);
     }
     if (op != wire::HotPathOp::kAcquire &&
@@ -118,7 +106,8 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
       return absl::InvalidArgumentError(
           absl::StrCat("hot path: unknown operation ", request.op));
     }
-    TP_ASSIGN_OR_RETURN(const AccessMode mode, ModeOf(request.arg));
+    TP_ASSIGN_OR_RETURN(const AccessMode mode,
+                        FromProto(static_cast<v1::AccessMode>(request.arg)));
     absl::StatusOr<AcquireResult> result;
     if (op == wire::HotPathOp::kAcquireOnHost) {
       result = manager_->AcquireOnHost(session_id_, token_, ids, mode);
