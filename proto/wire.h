@@ -12,7 +12,7 @@
 namespace tidepool::wire {
 
 inline constexpr uint32_t kAttachMagic = 0x31415054;  // "TPA1"
-inline constexpr uint32_t kAttachVersion = 1;
+inline constexpr uint32_t kAttachVersion = 2;         // 2: placed acquires
 inline constexpr size_t kTokenBytes = 16;
 inline constexpr size_t kCudaIpcHandleBytes = 64;  // cudaIpcEventHandle_t
 
@@ -83,6 +83,7 @@ enum class HotPathOp : uint32_t {
   kAcquire = 1,        // arg: tidepool.v1.AccessMode value
   kAcquireOnHost = 2,  // arg: tidepool.v1.AccessMode value
   kRelease = 3,        // arg: tidepool.v1.TensorState value
+  kAcquirePlaced = 4,  // arg: tidepool.v1.AccessMode value
 };
 
 struct HotPathRequest {
@@ -99,6 +100,8 @@ struct HotPathRequest {
 struct HotPathCompletion {
   int32_t status_code;  // absl::StatusCode
   uint32_t count;
+  uint32_t on_host;  // acquires: offsets are into the host pool
+  uint32_t reserved;
   uint64_t ready_sequence;
   char message[200];
   uint64_t offsets[kHotPathMaxTensors];  // into the pool the op names

@@ -71,6 +71,16 @@ class Session::Impl {
     return hot() != nullptr && count > 0 && count <= wire::kHotPathMaxTensors &&
            key_len <= wire::kHotPathMaxKey;
   }
+  // Acquire, AcquireOnHost and AcquireWherePlaced: over the hot path when
+  // the request fits, else gRPC; waits for the bytes (see Session).
+  struct Acquired {
+    bool on_host = false;
+    std::vector<AcquiredTensor> tensors;
+  };
+  absl::StatusOr<Acquired> Acquire(absl::string_view what,
+                                   v1::Location location,
+                                   std::span<const uint64_t> tensor_ids,
+                                   AccessMode mode, CudaStream stream);
   // The hot path (proto/wire.h): one request in flight, under hot_mu_.
   absl::Status HotCall(absl::string_view what, wire::HotPathRequest& request,
                        wire::HotPathCompletion* completion);
@@ -324,37 +334,43 @@ absl::StatusOr<std::vector<TensorInfo>> Session::Register(
   return out;
 }
 
-absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
+absl::StatusOr<Session::Impl::Acquired> Session::Impl::Acquire(
+    absl::string_view what, v1::Location location,
     std::span<const uint64_t> tensor_ids, AccessMode mode, CudaStream stream) {
+  // Only device acquires belong to the op sequence auto traces.
   std::string op_key;
   uint64_t op_seq = 0, non_model = 0;
-  {
-    std::lock_guard<std::mutex> lock(impl_->op_mu_);
-    if (impl_->op_seq_ != 0) {
-      op_key = impl_->op_key_;
-      op_seq = impl_->op_seq_;
-      non_model = impl_->op_non_model_;
+  if (location == v1::LOCATION_DEVICE) {
+    std::lock_guard<std::mutex> lock(op_mu_);
+    if (op_seq_ != 0) {
+      op_key = op_key_;
+      op_seq = op_seq_;
+      non_model = op_non_model_;
     }
   }
-  std::vector<AcquiredTensor> out;
-  out.reserve(tensor_ids.size());
+  Acquired got{.on_host = location == v1::LOCATION_HOST};
+  std::vector<std::pair<uint64_t, uint64_t>> places;  // offset, size
   uint64_t ready = 0;
-  if (impl_->HotPathFits(tensor_ids.size(), op_key.size())) {
+  if (HotPathFits(tensor_ids.size(), op_key.size())) {
+    const wire::HotPathOp op =
+        location == v1::LOCATION_HOST     ? wire::HotPathOp::kAcquireOnHost
+        : location == v1::LOCATION_PLACED ? wire::HotPathOp::kAcquirePlaced
+                                          : wire::HotPathOp::kAcquire;
     wire::HotPathRequest request =
-        HotRequest(wire::HotPathOp::kAcquire, ToProto(mode), tensor_ids, op_key,
-                   op_seq, non_model);
+        HotRequest(op, ToProto(mode), tensor_ids, op_key, op_seq, non_model);
     wire::HotPathCompletion c;
-    TP_RETURN_IF_ERROR(impl_->HotCall("Acquire", request, &c));
+    TP_RETURN_IF_ERROR(HotCall(what, request, &c));
     ready = c.ready_sequence;
+    got.on_host = c.on_host != 0;
     for (uint32_t i = 0; i < c.count; ++i) {
-      out.push_back(AcquiredTensor{
-          tensor_ids[i], impl_->mapping_->base() + c.offsets[i], c.sizes[i]});
+      places.emplace_back(c.offsets[i], c.sizes[i]);
     }
   } else {
     v1::AcquireRequest request;
-    *request.mutable_session() = impl_->Ref();
+    *request.mutable_session() = Ref();
     request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
     request.set_mode(ToProto(mode));
+    request.set_location(location);
     if (op_seq != 0) {
       request.set_op_key(op_key);
       request.set_op_seq(op_seq);
@@ -362,62 +378,65 @@ absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
     }
     v1::AcquireResponse response;
     grpc::ClientContext ctx;
-    TP_RETURN_IF_ERROR(impl_->Call(
-        "Acquire", impl_->stub_->Acquire(&ctx, request, &response)));
+    TP_RETURN_IF_ERROR(Call(what, stub_->Acquire(&ctx, request, &response)));
     ready = response.ready_sequence();
-    for (const auto& t : response.tensors()) {
-      out.push_back(AcquiredTensor{t.tensor_id(),
-                                   impl_->mapping_->base() + t.device_offset(),
-                                   t.size_bytes()});
-    }
-  }
-  TP_RETURN_IF_ERROR(
-      impl_->mapping_->WaitArrival(ready, stream, impl_->fd_conn_.get()));
-  return out;
-}
-
-absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
-    std::span<const uint64_t> tensor_ids, AccessMode mode) {
-  std::vector<std::pair<uint64_t, uint64_t>> places;  // offset, size
-  uint64_t ready = 0;
-  if (impl_->HotPathFits(tensor_ids.size())) {
-    wire::HotPathRequest request =
-        HotRequest(wire::HotPathOp::kAcquireOnHost, ToProto(mode), tensor_ids);
-    wire::HotPathCompletion c;
-    TP_RETURN_IF_ERROR(impl_->HotCall("AcquireOnHost", request, &c));
-    ready = c.ready_sequence;
-    for (uint32_t i = 0; i < c.count; ++i) {
-      places.emplace_back(c.offsets[i], c.sizes[i]);
-    }
-  } else {
-    v1::AcquireRequest request;
-    *request.mutable_session() = impl_->Ref();
-    request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
-    request.set_mode(ToProto(mode));
-    request.set_location(v1::LOCATION_HOST);
-    v1::AcquireResponse response;
-    grpc::ClientContext ctx;
-    TP_RETURN_IF_ERROR(impl_->Call(
-        "AcquireOnHost", impl_->stub_->Acquire(&ctx, request, &response)));
-    ready = response.ready_sequence();
+    got.on_host = response.location() == v1::LOCATION_HOST;
     for (const auto& t : response.tensors()) {
       places.emplace_back(t.device_offset(), t.size_bytes());
     }
   }
-  // The CPU reads next: wait here for any write-back to land.
-  TP_RETURN_IF_ERROR(
-      impl_->mapping_->WaitArrivalOnHost(ready, impl_->fd_conn_.get()));
-  std::vector<AcquiredTensor> out;
-  out.reserve(places.size());
+  if (places.size() != tensor_ids.size()) {
+    return absl::DataLossError(absl::StrCat(what, ": the daemon answered for ",
+                                            places.size(), " tensors, not ",
+                                            tensor_ids.size()));
+  }
+  if (got.on_host) {
+    // The CPU reads next: wait here for any write-back to land.
+    TP_RETURN_IF_ERROR(mapping_->WaitArrivalOnHost(ready, fd_conn_.get()));
+  } else {
+    TP_RETURN_IF_ERROR(mapping_->WaitArrival(ready, stream, fd_conn_.get()));
+  }
+  got.tensors.reserve(places.size());
   for (size_t i = 0; i < places.size(); ++i) {
     const auto [offset, size] = places[i];
-    if (offset + size > impl_->host_.size()) {
-      return absl::DataLossError("the daemon sent a host offset out of range");
+    if (got.on_host) {
+      if (offset + size > host_.size()) {
+        return absl::DataLossError(
+            "the daemon sent a host offset out of range");
+      }
+      got.tensors.push_back(
+          AcquiredTensor{tensor_ids[i], host_.data() + offset, size});
+    } else {
+      got.tensors.push_back(
+          AcquiredTensor{tensor_ids[i], mapping_->base() + offset, size});
     }
-    out.push_back(
-        AcquiredTensor{tensor_ids[i], impl_->host_.data() + offset, size});
   }
-  return out;
+  return got;
+}
+
+absl::StatusOr<std::vector<AcquiredTensor>> Session::Acquire(
+    std::span<const uint64_t> tensor_ids, AccessMode mode, CudaStream stream) {
+  TP_ASSIGN_OR_RETURN(
+      Impl::Acquired got,
+      impl_->Acquire("Acquire", v1::LOCATION_DEVICE, tensor_ids, mode, stream));
+  return std::move(got.tensors);
+}
+
+absl::StatusOr<std::vector<AcquiredTensor>> Session::AcquireOnHost(
+    std::span<const uint64_t> tensor_ids, AccessMode mode) {
+  TP_ASSIGN_OR_RETURN(Impl::Acquired got,
+                      impl_->Acquire("AcquireOnHost", v1::LOCATION_HOST,
+                                     tensor_ids, mode, nullptr));
+  return std::move(got.tensors);
+}
+
+absl::StatusOr<PlacedTensors> Session::AcquireWherePlaced(
+    std::span<const uint64_t> tensor_ids, AccessMode mode, CudaStream stream) {
+  TP_ASSIGN_OR_RETURN(Impl::Acquired got,
+                      impl_->Acquire("AcquireWherePlaced", v1::LOCATION_PLACED,
+                                     tensor_ids, mode, stream));
+  return PlacedTensors{.on_device = !got.on_host,
+                       .tensors = std::move(got.tensors)};
 }
 
 absl::Status Session::Release(std::span<const uint64_t> tensor_ids,

@@ -626,11 +626,18 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
   }
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  return AcquireOnDevice(*session, tensor_ids, mode, op, /*sequenced=*/true);
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
+    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode, const OpContext* op, bool sequenced) {
+  Session* session = &session_ref;
   // Check the whole request before changing anything.
   TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
                       CheckAcquire(*session, tensor_ids, /*on_host=*/false));
   CopyBatch batch;
-  if (session->placement) {
+  if (session->placement && sequenced) {
     std::vector<SessionPlacement::Touch> touches;
     touches.reserve(needed.size());
     for (uint64_t cid : needed) {
@@ -784,6 +791,49 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
   }
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  return AcquireInHostHome(*session, tensor_ids, mode);
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  std::vector<SessionPlacement::Touch> touches;
+  bool host_homes = true;
+  for (uint64_t t : tensor_ids) {
+    auto it = session->tensors.find(t);
+    if (it == session->tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    const Chunk& c = chunks_.at(it->second.chunk_id);
+    host_homes = host_homes && c.host_offset.has_value();
+    if (std::none_of(touches.begin(), touches.end(),
+                     [&](const auto& touch) { return touch.chunk == c.id; })) {
+      touches.push_back({c.id, c.bytes, mode == AccessMode::kReadWrite});
+    }
+  }
+  bool on_device = !host_homes;  // cuda: nowhere else to go
+  if (host_homes && session->placement) {
+    on_device = session->placement->OnPlacedAcquire(touches);
+  }
+  absl::StatusOr<AcquireResult> result =
+      on_device ? AcquireOnDevice(*session, tensor_ids, mode, nullptr,
+                                  /*sequenced=*/false)
+                : AcquireInHostHome(*session, tensor_ids, mode);
+  if (result.ok()) result->on_host = !on_device;
+  return result;
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
+    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  Session* session = &session_ref;
   TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
                       CheckAcquire(*session, tensor_ids, /*on_host=*/true));
   CopyBatch batch;
@@ -814,6 +864,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
   }
   AcquireResult result;
   result.ready_sequence = 0;
+  result.on_host = true;
   const uint64_t tick = ++tick_;
   for (uint64_t t : tensor_ids) {
     Tensor& tensor = session->tensors.at(t);

@@ -114,6 +114,7 @@ struct TensorAddressView {
 struct AcquireResult {
   std::vector<TensorAddressView> tensors;
   uint64_t ready_sequence;
+  bool on_host = false;  // offsets are into the host pool
 };
 
 struct SessionStatsView {
@@ -279,6 +280,15 @@ class MemoryManager {
   absl::StatusOr<AcquireResult> AcquireOnHost(
       uint64_t id, const Token& token, const std::vector<uint64_t>& tensors,
       AccessMode mode);
+  // Makes the tensors COMPUTE where the session's policy places the update
+  // they are for (the optimizer step of a parameter block): on the device
+  // (as Acquire) or in their host homes (as AcquireOnHost); the result says
+  // which. Not an op of the step: it may come from another thread at any
+  // time. auto records it during warm-up and then follows the plan; cuda:
+  // device; cpu, and auto while not planned: host.
+  absl::StatusOr<AcquireResult> AcquireWherePlaced(
+      uint64_t id, const Token& token, const std::vector<uint64_t>& tensors,
+      AccessMode mode);
   // The client finished a training step (auto: ends warm-up recording,
   // re-synchronises the plan). Sessions of other policies: a no-op.
   absl::StatusOr<std::optional<PlacementStatsView>> MarkStep(
@@ -385,6 +395,15 @@ class MemoryManager {
   absl::StatusOr<std::vector<uint64_t>> CheckAcquire(
       const Session& session, const std::vector<uint64_t>& tensor_ids,
       bool on_host) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The bodies of Acquire (`sequenced`: part of the op sequence auto
+  // traces and plans) and AcquireOnHost, after authentication.
+  absl::StatusOr<AcquireResult> AcquireOnDevice(
+      Session& session, const std::vector<uint64_t>& tensor_ids,
+      AccessMode mode, const OpContext* op, bool sequenced)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<AcquireResult> AcquireInHostHome(
+      Session& session, const std::vector<uint64_t>& tensor_ids,
+      AccessMode mode) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<size_t> ResolveDevice(const std::string& name) const;
   // Makes room for `bytes` in `session`'s device pool (and quota), adding
   // write-backs of victims to `batch`. `pinned` chunks are never victims.

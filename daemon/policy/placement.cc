@@ -144,6 +144,31 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
   return new_op;
 }
 
+bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
+  std::vector<uint64_t> chunks;
+  chunks.reserve(touches.size());
+  for (const Touch& t : touches) chunks.push_back(t.chunk);
+  if (policy_ == Policy::kStatic) {
+    return std::all_of(chunks.begin(), chunks.end(),
+                       [this](uint64_t c) { return kept(c); });
+  }
+  if (policy_ != Policy::kAuto || config_.planner == PlannerKind::kLru) {
+    return false;
+  }
+  if (state_ == PlacementState::kRecording) {
+    std::vector<std::pair<uint64_t, uint64_t>> recorded;
+    bool write = false;
+    for (const Touch& t : touches) {
+      recorded.push_back({t.chunk, t.bytes});
+      write = write || t.write;
+    }
+    recorder_.Placed(recorded, write);
+    return false;
+  }
+  return state_ == PlacementState::kPlanned && plan_ &&
+         plan_->PlacedOnDevice(chunks);
+}
+
 void SessionPlacement::OnStep() {
   ++stats_.steps;
   have_op_ = false;
@@ -164,6 +189,9 @@ void SessionPlacement::OnStep() {
                             .granularity = granularity_};
         if (config_.planner == PlannerKind::kGeminiLike) {
           options.fixed_capacity_ratio = config_.gemini_capacity_ratio;
+          // Gemini's gpu_margin_mem_ratio defaults to 0: optimizer state
+          // stays on the host (CPU Adam).
+          options.place_updates = false;
         } else if (config_.prefetch) {
           // Room for the largest chunk to stream in ahead of its op.
           for (const auto& [c, bytes] : trace->chunk_bytes) {

@@ -104,6 +104,12 @@ class SessionPlacement {
   bool OnAcquire(const OpContext* op,
                  const std::function<uint64_t()>& outside_bytes,
                  std::span<const Touch> touches);
+  // A placed acquire (Session::AcquireWherePlaced) of `touches`: not an op
+  // of the step, only recorded. Returns whether it runs on the device:
+  // auto once planned, as the plan places it (Plan::PlacedOnDevice);
+  // static when every chunk is kept; otherwise on the host, where it
+  // moves the fewest bytes (the degraded, `cpu`-like choice).
+  bool OnPlacedAcquire(std::span<const Touch> touches);
   // The client marked the end of a training step.
   void OnStep();
   // A chunk of the session was registered (static bookkeeping).

@@ -66,6 +66,68 @@ Plan::Plan(Trace trace, const PlanOptions& options)
     demand_budget_[i] = std::max(std::min(own, budget_[i]),
                                  SatSub(budget_[i], options_.prefetch_reserve));
   }
+  PlaceUpdates();
+}
+
+void Plan::PlaceUpdates() {
+  const size_t n = trace_.ops.size();
+  drops_after_.assign(n, {});
+  std::unordered_set<uint64_t> op_chunks;
+  uint64_t op_bytes = 0;
+  for (const auto& op : trace_.ops) {
+    for (uint64_t c : op.chunks) {
+      if (op_chunks.insert(c).second) op_bytes += Rounded(ChunkBytes(c));
+    }
+  }
+  uint64_t room = 0;
+  if (n > 0) {
+    room = *std::min_element(demand_budget_.begin(), demand_budget_.end());
+  }
+  // Parameters first: an op byte is used several times a step, an update's
+  // state once. Where the ops' chunks do not all fit, every update stays on
+  // the host, where its state never crosses the link.
+  const bool place = options_.place_updates && op_bytes <= room;
+  room = SatSub(room, op_bytes);
+  for (const PlacedSet& set : trace_.placed) {
+    bool on_device = false;
+    if (place) {
+      uint64_t extra = 0;
+      for (uint64_t c : set.chunks) {
+        if (!op_chunks.contains(c) && !kept_.contains(c)) {
+          extra += Rounded(ChunkBytes(c));
+        }
+      }
+      if (extra <= room) {
+        room -= extra;
+        on_device = true;
+        ++placed_on_device_;
+        for (uint64_t c : set.chunks) {
+          if (!op_chunks.contains(c) && kept_.insert(c).second) {
+            kept_bytes_ += Rounded(ChunkBytes(c));
+          }
+        }
+      }
+    }
+    placed_[set.chunks] = on_device;
+  }
+  std::unordered_set<uint64_t> dropped;
+  for (const PlacedSet& set : trace_.placed) {
+    if (placed_.at(set.chunks)) continue;
+    for (uint64_t c : set.written) {
+      auto it = uses_.find(c);
+      if (it == uses_.end() || it->second.empty()) continue;
+      if (dropped.insert(c).second)
+        drops_after_[it->second.back()].push_back(c);
+    }
+  }
+}
+
+bool Plan::PlacedOnDevice(std::span<const uint64_t> chunks) const {
+  std::vector<uint64_t> key(chunks.begin(), chunks.end());
+  std::sort(key.begin(), key.end());
+  key.erase(std::unique(key.begin(), key.end()), key.end());
+  auto it = placed_.find(key);
+  return it != placed_.end() && it->second;
 }
 
 const std::vector<size_t>* Plan::Positions(absl::string_view key) const {
@@ -74,6 +136,7 @@ const std::vector<size_t>* Plan::Positions(absl::string_view key) const {
 }
 
 uint64_t Plan::NextUse(uint64_t chunk, size_t pos, bool include_current) const {
+  if (kept_.contains(chunk)) return include_current ? 0 : 1;
   auto it = uses_.find(chunk);
   if (it == uses_.end() || it->second.empty()) return kNeverUsed;
   const auto& uses = it->second;
@@ -205,6 +268,16 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
   uint64_t used = 0;
   uint64_t tick = 0;
   const size_t n = plan.size();
+  // Kept chunks are loaded once and stay (the first step is never measured
+  // unless measure_from is 0).
+  for (uint64_t c : plan.kept()) {
+    resident[c] = State{};
+    used += plan.Rounded(plan.ChunkBytes(c));
+    if (options.measure_from == 0) {
+      ++out.loads;
+      out.bytes_to_device += plan.ChunkBytes(c);
+    }
+  }
   for (int step = 0; step < options.steps; ++step) {
     const bool measure = step >= options.measure_from;
     for (size_t pos = 0; pos < n; ++pos) {
@@ -270,6 +343,15 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
       ++tick;
       for (uint64_t c : op.chunks) resident[c].tick = tick;
       for (uint64_t c : op.written) resident[c].dirty = true;
+      // Host updates take their chunks after the chunks' last op.
+      for (uint64_t c : plan.DropsAfter(pos)) {
+        auto it = resident.find(c);
+        if (it == resident.end()) continue;
+        if (measure && it->second.dirty)
+          out.bytes_to_host += plan.ChunkBytes(c);
+        used -= plan.Rounded(plan.ChunkBytes(c));
+        resident.erase(it);
+      }
     }
   }
   return out;

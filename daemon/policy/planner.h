@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -44,6 +45,9 @@ struct PlanOptions {
   // so that the next op's chunks can stream in while this op computes even
   // where Belady would have nothing to evict yet (see docs/policy.md).
   uint64_t prefetch_reserve = 0;
+  // Placed updates (Trace::placed) may go to the device where their chunks
+  // fit beside every op's for the whole step. false: all on the host.
+  bool place_updates = true;
 };
 
 class Plan {
@@ -60,7 +64,8 @@ class Plan {
 
   // Distance in ops from `pos` to the next op that touches `chunk`, wrapping
   // into the next step; with `include_current` the op at `pos` itself
-  // counts (distance 0). kNeverUsed for a chunk the trace never touched.
+  // counts (distance 0). kNeverUsed for a chunk the trace never touched;
+  // a kept chunk counts as used by every op (evicted last).
   uint64_t NextUse(uint64_t chunk, size_t pos, bool include_current) const;
 
   // Model bytes (rounded) the device may hold while op `pos` runs:
@@ -79,7 +84,25 @@ class Plan {
   // The measured capacity the budgets derive from.
   uint64_t measured_capacity() const { return measured_capacity_; }
 
+  // Placed updates. The plan puts a recorded set on the device when every
+  // op's chunks fit the smallest demand budget and the set's other chunks
+  // fit beside them (first come, first served): such chunks are kept on the
+  // device for good (the optimizer state of GPU Adam). The rest update in
+  // their host homes (CPU Adam), which drops the device copy of what they
+  // write right after its last op in the step. Unknown sets: host.
+  bool PlacedOnDevice(std::span<const uint64_t> chunks) const;
+  bool Kept(uint64_t chunk) const { return kept_.contains(chunk); }
+  const std::unordered_set<uint64_t>& kept() const { return kept_; }
+  uint64_t kept_bytes() const { return kept_bytes_; }
+  size_t placed_on_device() const { return placed_on_device_; }
+  // Chunks whose device copy a host update drops after op `pos`.
+  const std::vector<uint64_t>& DropsAfter(size_t pos) const {
+    return drops_after_[pos];
+  }
+
  private:
+  void PlaceUpdates();
+
   Trace trace_;
   PlanOptions options_;
   std::map<std::string, std::vector<size_t>, std::less<>> positions_;
@@ -87,6 +110,11 @@ class Plan {
   std::vector<uint64_t> budget_;
   std::vector<uint64_t> demand_budget_;
   uint64_t measured_capacity_ = 0;
+  std::map<std::vector<uint64_t>, bool> placed_;  // set -> on the device
+  std::unordered_set<uint64_t> kept_;
+  uint64_t kept_bytes_ = 0;
+  size_t placed_on_device_ = 0;
+  std::vector<std::vector<uint64_t>> drops_after_;
 };
 
 // Belady's choice among `candidates` (never empty) at op `pos`: the chunk

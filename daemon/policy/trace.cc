@@ -40,6 +40,32 @@ void TraceRecorder::Touch(uint64_t chunk, uint64_t bytes, bool write) {
   trace_.chunk_bytes[chunk] = bytes;
 }
 
+void TraceRecorder::Placed(
+    std::span<const std::pair<uint64_t, uint64_t>> chunks, bool write) {
+  if (overflowed_ || chunks.empty()) return;
+  touches_ += chunks.size();
+  if (touches_ > max_touches_) {
+    overflowed_ = true;
+    return;
+  }
+  PlacedSet set;
+  for (const auto& [chunk, bytes] : chunks) {
+    set.chunks.push_back(chunk);
+    trace_.chunk_bytes[chunk] = bytes;
+  }
+  std::sort(set.chunks.begin(), set.chunks.end());
+  set.chunks.erase(std::unique(set.chunks.begin(), set.chunks.end()),
+                   set.chunks.end());
+  for (PlacedSet& seen : trace_.placed) {
+    if (seen.chunks == set.chunks) {
+      if (write) seen.written = seen.chunks;
+      return;
+    }
+  }
+  if (write) set.written = set.chunks;
+  trace_.placed.push_back(std::move(set));
+}
+
 std::optional<Trace> TraceRecorder::EndStep() {
   std::optional<Trace> out;
   if (!overflowed_ && !trace_.ops.empty()) out = std::move(trace_);

@@ -14,7 +14,9 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -32,8 +34,18 @@ struct TraceOp {
   uint64_t outside_bytes = 0;
 };
 
+// The chunks of one placed acquire (Session::AcquireWherePlaced): an update
+// the client runs wherever the policy puts it, on the device or in the
+// host homes (the optimizer step of a parameter block). Not an op: it may
+// come from another thread at any point of the step.
+struct PlacedSet {
+  std::vector<uint64_t> chunks;   // ascending, no duplicates
+  std::vector<uint64_t> written;  // ascending
+};
+
 struct Trace {
   std::vector<TraceOp> ops;
+  std::vector<PlacedSet> placed;             // distinct sets, first-seen order
   std::map<uint64_t, uint64_t> chunk_bytes;  // every chunk touched -> bytes
 
   // Whether the op at `pos` touches `chunk`.
@@ -53,6 +65,10 @@ class TraceRecorder {
   // A chunk the current op acquired. Before the first BeginOp of a step,
   // touches go to an op with an empty key.
   void Touch(uint64_t chunk, uint64_t bytes, bool write);
+  // A placed acquire of `chunks` (chunk, bytes). Identical sets are
+  // recorded once.
+  void Placed(std::span<const std::pair<uint64_t, uint64_t>> chunks,
+              bool write);
   // Ends the step: its trace, or nothing when it was empty or overflowed.
   std::optional<Trace> EndStep();
   // Forgets the step being recorded.

@@ -259,6 +259,10 @@ grpc::Status GrpcService::Acquire(grpc::ServerContext*,
         acquired = manager_->AcquireOnHost(request->session().session_id(),
                                            token, ids, mode);
         break;
+      case v1::LOCATION_PLACED:
+        acquired = manager_->AcquireWherePlaced(request->session().session_id(),
+                                                token, ids, mode);
+        break;
       default:
         return absl::InvalidArgumentError("unknown acquire location");
     }
@@ -270,6 +274,7 @@ grpc::Status GrpcService::Acquire(grpc::ServerContext*,
       out->set_size_bytes(t.bytes);
     }
     response->set_ready_sequence(r.ready_sequence);
+    response->set_location(r.on_host ? v1::LOCATION_HOST : v1::LOCATION_DEVICE);
     return absl::OkStatus();
   });
 }

@@ -102,7 +102,8 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
       return manager_->Release(session_id_, token_, ids, target);
     }
     if (op != wire::HotPathOp::kAcquire &&
-        op != wire::HotPathOp::kAcquireOnHost) {
+        op != wire::HotPathOp::kAcquireOnHost &&
+        op != wire::HotPathOp::kAcquirePlaced) {
       return absl::InvalidArgumentError(
           absl::StrCat("hot path: unknown operation ", request.op));
     }
@@ -111,6 +112,8 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
     absl::StatusOr<AcquireResult> result;
     if (op == wire::HotPathOp::kAcquireOnHost) {
       result = manager_->AcquireOnHost(session_id_, token_, ids, mode);
+    } else if (op == wire::HotPathOp::kAcquirePlaced) {
+      result = manager_->AcquireWherePlaced(session_id_, token_, ids, mode);
     } else {
       OpContext context{.key = std::string(request.op_key, request.key_len),
                         .seq = request.op_seq,
@@ -122,6 +125,7 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
     if (!result.ok()) return result.status();
     completion->count = static_cast<uint32_t>(result->tensors.size());
     completion->ready_sequence = result->ready_sequence;
+    completion->on_host = result->on_host ? 1 : 0;
     for (size_t i = 0; i < result->tensors.size(); ++i) {
       completion->offsets[i] = result->tensors[i].device_offset;
       completion->sizes[i] = result->tensors[i].bytes;

@@ -96,6 +96,14 @@ struct AcquiredTensor {
   uint64_t bytes = 0;
 };
 
+// What AcquireWherePlaced returns: where the policy put the tensors, and
+// their addresses there (device memory, or host memory on sim and when
+// !on_device).
+struct PlacedTensors {
+  bool on_device = false;
+  std::vector<AcquiredTensor> tensors;
+};
+
 struct ChunkState {
   uint64_t id = 0;
   uint64_t bytes = 0;
@@ -172,6 +180,19 @@ class Session {
   // live only on the device.
   absl::StatusOr<std::vector<AcquiredTensor>> AcquireOnHost(
       std::span<const uint64_t> tensor_ids, AccessMode mode);
+
+  // Makes the tensors COMPUTE where the session's policy places the update
+  // they are for, such as the optimizer step of one parameter block
+  // (gradient, master weights, moments): on the device, for GPU work
+  // (ordered on `stream` as Acquire), or in their host homes, for CPU work
+  // (as AcquireOnHost). `auto` keeps a block's state on the device when it
+  // fits beside the parameters for the whole step and on the host
+  // otherwise, re-deciding with every plan; `cuda`: device; `cpu`: host.
+  // Not part of the op sequence: safe to call from a worker thread while
+  // the trainer runs its ops. Release as usual.
+  absl::StatusOr<PlacedTensors> AcquireWherePlaced(
+      std::span<const uint64_t> tensor_ids, AccessMode mode,
+      CudaStream stream = nullptr);
 
   // Ends COMPUTE: `target` is kHold (after forward), kHoldAfterBwd (after
   // backward) or kFree (contents no longer needed). On cuda, work already
