@@ -4,12 +4,21 @@
 // communicator's collectives with ranks on threads.
 #include "tidepool/optimizer.h"
 
+#include <dirent.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <barrier>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
@@ -72,7 +81,7 @@ class OptimizerTest : public ::testing::Test {
                                  DType dtype) {
     std::vector<TensorSpec> specs;
     for (size_t i = 0; i < sizes.size(); ++i) {
-      specs.push_back({"p" + std::to_string(i),
+      specs.push_back({absl::StrCat("p", i),
                        dtype,
                        {static_cast<int64_t>(sizes[i])},
                        Group::kParam});
@@ -445,6 +454,165 @@ TEST(GlooCommunicatorTest, CollectivesAgreeAcrossThreeRanks) {
   for (auto& t : threads) t.join();
   for (int r = 0; r < kWorld; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
   std::filesystem::remove_all(dir);
+}
+
+// Runs body(comm, failures) on `world` Gloo ranks as threads; returns
+// each rank's failure text ("" when all went well).
+std::vector<std::string> OnGlooRanks(
+    int world, const std::string& name, size_t piece_bytes,
+    const std::function<void(Communicator&, std::string&)>& body) {
+  const auto dir = TempDir(name);
+  std::vector<std::string> failures(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      GlooOptions o{.rank = r, .world = world, .store_dir = dir.string()};
+      o.reduce_scatter_piece_bytes = piece_bytes;
+      auto comm = OpenGlooCommunicator(o);
+      if (!comm.ok()) {
+        failures[r] = comm.status().ToString();
+        return;
+      }
+      body(**comm, failures[r]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::filesystem::remove_all(dir);
+  return failures;
+}
+
+// Element i of rank r's send buffer: small integers, so every partial sum
+// is exact in every dtype and any summation order.
+float RsValue(int r, size_t i) { return (r + 1) * float((i * 7 + r) % 13) - 6; }
+
+template <typename T>
+T FromFloat(float x, DType d) {
+  if constexpr (sizeof(T) == 2) {
+    return d == DType::kBF16 ? kernels::F32ToBF16Bits(x)
+                             : kernels::F32ToF16Bits(x);
+  } else {
+    return static_cast<T>(x);
+  }
+}
+template <typename T>
+double ToDouble(T x, DType d) {
+  if constexpr (sizeof(T) == 2) {
+    return d == DType::kBF16 ? kernels::BF16BitsToF32(x)
+                             : kernels::F16BitsToF32(x);
+  } else {
+    return x;
+  }
+}
+
+template <typename T>
+void CheckReduceScatter(Communicator& c, DType d, size_t shard,
+                        std::string& f) {
+  const int world = c.world();
+  std::vector<T> send(shard * world), recv(shard, FromFloat<T>(-99, d));
+  for (size_t i = 0; i < send.size(); ++i) {
+    send[i] = FromFloat<T>(RsValue(c.rank(), i), d);
+  }
+  if (absl::Status s = c.ReduceScatterSum(send.data(), recv.data(), shard, d);
+      !s.ok()) {
+    f += s.ToString() + "; ";
+    return;
+  }
+  for (size_t j = 0; j < shard; ++j) {
+    double want = 0;
+    for (int r = 0; r < world; ++r) want += RsValue(r, c.rank() * shard + j);
+    if (ToDouble(recv[j], d) != want) {
+      absl::StrAppend(&f, "dtype ", static_cast<int>(d), " shard ", shard,
+                      " element ", j, ": ", ToDouble(recv[j], d), " != ", want,
+                      "; ");
+      return;
+    }
+  }
+}
+
+// Every world size up to 8 (powers of two: Gloo's halving-doubling; others:
+// the all-reduce fallback), every dtype, shards smaller than the world and
+// ones split into many pieces, many calls in a row on each communicator.
+TEST(GlooCommunicatorTest, ReduceScatterSumsEveryWorldAndDtype) {
+  for (int world = 2; world <= 8; ++world) {
+    SCOPED_TRACE(absl::StrCat("world ", world));
+    auto failures = OnGlooRanks(
+        world, "gloo-rs", /*piece_bytes=*/256,
+        [](Communicator& c, std::string& f) {
+          for (size_t shard : {1, 3, 37, 1000}) {
+            CheckReduceScatter<float>(c, DType::kF32, shard, f);
+            CheckReduceScatter<double>(c, DType::kF64, shard, f);
+            CheckReduceScatter<uint16_t>(c, DType::kBF16, shard, f);
+            CheckReduceScatter<uint16_t>(c, DType::kF16, shard, f);
+          }
+          uint8_t u8[4] = {};
+          if (c.ReduceScatterSum(u8, u8 + 2, 1, DType::kU8).code() !=
+              absl::StatusCode::kInvalidArgument) {
+            f += "u8 accepted; ";
+          }
+        });
+    for (int r = 0; r < world; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
+  }
+}
+
+// Bytes this process has received over TCP, summed over its sockets (all
+// ranks are threads here, so this is everything the collectives moved).
+uint64_t TcpBytesReceived() {
+  uint64_t total = 0;
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return 0;
+  while (dirent* e = readdir(d)) {
+    const int fd = atoi(e->d_name);
+    if (fd <= 2 || fd == dirfd(d)) continue;
+    tcp_info info{};
+    socklen_t len = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
+        len >= offsetof(tcp_info, tcpi_bytes_received) + sizeof(uint64_t)) {
+      total += info.tcpi_bytes_received;
+    }
+  }
+  closedir(d);
+  return total;
+}
+
+// A true reduce-scatter at power-of-two worlds: each rank receives about
+// its shard's worth per peer instead of the whole buffer twice (ring
+// all-reduce, what a reduce-scatter by all-reduce moves).
+TEST(GlooCommunicatorTest, ReduceScatterMovesFewerBytesThanAllReduce) {
+  for (int world : {2, 4}) {
+    SCOPED_TRACE(absl::StrCat("world ", world));
+    constexpr size_t kShard = 1 << 18;  // 1 MiB of fp32 per rank
+    uint64_t rs_bytes = 0, ar_bytes = 0;
+    std::barrier sync(world);
+    auto failures = OnGlooRanks(
+        world, "gloo-bytes", size_t{64} << 20,
+        [&](Communicator& c, std::string& f) {
+          std::vector<float> send(kShard * c.world(), 1.0f), recv(kShard);
+          auto measure = [&](uint64_t& out, auto&& collective) {
+            if (!c.Barrier().ok()) f += "barrier; ";
+            sync.arrive_and_wait();
+            if (c.rank() == 0) out = TcpBytesReceived();
+            sync.arrive_and_wait();
+            if (!collective().ok()) f += "collective; ";
+            sync.arrive_and_wait();
+            if (c.rank() == 0) out = TcpBytesReceived() - out;
+            sync.arrive_and_wait();
+          };
+          measure(rs_bytes, [&] {
+            return c.ReduceScatterSum(send.data(), recv.data(), kShard,
+                                      DType::kF32);
+          });
+          if (recv[0] != c.world()) f += "sum; ";
+          measure(ar_bytes, [&] {
+            return c.AllReduceSum(send.data(), send.size(), DType::kF32);
+          });
+        });
+    for (int r = 0; r < world; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
+    const double total = 4.0 * kShard * world;  // bytes per rank
+    // Ring all-reduce: 2 (W-1)/W of the buffer per rank.
+    EXPECT_GT(ar_bytes, 2.0 * (world - 1) * total * 0.99);
+    EXPECT_LT(rs_bytes, 0.75 * ar_bytes)
+        << "reduce-scatter " << rs_bytes << " bytes, all-reduce " << ar_bytes;
+  }
 }
 
 TEST(GlooCommunicatorTest, BadArgumentsAndWorldOfOne) {
