@@ -150,9 +150,11 @@ class ShardedAdamW {
   int num_blocks() const;
 
   // Writes/reads `dir`/optimizer-rank<r>-of-<w>.tpck: this rank's shards,
-  // the step counters and the loss scaler. Load rebuilds the parameter
-  // tensors from the master shards (an all-gather), so training resumes
-  // bit-identically. The world size must match the one that saved.
+  // the step counters and the loss scaler. Load accepts a checkpoint saved
+  // by any world size (each rank reads the parts of the saved shards that
+  // overlap its own), rebuilds the parameter tensors from the master
+  // shards (an all-gather), so training resumes bit-identically. All ranks
+  // call both; a load error is returned on every rank (docs/optimizer.md).
   absl::Status SaveCheckpoint(absl::string_view dir);
   absl::Status LoadCheckpoint(absl::string_view dir);
 
