@@ -524,6 +524,40 @@ void MemoryManager::RunPrefetch(Session& session) {
   SessionPlacement* placement = session.placement.get();
   if (placement == nullptr) return;
   RangeAllocator& alloc = *device_state_[session.device].allocator;
+  // Write back, while the step goes on, what a host update will take next
+  // (a gradient no op needs again this step): the update then finds it
+  // clean and drops the device copy without waiting for the link.
+  CopyBatch ahead;
+  std::vector<uint64_t> written_ahead;
+  for (uint64_t cid : session.chunks) {
+    Chunk& c = chunks_.at(cid);
+    if (!c.device_offset || !c.dirty || c.compute_count > 0 || !c.host_offset ||
+        !placement->WriteBackAhead(cid)) {
+      continue;
+    }
+    ahead.to_host.push_back(CopyOp{*c.host_offset, *c.device_offset, c.bytes});
+    session.stats.bytes_to_host += c.bytes;
+    c.dirty = false;
+    written_ahead.push_back(cid);
+  }
+  if (!written_ahead.empty()) {
+    ahead.wait_sessions.push_back(session.id);
+    absl::StatusOr<uint64_t> seq =
+        SubmitBatch(session.device, std::move(ahead));
+    for (uint64_t cid : written_ahead) {
+      Chunk& c = chunks_.at(cid);
+      if (seq.ok()) {
+        c.host_ready_sequence = *seq;
+      } else {
+        c.dirty = true;  // still only on the device
+        session.stats.bytes_to_host -= c.bytes;
+      }
+    }
+    if (!seq.ok()) {
+      LOG(ERROR) << "session " << session.id
+                 << ": write-back not submitted: " << seq.status();
+    }
+  }
   std::vector<ResidentChunk> resident;
   for (uint64_t cid : session.chunks) {
     const Chunk& c = chunks_.at(cid);

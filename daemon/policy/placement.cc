@@ -165,8 +165,17 @@ bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
     recorder_.Placed(recorded, write);
     return false;
   }
-  return state_ == PlacementState::kPlanned && plan_ &&
-         plan_->PlacedOnDevice(chunks);
+  const bool on_device = state_ == PlacementState::kPlanned && plan_ &&
+                         plan_->PlacedOnDevice(chunks);
+  if (!on_device) {
+    for (const Touch& t : touches) {
+      auto it = host_writes_pending_.find(t.chunk);
+      if (t.write && it != host_writes_pending_.end() && --it->second <= 0) {
+        host_writes_pending_.erase(it);
+      }
+    }
+  }
+  return on_device;
 }
 
 void SessionPlacement::OnStep() {
@@ -222,6 +231,10 @@ void SessionPlacement::OnStep() {
       break;
   }
   pos_ = kNoPos;
+  host_writes_pending_.clear();
+  if (state_ == PlacementState::kPlanned && plan_) {
+    host_writes_pending_ = plan_->host_writes();
+  }
 }
 
 void SessionPlacement::OnChunkCreated(uint64_t chunk, Group group,
@@ -332,8 +345,19 @@ std::vector<PrefetchAction> SessionPlacement::Prefetch(
       .resident = std::move(resident),
       .resident_bytes = resident_bytes,
       .still_needed = [this](uint64_t c) { return StillNeeded(c); },
+      .awaits_host_update =
+          [this](uint64_t c) { return host_writes_pending_.contains(c); },
       .max_lookahead = config_.lookahead_ops};
   return PlanPrefetch(*plan_, input);
+}
+
+bool SessionPlacement::WriteBackAhead(uint64_t chunk) const {
+  if (!Planned() || config_.planner != PlannerKind::kBelady ||
+      !host_writes_pending_.contains(chunk)) {
+    return false;
+  }
+  const uint64_t d = plan_->NextUse(chunk, pos_, StillNeeded(chunk));
+  return d == kNeverUsed || pos_ + d >= plan_->size();
 }
 
 PlacementStatsView SessionPlacement::stats() const {

@@ -19,6 +19,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -129,6 +130,10 @@ class SessionPlacement {
   std::vector<PrefetchAction> Prefetch(std::vector<ResidentChunk> resident,
                                        uint64_t resident_bytes) const;
 
+  // A chunk a host update of this step will still take and no op of the
+  // step uses any more: worth writing back now (auto, planned).
+  bool WriteBackAhead(uint64_t chunk) const;
+
   PlacementStatsView stats() const;
   const Plan* plan() const { return plan_ ? &*plan_ : nullptr; }
   // Position in the plan of the op being served (planned state only).
@@ -165,6 +170,8 @@ class SessionPlacement {
   uint64_t non_model_ = 0;
   uint64_t outside_ = 0;
   std::unordered_set<uint64_t> acquired_in_op_;
+  // Planned: host updates each chunk still awaits this step.
+  std::unordered_map<uint64_t, int> host_writes_pending_;
   PlacementStatsView stats_;
 
   // static: chunks per group in registration order; kept_ is derived.

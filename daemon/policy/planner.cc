@@ -88,7 +88,11 @@ void Plan::PlaceUpdates() {
   // the host, where its state never crosses the link.
   const bool place = options_.place_updates && op_bytes <= room;
   room = SatSub(room, op_bytes);
-  for (const PlacedSet& set : trace_.placed) {
+  // Latest first: the updates that come last in a step (the first layers'
+  // after backward) end the step on the CPU's critical path, and theirs
+  // are the parameters the next forward needs first.
+  for (auto it = trace_.placed.rbegin(); it != trace_.placed.rend(); ++it) {
+    const PlacedSet& set = *it;
     bool on_device = false;
     if (place) {
       uint64_t extra = 0;
@@ -114,6 +118,7 @@ void Plan::PlaceUpdates() {
   for (const PlacedSet& set : trace_.placed) {
     if (placed_.at(set.chunks)) continue;
     for (uint64_t c : set.written) {
+      ++host_writes_[c];
       auto it = uses_.find(c);
       if (it == uses_.end() || it->second.empty()) continue;
       if (dropped.insert(c).second)
@@ -214,6 +219,13 @@ std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
     for (uint64_t c : plan.op(j).chunks) {
       if (resident.contains(c)) continue;
       const uint64_t need = plan.Rounded(plan.ChunkBytes(c));
+      if (input.awaits_host_update && input.awaits_host_update(c)) {
+        // Hold its room so that later chunks do not take it; load later.
+        if (used + need > window) return actions;
+        used += need;
+        resident[c] = Entry{ResidentChunk{.chunk = c, .bytes = need}, d};
+        continue;
+      }
       PrefetchAction action{.chunk = c};
       uint64_t freed = 0;
       while (used - freed + need > window) {

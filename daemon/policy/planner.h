@@ -86,7 +86,7 @@ class Plan {
 
   // Placed updates. The plan puts a recorded set on the device when every
   // op's chunks fit the smallest demand budget and the set's other chunks
-  // fit beside them (first come, first served): such chunks are kept on the
+  // fit beside them (the last recorded first): such chunks are kept on the
   // device for good (the optimizer state of GPU Adam). The rest update in
   // their host homes (CPU Adam), which drops the device copy of what they
   // write right after its last op in the step. Unknown sets: host.
@@ -98,6 +98,10 @@ class Plan {
   // Chunks whose device copy a host update drops after op `pos`.
   const std::vector<uint64_t>& DropsAfter(size_t pos) const {
     return drops_after_[pos];
+  }
+  // Per chunk, how many host-placed sets write it each step.
+  const std::unordered_map<uint64_t, int>& host_writes() const {
+    return host_writes_;
   }
 
  private:
@@ -115,6 +119,7 @@ class Plan {
   uint64_t kept_bytes_ = 0;
   size_t placed_on_device_ = 0;
   std::vector<std::vector<uint64_t>> drops_after_;
+  std::unordered_map<uint64_t, int> host_writes_;
 };
 
 // Belady's choice among `candidates` (never empty) at op `pos`: the chunk
@@ -140,6 +145,9 @@ struct PrefetchInput {
   std::vector<ResidentChunk> resident;  // all of the session's, on device
   uint64_t resident_bytes = 0;          // their rounded sum
   std::function<bool(uint64_t)> still_needed;  // see BeladyVictim
+  // A host update has yet to take this chunk (it would drop the copy): its
+  // room is held for it, but it is not loaded now.
+  std::function<bool(uint64_t)> awaits_host_update;
   size_t max_lookahead = 0;  // ops to look ahead; 0: a whole step
   size_t max_actions = 64;
 };
