@@ -380,6 +380,154 @@ TEST_F(OptimizerTest, CheckpointRoundTripResumesBitIdentically) {
   std::filesystem::remove_all(dir);
 }
 
+// Registers one kGrad tensor per block, `count` elements of `dtype`.
+std::vector<ParamBlock> GradTensors(Session& s,
+                                    const std::vector<ParamBlock>& blocks,
+                                    DType dtype) {
+  std::vector<TensorSpec> specs;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    specs.push_back({absl::StrCat("grad", b),
+                     dtype,
+                     {static_cast<int64_t>(blocks[b].count)},
+                     Group::kGrad});
+  }
+  auto t = s.Register(specs);
+  EXPECT_TRUE(t.ok()) << t.status();
+  std::vector<ParamBlock> grads;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    grads.push_back({(*t)[b].id, blocks[b].count, dtype});
+  }
+  return grads;
+}
+
+// Two micro-batches accumulated into separate gradient tensors (fp32 or
+// bf16, summed in that dtype as a trainer would) give exactly the
+// parameters of one step on the summed gradient left in the parameters'
+// own memory; the gradient tensors are left as they were.
+TEST_F(OptimizerTest, AccumulatedGradientTensorsEqualOneStepOnTheSum) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype == DType::kF32 ? "fp32" : "bf16");
+    const std::vector<size_t> sizes = {1000, 37};
+    ShardedAdamWOptions o{.lr = 1e-2f, .weight_decay = 0.1f};
+    auto sa = OpenSession(), sb = OpenSession();
+    ASSERT_NE(sa, nullptr);
+    ASSERT_NE(sb, nullptr);
+    auto pa = Blocks(*sa, sizes, dtype), pb = Blocks(*sb, sizes, dtype);
+    auto grads = GradTensors(*sa, pa, dtype);
+    auto a = ShardedAdamW::Create(sa.get(), local_.get(), pa, o);
+    auto b = ShardedAdamW::Create(sb.get(), local_.get(), pb, o);
+    ASSERT_TRUE(a.ok() && b.ok());
+    std::vector<PlainAdamW> ref(sizes.size());
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      auto init = Values(sizes[i], i, 1.0f);
+      Write(*sa, pa[i], init);
+      Write(*sb, pb[i], init);
+      const auto rounded = Read(*sa, pa[i]);
+      ref[i].p.assign(rounded.begin(), rounded.end());
+      ref[i].m.assign(sizes[i], 0);
+      ref[i].v.assign(sizes[i], 0);
+    }
+    ASSERT_TRUE((*a)->InitFromParams().ok());
+    ASSERT_TRUE((*b)->InitFromParams().ok());
+    for (int step = 0; step < 3; ++step) {
+      std::vector<std::vector<float>> accumulated(sizes.size());
+      for (int i = 1; i >= 0; --i) {
+        // Micro-batch 1 writes the gradient tensor, micro-batch 2 adds.
+        Write(*sa, grads[i], Values(sizes[i], 10 * step + i, 0.5f));
+        const auto g1 = Read(*sa, grads[i]);
+        const auto g2 = Values(sizes[i], 50 + 10 * step + i, 0.25f);
+        std::vector<float> sum(sizes[i]);
+        for (size_t k = 0; k < sum.size(); ++k) sum[k] = g1[k] + g2[k];
+        Write(*sa, grads[i], sum);
+        accumulated[i] = Read(*sa, grads[i]);  // rounded to its dtype
+        absl::Status s = (*a)->OnGradientsReady(i, grads[i].tensor_id, dtype);
+        ASSERT_TRUE(s.ok()) << s;
+        // The reference: the summed gradient in the parameters' memory.
+        Write(*sb, pb[i], accumulated[i]);
+        ASSERT_TRUE((*b)->OnGradientsReady(i).ok());
+        ref[i].Update(
+            std::vector<double>(accumulated[i].begin(), accumulated[i].end()),
+            o);
+      }
+      auto ra = (*a)->Step();
+      auto rb = (*b)->Step();
+      ASSERT_TRUE(ra.ok()) << ra.status();
+      ASSERT_TRUE(rb.ok()) << rb.status();
+      EXPECT_EQ(ra->blocks_updated, 2);
+      EXPECT_EQ(ra->grad_norm, rb->grad_norm);
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        EXPECT_EQ(Read(*sa, grads[i]), accumulated[i]) << "grad " << i;
+      }
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const auto got = Read(*sa, pa[i]);
+      EXPECT_EQ(got, Read(*sb, pb[i])) << "block " << i;
+      const double tol = dtype == DType::kF32 ? 2e-6 : 1e-2;
+      for (size_t k = 0; k < got.size(); ++k) {
+        ASSERT_NEAR(got[k], ref[i].p[k], tol * (1 + std::fabs(ref[i].p[k])))
+            << "block " << i << " element " << k;
+      }
+    }
+  }
+}
+
+// A gradient tensor of the wrong size (or dtype) fails OnGradientsReady at
+// once, with the sizes in the message, in both modes; nothing is reduced
+// or updated, and the block can be reported again with the right tensor.
+TEST_F(OptimizerTest, WrongSizedGradientTensorIsRejectedAndChangesNothing) {
+  for (bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlap" : "inline");
+    auto s = OpenSession();
+    ASSERT_NE(s, nullptr);
+    auto blocks = Blocks(*s, {100, 64}, DType::kBF16);
+    auto right = GradTensors(*s, blocks, DType::kF32);
+    auto shorter = GradTensors(*s, {{0, 99, DType::kF32}}, DType::kF32)[0];
+    auto longer = GradTensors(*s, {{0, 101, DType::kF32}}, DType::kF32)[0];
+    ShardedAdamWOptions o{.lr = 1e-2f};
+    o.overlap = overlap;
+    auto opt = ShardedAdamW::Create(s.get(), local_.get(), blocks, o);
+    ASSERT_TRUE(opt.ok());
+    Write(*s, blocks[0], Values(100, 1, 1.0f));
+    Write(*s, blocks[1], Values(64, 2, 1.0f));
+    ASSERT_TRUE((*opt)->InitFromParams().ok());
+    const auto before0 = Read(*s, blocks[0]), before1 = Read(*s, blocks[1]);
+    Write(*s, right[1], Values(64, 3, 0.5f));
+    ASSERT_TRUE(
+        (*opt)->OnGradientsReady(1, right[1].tensor_id, DType::kF32).ok());
+    Write(*s, shorter, Values(99, 4, 0.5f));
+    Write(*s, longer, Values(101, 4, 0.5f));
+    for (const ParamBlock& g : {shorter, longer}) {
+      absl::Status e = (*opt)->OnGradientsReady(0, g.tensor_id, DType::kF32);
+      EXPECT_EQ(e.code(), absl::StatusCode::kInvalidArgument) << e;
+      EXPECT_THAT(e.message(), ::testing::HasSubstr("block 0"));
+      EXPECT_THAT(e.message(), ::testing::HasSubstr("need 400"));
+    }
+    // The fp32 tensor reported as bf16 has twice the bytes that needs.
+    EXPECT_EQ(
+        (*opt)->OnGradientsReady(0, right[0].tensor_id, DType::kBF16).code(),
+        absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(
+        (*opt)->OnGradientsReady(0, right[0].tensor_id, DType::kI32).code(),
+        absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(Read(*s, blocks[0]), before0);
+    // Block 0 was never queued: the step updates block 1 only, and block 0
+    // takes a correct report in the next step.
+    auto r = (*opt)->Step();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->blocks_updated, 1);
+    EXPECT_EQ(r->blocks_without_grad, 1);
+    EXPECT_EQ(Read(*s, blocks[0]), before0);
+    EXPECT_NE(Read(*s, blocks[1]), before1);
+    Write(*s, right[0], Values(100, 5, 0.5f));
+    ASSERT_TRUE(
+        (*opt)->OnGradientsReady(0, right[0].tensor_id, DType::kF32).ok());
+    r = (*opt)->Step();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->blocks_updated, 1);
+    EXPECT_NE(Read(*s, blocks[0]), before0);
+  }
+}
+
 // Runs `world` optimizer_rank processes (Gloo) training steps [from, to);
 // returns rank 0's parameter dump ("" on failure).
 std::string RunRanks(const std::string& socket,

@@ -20,6 +20,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -261,10 +262,8 @@ class ShardedAdamW::Impl {
     if (!got.ok()) return got.status();
     const size_t es = DTypeSize(w.grad_dtype);
     absl::Status s;
-    if ((*got)[0].bytes < blk.param.count * es) {
-      s = absl::InvalidArgumentError(
-          absl::StrCat("optimizer: gradient tensor of block ", w.block, " has ",
-                       (*got)[0].bytes, " bytes, need ", blk.param.count * es));
+    if ((*got)[0].bytes != blk.param.count * es) {
+      s = GradSizeError(w, (*got)[0].bytes);
     }
     std::vector<float> full(blk.shard * comm_->world(), 0.0f);
     if (s.ok()) {
@@ -336,6 +335,42 @@ class ShardedAdamW::Impl {
     return GatherParams(blk, shard_param);
   }
 
+  absl::Status GradSizeError(const Work& w, uint64_t bytes) const {
+    const ParamBlock& p = blocks_[w.block].param;
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer: gradient tensor ", w.grad_tensor, " of block ",
+                     w.block, " has ", bytes, " bytes; the block's ", p.count,
+                     " elements of dtype ", static_cast<int>(w.grad_dtype),
+                     " need ", p.count * DTypeSize(w.grad_dtype)));
+  }
+
+  // A separate gradient tensor is checked before the block is queued, so a
+  // wrong one fails OnGradientsReady itself and nothing is reduced or
+  // updated. Its size is learned by acquiring it once (sizes never change).
+  absl::Status CheckGradTensor(const Work& w) {
+    if (auto k = KernelType(w.grad_dtype); !k.ok()) return k.status();
+    uint64_t bytes = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      if (auto it = grad_bytes_.find(w.grad_tensor); it != grad_bytes_.end()) {
+        bytes = it->second;
+      }
+    }
+    if (bytes == 0) {
+      const uint64_t id = w.grad_tensor;
+      auto got = session_->Acquire({&id, 1}, AccessMode::kRead);
+      if (!got.ok()) return got.status();
+      bytes = (*got)[0].bytes;
+      TP_RETURN_IF_ERROR_(session_->Release({&id, 1}, TensorState::kHold));
+      absl::MutexLock lock(&mu_);
+      grad_bytes_[id] = bytes;
+    }
+    if (bytes != blocks_[w.block].param.count * DTypeSize(w.grad_dtype)) {
+      return GradSizeError(w, bytes);
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Report(int block, uint64_t grad_tensor, DType grad_dtype) {
     if (block < 0 || block >= static_cast<int>(blocks_.size())) {
       return absl::OutOfRangeError(absl::StrCat("optimizer: no block ", block));
@@ -345,6 +380,9 @@ class ShardedAdamW::Impl {
       grad_dtype = blocks_[block].param.dtype;
     }
     Work w{block, grad_tensor, grad_dtype};
+    if (grad_tensor != blocks_[block].param.tensor_id) {
+      TP_RETURN_IF_ERROR_(CheckGradTensor(w));
+    }
     {
       absl::MutexLock lock(&mu_);
       if (phase_[block] != Phase::kIdle) {
@@ -856,6 +894,8 @@ class ShardedAdamW::Impl {
   std::vector<std::vector<float>> grad_shards_ ABSL_GUARDED_BY(mu_);
   double sum_squares_ ABSL_GUARDED_BY(mu_) = 0;
   bool nonfinite_ ABSL_GUARDED_BY(mu_) = false;
+  // Bytes of separate gradient tensors seen so far.
+  std::unordered_map<uint64_t, uint64_t> grad_bytes_ ABSL_GUARDED_BY(mu_);
   std::thread worker_;
 };
 
