@@ -2,10 +2,14 @@
 // the client library: a workload at the edge of the device's capacity
 // succeeds under `auto` wherever `cpu` does; unknown ops fall back and
 // re-record; prefetched bytes arrive before the acquire that needs them.
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "tests/support/process.h"
 #include "tidepool/session.h"
@@ -219,6 +223,174 @@ TEST(PolicyIntegrationTest, PrefetchedBytesArriveBeforeTheAcquire) {
       << " wasted " << st->prefetch_wasted << " moved " << st->bytes_to_device;
   EXPECT_EQ(st->prefetch_wasted, 0u);
   EXPECT_LE(st->peak_device_bytes, 32 * kMiB);
+}
+
+// A small model trained the way ShardedAdamW does it: forward reads each
+// layer's parameters, backward writes the gradient over them, and each
+// layer's update (parameters + fp32 master, m, v) runs from another thread
+// as soon as backward is done with it, wherever AcquireWherePlaced puts
+// it. Every byte is checked at every step.
+class PlacedUpdates {
+ public:
+  static constexpr int kLayers = 4;
+
+  explicit PlacedUpdates(Session& s) : s_(s) {
+    std::vector<TensorSpec> specs;
+    for (int l = 0; l < kLayers; ++l) {
+      specs.push_back({"p" + std::to_string(l),
+                       DType::kU8,
+                       {static_cast<int64_t>(4 * kMiB)},
+                       Group::kParam});
+    }
+    for (int l = 0; l < kLayers; ++l) {
+      specs.push_back({"master" + std::to_string(l),
+                       DType::kU8,
+                       {static_cast<int64_t>(4 * kMiB)},
+                       Group::kMaster});
+      for (const char* name : {"m", "v"}) {
+        specs.push_back({name + std::to_string(l),
+                         DType::kU8,
+                         {static_cast<int64_t>(4 * kMiB)},
+                         Group::kOptimState});
+      }
+    }
+    auto r = s.Register(specs);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return;
+    for (int l = 0; l < kLayers; ++l) params_.push_back((*r)[l].id);
+    for (int l = 0; l < kLayers; ++l) {
+      state_.push_back({(*r)[kLayers + 3 * l].id, (*r)[kLayers + 3 * l + 1].id,
+                        (*r)[kLayers + 3 * l + 2].id});
+    }
+  }
+
+  // One step; `on_device[l]` says where layer l's update ran.
+  absl::Status Step(int step, std::vector<bool>* on_device) {
+    on_device->assign(kLayers, false);
+    for (int l = 0; l < kLayers; ++l) {
+      s_.BeginOp("layer" + std::to_string(l) + "/fwd");
+      TP_RETURN_IF_ERROR(Touch(l, step, /*backward=*/false));
+    }
+    std::vector<std::thread> updates;
+    std::vector<absl::Status> results(kLayers);
+    std::array<bool, kLayers> placed{};
+    for (int l = kLayers - 1; l >= 0; --l) {
+      s_.BeginOp("layer" + std::to_string(l) + "/bwd");
+      TP_RETURN_IF_ERROR(Touch(l, step, /*backward=*/true));
+      updates.emplace_back([this, l, step, &placed, &results] {
+        results[l] = Update(l, step, &placed[l]);
+      });
+    }
+    for (auto& t : updates) t.join();
+    on_device->assign(placed.begin(), placed.end());
+    for (const auto& r : results) TP_RETURN_IF_ERROR(r);
+    return s_.MarkStep().status();
+  }
+
+ private:
+  static uint8_t Param(int l, int step) { return Pattern(l, step); }
+  static uint8_t Grad(int l, int step) { return Pattern(l + 50, step); }
+  static uint8_t State(int l, int k, int step) {
+    return Pattern(l + 10 * (k + 1), step);
+  }
+  static absl::Status Check(const void* data, uint8_t want,
+                            absl::string_view what) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (uint64_t i = 0; i < 4 * kMiB; i += 4096) {
+      if (p[i] != want) {
+        return absl::DataLossError(
+            absl::StrCat(what, ": byte ", i, " is ", p[i], ", want ", want));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Forward checks the parameters the last update wrote; backward writes
+  // the gradient over them.
+  absl::Status Touch(int l, int step, bool backward) {
+    const uint64_t id = params_[l];
+    auto got = s_.Acquire(
+        {&id, 1}, backward ? AccessMode::kReadWrite : AccessMode::kRead);
+    if (!got.ok()) return got.status();
+    absl::Status checked = absl::OkStatus();
+    if (step > 0) {
+      checked = Check((*got)[0].data, Param(l, step - 1), "parameters");
+    }
+    if (backward) std::memset((*got)[0].data, Grad(l, step), 4 * kMiB);
+    TP_RETURN_IF_ERROR(s_.Release({&id, 1}, TensorState::kHoldAfterBwd));
+    return checked;
+  }
+
+  absl::Status Update(int l, int step, bool* on_device) {
+    const uint64_t ids[4] = {params_[l], state_[l][0], state_[l][1],
+                             state_[l][2]};
+    auto got = s_.AcquireWherePlaced(ids, AccessMode::kReadWrite);
+    if (!got.ok()) return got.status();
+    *on_device = got->on_device;
+    absl::Status checked = Check(got->tensors[0].data, Grad(l, step), "grad");
+    for (int k = 0; k < 3 && checked.ok(); ++k) {
+      checked = Check(got->tensors[k + 1].data,
+                      step == 0 ? 0 : State(l, k, step - 1), "state");
+    }
+    for (int k = 0; k < 3; ++k) {
+      std::memset(got->tensors[k + 1].data, State(l, k, step), 4 * kMiB);
+    }
+    std::memset(got->tensors[0].data, Param(l, step), 4 * kMiB);
+    TP_RETURN_IF_ERROR(s_.Release(ids, TensorState::kHold));
+    return checked;
+  }
+
+  Session& s_;
+  std::vector<uint64_t> params_;
+  std::vector<std::array<uint64_t, 3>> state_;
+};
+
+TEST(PolicyIntegrationTest, AutoPlacesUpdatesOnTheDeviceWhereTheyFit) {
+  // 64 MiB device: the 16 MiB of parameters plus three layers' 12 MiB of
+  // state fit the budget (less the 5% margin and the 4 MiB prefetch
+  // reserve); all four layers' do not.
+  auto daemon = StartDaemon();
+  ASSERT_NE(daemon, nullptr);
+  auto s = Open(*daemon, Policy::kAuto);
+  ASSERT_NE(s, nullptr);
+  PlacedUpdates model(*s);
+  std::vector<bool> placed;
+  ASSERT_TRUE(model.Step(0, &placed).ok());
+  // Warm-up: every update on the host (the cpu-like choice).
+  EXPECT_EQ(placed, std::vector<bool>(PlacedUpdates::kLayers, false));
+  std::vector<bool> first;
+  for (int step = 1; step < 5; ++step) {
+    absl::Status st = model.Step(step, &placed);
+    ASSERT_TRUE(st.ok()) << "step " << step << ": " << st;
+    if (step == 1) first = placed;
+    // The plan decides once: the same layers every step.
+    EXPECT_EQ(placed, first) << "step " << step;
+  }
+  const int on_device =
+      static_cast<int>(std::count(first.begin(), first.end(), true));
+  EXPECT_EQ(on_device, 3);
+  auto p = s->Placement();
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->state, "planned");
+  EXPECT_EQ(p->replans, 0u) << p->last_divergence;
+}
+
+TEST(PolicyIntegrationTest, CpuPlacesUpdatesInTheHostHomes) {
+  auto daemon = StartDaemon();
+  ASSERT_NE(daemon, nullptr);
+  auto s = Open(*daemon, Policy::kCpu);
+  ASSERT_NE(s, nullptr);
+  PlacedUpdates model(*s);
+  std::vector<bool> placed;
+  for (int step = 0; step < 3; ++step) {
+    absl::Status st = model.Step(step, &placed);
+    ASSERT_TRUE(st.ok()) << "step " << step << ": " << st;
+    EXPECT_EQ(placed, std::vector<bool>(PlacedUpdates::kLayers, false));
+  }
+  // Optimizer state never crossed the link: only parameters moved.
+  auto stats = s->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_LE(stats->bytes_to_device, 3u * PlacedUpdates::kLayers * 4 * kMiB);
 }
 
 }  // namespace
