@@ -537,6 +537,7 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
   const std::vector<int> last_use = LastUse(ops, *reg);
   Updater updater(s, *reg, parts, scale, dilation, after_backward);
   int device_before = 0, host_before = 0;
+  std::map<std::string, double> op_stall;  // measured steps, wall seconds
   for (int step = 0; step < warmup + steps; ++step) {
     if (step == warmup) {
       auto st = s.Stats();
@@ -554,7 +555,10 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
       const auto t0 = Clock::now();
       auto got = s.Acquire(
           tensors, op.write ? AccessMode::kReadWrite : AccessMode::kRead);
-      stall_wall += std::chrono::duration<double>(Clock::now() - t0).count();
+      const double waited =
+          std::chrono::duration<double>(Clock::now() - t0).count();
+      stall_wall += waited;
+      if (step >= warmup) op_stall[op.key] += waited;
       if (!got.ok()) {
         out.error = absl::StrCat(op.key, ": ", got.status().ToString());
         return out;
@@ -580,7 +584,10 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
       }
       const auto t0 = Clock::now();
       absl::Status drained = updater.Drain();
-      stall_wall += std::chrono::duration<double>(Clock::now() - t0).count();
+      const double waited =
+          std::chrono::duration<double>(Clock::now() - t0).count();
+      stall_wall += waited;
+      if (step >= warmup) op_stall["(optimizer tail)"] += waited;
       if (!drained.ok()) {
         out.error = drained.ToString();
         return out;
@@ -613,12 +620,21 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
   out.prefetch_hits = after->prefetch_hits - before.prefetch_hits;
   out.prefetch_late = after->prefetch_late - before.prefetch_late;
   out.prefetch_wasted = after->prefetch_wasted - before.prefetch_wasted;
+  std::vector<std::pair<double, std::string>> worst;
+  for (const auto& [key, wall] : op_stall) worst.push_back({wall, key});
+  std::sort(worst.rbegin(), worst.rend());
+  std::string stalls;
+  for (size_t i = 0; i < worst.size() && i < 4; ++i) {
+    absl::StrAppendFormat(&stalls, " %s %.3f s", worst[i].second,
+                          unit(worst[i].first) / steps);
+  }
   out.detail = absl::StrFormat(
-      "evictions %d (clean %d), prefetches %d (%.1f GB)",
+      "evictions %d (clean %d), prefetches %d (%.1f GB); most stalled:%s",
       after->evictions - before.evictions,
       after->clean_evictions - before.clean_evictions,
       after->prefetches - before.prefetches,
-      double(after->prefetch_bytes - before.prefetch_bytes) * scale / 1e9);
+      double(after->prefetch_bytes - before.prefetch_bytes) * scale / 1e9,
+      stalls);
   auto p = s.Placement();
   if (p.ok()) {
     out.placement = p->state;

@@ -141,7 +141,7 @@ const std::vector<size_t>* Plan::Positions(absl::string_view key) const {
 }
 
 uint64_t Plan::NextUse(uint64_t chunk, size_t pos, bool include_current) const {
-  if (kept_.contains(chunk)) return include_current ? 0 : 1;
+  if (kept_.contains(chunk)) return 0;  // needed all the time
   auto it = uses_.find(chunk);
   if (it == uses_.end() || it->second.empty()) return kNeverUsed;
   const auto& uses = it->second;

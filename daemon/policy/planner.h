@@ -65,7 +65,8 @@ class Plan {
   // Distance in ops from `pos` to the next op that touches `chunk`, wrapping
   // into the next step; with `include_current` the op at `pos` itself
   // counts (distance 0). kNeverUsed for a chunk the trace never touched;
-  // a kept chunk counts as used by every op (evicted last).
+  // a kept chunk counts as used by every op, this one included (0: it is
+  // evicted last).
   uint64_t NextUse(uint64_t chunk, size_t pos, bool include_current) const;
 
   // Model bytes (rounded) the device may hold while op `pos` runs:

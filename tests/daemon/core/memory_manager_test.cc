@@ -301,5 +301,45 @@ TEST_F(HostAcquireTest, DeviceOnlyChunksHaveNoHostSide) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(HostAcquireTest, PlacedAcquiresFollowThePolicy) {
+  // cpu: in the host homes, after writing back the device's newer copy.
+  auto ids = RegisterChunks(1);
+  std::memset(Use(ids[0], AccessMode::kReadWrite), 0x77, 4 * kMiB);
+  Done(ids[0]);
+  auto placed =
+      manager_->AcquireWherePlaced(id_, token_, {ids[0]}, AccessMode::kRead);
+  ASSERT_TRUE(placed.ok()) << placed.status();
+  EXPECT_TRUE(placed->on_host);
+  ASSERT_TRUE(manager_->devices()[0]->Drain().ok());
+  EXPECT_EQ(host_[placed->tensors[0].device_offset], 0x77);
+  Done(ids[0]);
+  // cuda: on the device, where its chunks live.
+  auto s = manager_->OpenSession({.policy = Policy::kCuda, .pid = getpid()});
+  ASSERT_TRUE(s.ok());
+  auto r = manager_->Register(s->id, s->token,
+                              {{"w", DType::kF32, {16}, Group::kMaster}});
+  ASSERT_TRUE(r.ok());
+  auto on_device = manager_->AcquireWherePlaced(
+      s->id, s->token, {r->tensors[0].tensor_id}, AccessMode::kReadWrite);
+  ASSERT_TRUE(on_device.ok()) << on_device.status();
+  EXPECT_FALSE(on_device->on_host);
+  // Bad input gets the errors of any acquire.
+  EXPECT_EQ(
+      manager_->AcquireWherePlaced(id_, token_, {999999}, AccessMode::kRead)
+          .status()
+          .code(),
+      absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->AcquireWherePlaced(id_, token_, {}, AccessMode::kRead)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_
+                ->AcquireWherePlaced(s->id, s->token, {r->tensors[0].tensor_id},
+                                     AccessMode::kRead)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);  // already COMPUTE
+}
+
 }  // namespace
 }  // namespace tidepool

@@ -113,6 +113,77 @@ TEST_F(PlacementTest, HugeNonModelDegradesToZeroBudgetWithoutOverflow) {
   EXPECT_EQ(p_.Limit(), 0u);
 }
 
+// Placed acquires: ops a and b touch chunks 1 and 2 (1 MiB each); their
+// updates write {1, 10, 11, 12} and {2, 20, 21, 22}.
+class PlacedTest : public ::testing::Test {
+ protected:
+  explicit PlacedTest(uint64_t pool = 64 * kMiB)
+      : p_(Policy::kAuto, PlacementConfig{}, pool, kMiB) {}
+  void Step() {
+    Op("a", 1);
+    Op("b", 2);
+    p_.OnStep();
+  }
+  void Op(const std::string& key, uint64_t chunk) {
+    OpContext op{.key = key, .seq = ++seq_};
+    const SessionPlacement::Touch t{chunk, kMiB, true};
+    p_.OnAcquire(&op, nullptr, {&t, 1});
+  }
+  bool Update(uint64_t chunk) {
+    std::vector<SessionPlacement::Touch> touches;
+    for (uint64_t c : {chunk, 10 * chunk, 10 * chunk + 1, 10 * chunk + 2}) {
+      touches.push_back({c, kMiB, true});
+    }
+    return p_.OnPlacedAcquire(touches);
+  }
+
+  uint64_t seq_ = 0;
+  SessionPlacement p_;
+};
+
+TEST_F(PlacedTest, HostWhileRecordingThenAsPlanned) {
+  Op("a", 1);
+  EXPECT_FALSE(Update(1));  // warm-up: host
+  Op("b", 2);
+  EXPECT_FALSE(Update(2));
+  p_.OnStep();
+  ASSERT_EQ(p_.stats().state, PlacementState::kPlanned);
+  ASSERT_EQ(p_.plan()->placed_on_device(), 2u);
+  Op("a", 1);
+  EXPECT_TRUE(Update(1));
+  Op("b", 2);
+  EXPECT_TRUE(Update(2));
+  const SessionPlacement::Touch unknown{7, kMiB, true};
+  EXPECT_FALSE(p_.OnPlacedAcquire({&unknown, 1}));
+  // Placed acquires are not ops: the plan is followed to the end.
+  p_.OnStep();
+  EXPECT_EQ(p_.stats().state, PlacementState::kPlanned);
+  EXPECT_EQ(p_.stats().replans, 0u);
+}
+
+class SmallPlacedTest : public PlacedTest {
+ protected:
+  // 4 MiB: the ops' chunks fit, no update's state does.
+  SmallPlacedTest() : PlacedTest(4 * kMiB) {}
+};
+
+TEST_F(SmallPlacedTest, WritesBackAheadWhatTheHostUpdateWillTake) {
+  Op("a", 1);
+  Update(1);
+  Op("b", 2);
+  Update(2);
+  p_.OnStep();
+  ASSERT_EQ(p_.stats().state, PlacementState::kPlanned);
+  ASSERT_EQ(p_.plan()->placed_on_device(), 0u);
+  Op("a", 1);
+  EXPECT_TRUE(p_.WriteBackAhead(1));   // no op needs it again this step
+  EXPECT_FALSE(p_.WriteBackAhead(2));  // op b still does
+  EXPECT_FALSE(Update(1));             // the host update takes it
+  EXPECT_FALSE(p_.WriteBackAhead(1));  // nothing left to write ahead
+  Op("b", 2);
+  EXPECT_TRUE(p_.WriteBackAhead(2));
+}
+
 TEST(StaticPlacementTest, KeepsTheFirstFractionOfEachGroup) {
   PlacementConfig config;
   config.static_param_offload = 0.5;

@@ -229,5 +229,85 @@ TEST(PlannerTest, NonModelPeaksForceEvictionsInTheOfflineSimulation) {
   EXPECT_EQ(r.victims, std::vector<uint64_t>{2});
 }
 
+// --- placed updates ----------------------------------------------------------
+
+// Two ops (chunks 1 and 2, written) and their updates {1, 10, 11} and
+// {2, 20, 21}, recorded in that order; every chunk is 1 byte.
+Trace UpdateTrace() {
+  Trace t = MakeTrace({{1}, {2}}, {{1}, {2}});
+  t.placed = {{{1, 10, 11}, {1, 10, 11}}, {{2, 20, 21}, {2, 20, 21}}};
+  for (uint64_t c : {10, 11, 20, 21}) t.chunk_bytes[c] = 1;
+  return t;
+}
+
+TEST(PlannerTest, PlacedUpdatesGoToTheDeviceLatestFirstWhereTheyFit) {
+  const std::vector<uint64_t> first = {11, 1, 10}, second = {2, 20, 21};
+  // Room for the ops' 2 chunks and one update's 2 others: the later one.
+  Plan one = UnitPlan(UpdateTrace(), 4);
+  EXPECT_FALSE(one.PlacedOnDevice(first));
+  EXPECT_TRUE(one.PlacedOnDevice(second));
+  EXPECT_TRUE(one.Kept(20) && one.Kept(21));
+  EXPECT_FALSE(one.Kept(10) || one.Kept(2));  // op chunks are not "kept"
+  EXPECT_EQ(one.kept_bytes(), 2u);
+  EXPECT_EQ(one.placed_on_device(), 1u);
+  EXPECT_FALSE(one.PlacedOnDevice(std::vector<uint64_t>{2, 20}));  // unknown
+  // Room for both.
+  Plan both = UnitPlan(UpdateTrace(), 6);
+  EXPECT_TRUE(both.PlacedOnDevice(first) && both.PlacedOnDevice(second));
+  // The ops' own chunks do not fit beside each other: all on the host.
+  Plan none = UnitPlan(UpdateTrace(), 1);
+  EXPECT_EQ(none.placed_on_device(), 0u);
+  // Gemini-like: never.
+  Plan off(UpdateTrace(),
+           {.pool_capacity = 6, .margin_ratio = 0, .place_updates = false});
+  EXPECT_EQ(off.placed_on_device(), 0u);
+}
+
+TEST(PlannerTest, KeptChunksAreEvictedLast) {
+  Plan plan = UnitPlan(UpdateTrace(), 4);
+  EXPECT_EQ(plan.NextUse(20, 0, false), 0u);
+  // Chunk 1 is needed by the very next op, a kept chunk by every op.
+  const std::vector<EvictionCandidate> candidates = {{20, 0, 1, true, 5},
+                                                     {1, 0, 1, true, 9}};
+  EXPECT_EQ(candidates[BeladyVictim(plan, 1, candidates, nullptr)].chunk_id,
+            1u);
+  // Offline, kept chunks load once and stay.
+  OfflineResult r = SimulateOffline(plan, {.steps = 3, .measure_from = 2});
+  for (uint64_t v : r.victims) EXPECT_FALSE(plan.Kept(v)) << v;
+}
+
+TEST(PlannerTest, HostUpdatesDropWhatTheyWriteAfterItsLastOp) {
+  // Room for the ops' chunks only: both updates run on the host.
+  Plan plan = UnitPlan(UpdateTrace(), 2);
+  ASSERT_EQ(plan.placed_on_device(), 0u);
+  EXPECT_EQ(plan.DropsAfter(0), std::vector<uint64_t>{1});
+  EXPECT_EQ(plan.DropsAfter(1), std::vector<uint64_t>{2});
+  EXPECT_EQ(plan.host_writes().at(1), 1);
+  // Each step writes both gradients back and loads both parameters again;
+  // without the updates the two chunks would simply stay.
+  OfflineResult r = SimulateOffline(plan, {.steps = 3, .measure_from = 2});
+  EXPECT_EQ(r.bytes_to_host, 2u);
+  EXPECT_EQ(r.bytes_to_device, 2u);
+  Plan plain = UnitPlan(MakeTrace({{1}, {2}}, {{1}, {2}}), 2);
+  OfflineResult p = SimulateOffline(plain, {.steps = 3, .measure_from = 2});
+  EXPECT_EQ(p.bytes_to_host + p.bytes_to_device, 0u);
+}
+
+TEST(PlannerTest, PrefetchHoldsRoomForChunksAwaitingAHostUpdate) {
+  Plan plan = UnitPlan(MakeTrace({{1}, {2}, {3}}), 2);
+  PrefetchInput input{
+      .pos = 0,
+      .resident = {{.chunk = 1, .bytes = 1, .evictable = false}},
+      .resident_bytes = 1};
+  // Nothing awaited: chunk 2 comes in now.
+  std::vector<PrefetchAction> free_run = PlanPrefetch(plan, input);
+  ASSERT_EQ(free_run.size(), 1u);
+  EXPECT_EQ(free_run[0].chunk, 2u);
+  // Chunk 2 awaits its host update: it is not loaded, and chunk 3 does not
+  // take its room either.
+  input.awaits_host_update = [](uint64_t c) { return c == 2; };
+  EXPECT_TRUE(PlanPrefetch(plan, input).empty());
+}
+
 }  // namespace
 }  // namespace tidepool
