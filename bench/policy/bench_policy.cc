@@ -683,8 +683,9 @@ int Main() {
       link / 1e9, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_steps));
   absl::PrintF(
       "belady = offline Belady on the same trace and per-op budget "
-      "(capacity - non-model - margin), demand loads, clean drop; "
-      "LB = max(compute, belady bytes / link).\n\n");
+      "(capacity - non-model - margin), demand loads, clean drop, updates "
+      "placed as auto places them; LB = max(device compute incl. GPU Adam, "
+      "CPU Adam, belady bytes / link).\n\n");
   absl::PrintF("%-11s %4s %-7s %9s %9s %8s %8s %8s %8s %7s %9s %7s\n", "model",
                "cap", "policy", "H2D GB", "D2H GB", "xBelady", "stall s",
                "step s", "xLB", "xGemini", "prefetch", "GPU-upd");
@@ -856,11 +857,18 @@ int Main() {
                        r.placement, r.prefetch_wasted, r.detail);
         }
       }
-      absl::PrintF(
-          "%-11s %3d%% LB %.2f s (device %.2f s of which GPU Adam %.2f s, "
-          "CPU Adam %.2f s, belady transfer %.2f s)\n",
-          model.name, pct, lb, compute + device_updates, device_updates,
-          cpu_updates, (belady_in + belady_out) / link);
+      if (Hybrid()) {
+        absl::PrintF(
+            "%-11s %3d%% LB %.2f s (device %.2f s of which GPU Adam %.2f s, "
+            "CPU Adam %.2f s, belady transfer %.2f s)\n",
+            model.name, pct, lb, compute + device_updates, device_updates,
+            cpu_updates, (belady_in + belady_out) / link);
+      } else {
+        absl::PrintF(
+            "%-11s %3d%% LB %.2f s (device %.2f s incl. GPU Adam, belady "
+            "transfer %.2f s)\n",
+            model.name, pct, lb, compute, (belady_in + belady_out) / link);
+      }
     }
   }
   absl::PrintF(
