@@ -117,6 +117,9 @@ PlacementStatus FromProto(const v1::PlacementStatus& p) {
   out.replans = p.replans();
   out.planned_ops = p.planned_ops();
   out.unplanned_ops = p.unplanned_ops();
+  out.updates_on_device = p.updates_on_device();
+  out.updates_on_host = p.updates_on_host();
+  out.kept_bytes = p.kept_bytes();
   out.steps = p.steps();
   out.last_divergence = p.last_divergence();
   return out;

@@ -1234,6 +1234,9 @@ absl::StatusOr<TraceView> MemoryManager::RecordedTrace(uint64_t id) const {
       view.ops.push_back({op.key, op.chunks, op.written, op.non_model_bytes,
                           plan->Budget(pos)});
     }
+    for (const PlacedSet& set : plan->trace().placed) {
+      view.updates.push_back({set.chunks, plan->PlacedOnDevice(set.chunks)});
+    }
   }
   return view;
 }

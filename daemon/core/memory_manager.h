@@ -237,9 +237,14 @@ struct TraceView {
     uint64_t non_model_bytes = 0;
     uint64_t budget_bytes = 0;
   };
+  struct Update {  // a placed acquire's chunks and where the plan runs it
+    std::vector<uint64_t> chunks;
+    bool on_device = false;
+  };
   Policy policy = Policy::kAuto;
   PlacementStatsView stats;
   std::vector<Op> ops;
+  std::vector<Update> updates;
   uint64_t measured_capacity = 0;
 };
 

@@ -145,6 +145,12 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
 }
 
 bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
+  const bool on_device = DecidePlaced(touches);
+  ++(on_device ? stats_.updates_on_device : stats_.updates_on_host);
+  return on_device;
+}
+
+bool SessionPlacement::DecidePlaced(std::span<const Touch> touches) {
   std::vector<uint64_t> chunks;
   chunks.reserve(touches.size());
   for (const Touch& t : touches) chunks.push_back(t.chunk);
@@ -364,6 +370,8 @@ PlacementStatsView SessionPlacement::stats() const {
   PlacementStatsView v = stats_;
   v.state = state_;
   v.plan_ops = plan_ ? plan_->size() : 0;
+  v.kept_bytes =
+      plan_ && state_ == PlacementState::kPlanned ? plan_->kept_bytes() : 0;
   return v;
 }
 

@@ -86,6 +86,11 @@ struct PlacementStatsView {
   uint64_t unplanned_ops = 0;   // ops served while recording or falling back
   uint64_t steps = 0;           // step marks seen
   std::string last_divergence;  // why the plan was last abandoned
+  // Placed acquires (updates) run on each side, and the bytes the plan
+  // keeps on the device for the device ones.
+  uint64_t updates_on_device = 0;
+  uint64_t updates_on_host = 0;
+  uint64_t kept_bytes = 0;
 };
 
 class SessionPlacement {
@@ -145,6 +150,7 @@ class SessionPlacement {
     return state_ == PlacementState::kPlanned && plan_ && pos_ < plan_->size();
   }
   bool StillNeeded(uint64_t chunk) const;
+  bool DecidePlaced(std::span<const Touch> touches);
   void Diverge(std::string why);
   void StartRecording();
   uint64_t HeadroomLimit() const;

@@ -72,6 +72,9 @@ void FillPlacement(const PlacementStatsView& v, v1::PlacementStatus* out) {
   out->set_replans(v.replans);
   out->set_planned_ops(v.planned_ops);
   out->set_unplanned_ops(v.unplanned_ops);
+  out->set_updates_on_device(v.updates_on_device);
+  out->set_updates_on_host(v.updates_on_host);
+  out->set_kept_bytes(v.kept_bytes);
   out->set_steps(v.steps);
   out->set_last_divergence(v.last_divergence);
 }
@@ -460,6 +463,14 @@ grpc::Status GrpcService::GetTrace(grpc::ServerContext*,
       out->set_non_model_bytes(op.non_model_bytes);
       out->set_budget_bytes(op.budget_bytes);
     }
+    for (const auto& u : t.updates) {
+      auto* out = response->add_updates();
+      out->mutable_chunks()->Add(u.chunks.begin(), u.chunks.end());
+      out->set_on_device(u.on_device);
+    }
+    response->set_updates_on_device(t.stats.updates_on_device);
+    response->set_updates_on_host(t.stats.updates_on_host);
+    response->set_kept_bytes(t.stats.kept_bytes);
     return absl::OkStatus();
   });
 }

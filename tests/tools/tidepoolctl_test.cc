@@ -251,6 +251,7 @@ TEST_F(TidepoolctlTest, TraceOfAnAutoSessionIsItsRecordedWarmUp) {
     specs.push_back(
         {absl::StrCat("w", l), DType::kU8, {1 << 20}, Group::kParam});
   }
+  specs.push_back({"master", DType::kF32, {1 << 18}, Group::kMaster});
   auto t = (*s)->Register(specs);
   ASSERT_TRUE(t.ok()) << t.status();
   for (int step = 0; step < 2; ++step) {
@@ -260,6 +261,11 @@ TEST_F(TidepoolctlTest, TraceOfAnAutoSessionIsItsRecordedWarmUp) {
       ASSERT_TRUE((*s)->Acquire({&id, 1}, AccessMode::kRead).ok());
       ASSERT_TRUE((*s)->Release({&id, 1}, TensorState::kHold).ok());
     }
+    // The optimizer's update, placed by the daemon.
+    const uint64_t master = (*t)[3].id;
+    ASSERT_TRUE(
+        (*s)->AcquireWherePlaced({&master, 1}, AccessMode::kReadWrite).ok());
+    ASSERT_TRUE((*s)->Release({&master, 1}, TensorState::kHold).ok());
     ASSERT_TRUE((*s)->MarkStep().ok());
   }
   Output o = Ctl({Socket(), "trace", absl::StrCat((*s)->id())});
@@ -271,6 +277,10 @@ TEST_F(TidepoolctlTest, TraceOfAnAutoSessionIsItsRecordedWarmUp) {
   ASSERT_NE(l0, std::string::npos) << o.out;
   ASSERT_NE(l2, std::string::npos) << o.out;
   EXPECT_LT(l0, l2);
+  // The update is listed with where the plan runs it (host while the warm-up
+  // recorded it, then as planned).
+  EXPECT_THAT(o.out, HasSubstr("1 placed updates"));
+  EXPECT_THAT(o.out, HasSubstr("served 1 / 1"));
 }
 
 TEST_F(TidepoolctlTest, Config) {

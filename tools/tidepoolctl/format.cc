@@ -266,6 +266,21 @@ std::string FormatRecordedTrace(uint64_t session_id,
               HumanBytes(op.non_model_bytes()), HumanBytes(op.budget_bytes())});
   }
   absl::StrAppend(&out, t.Render());
+  if (r.updates().empty()) return out;
+  int on_device = 0;
+  for (const auto& u : r.updates()) on_device += u.on_device() ? 1 : 0;
+  absl::StrAppend(&out, "# ", r.updates_size(), " placed updates: ", on_device,
+                  " on the device (", HumanBytes(r.kept_bytes()),
+                  " of optimizer state kept there), ",
+                  r.updates_size() - on_device, " in the host homes; served ",
+                  r.updates_on_device(), " / ", r.updates_on_host(), "\n");
+  Table u({"UPDATE", "CHUNKS", "WHERE"}, {true, false, false});
+  for (int i = 0; i < r.updates_size(); ++i) {
+    const auto& up = r.updates(i);
+    u.AddRow({absl::StrCat(i), absl::StrJoin(up.chunks(), ","),
+              up.on_device() ? "device" : "host"});
+  }
+  absl::StrAppend(&out, u.Render());
   return out;
 }
 

@@ -145,6 +145,11 @@ struct PlacementStatus {
   uint64_t replans = 0;
   uint64_t planned_ops = 0;
   uint64_t unplanned_ops = 0;
+  // AcquireWherePlaced calls served on the device / in the host homes so
+  // far, and the optimizer-state bytes the plan keeps on the device.
+  uint64_t updates_on_device = 0;
+  uint64_t updates_on_host = 0;
+  uint64_t kept_bytes = 0;
   uint64_t steps = 0;
   std::string last_divergence;
 };
