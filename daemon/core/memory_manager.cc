@@ -856,11 +856,23 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
   if (host_homes && session->placement) {
     on_device = session->placement->OnPlacedAcquire(touches);
   }
-  absl::StatusOr<AcquireResult> result =
-      on_device ? AcquireOnDevice(*session, tensor_ids, mode, nullptr,
-                                  /*sequenced=*/false)
-                : AcquireInHostHome(*session, tensor_ids, mode);
-  if (result.ok()) result->on_host = !on_device;
+  absl::StatusOr<AcquireResult> result;
+  if (on_device) {
+    result = AcquireOnDevice(*session, tensor_ids, mode, nullptr,
+                             /*sequenced=*/false);
+    // The device is full (other sessions' COMPUTE chunks): the host homes
+    // still serve, as under `cpu`.
+    if (!result.ok() && host_homes &&
+        result.status().code() == absl::StatusCode::kResourceExhausted) {
+      on_device = false;
+    }
+  }
+  if (!on_device) result = AcquireInHostHome(*session, tensor_ids, mode);
+  if (!result.ok()) return result;
+  result->on_host = !on_device;
+  if (session->placement) {
+    session->placement->OnPlacedServed(touches, on_device);
+  }
   return result;
 }
 

@@ -144,13 +144,19 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
   return new_op;
 }
 
-bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
-  const bool on_device = DecidePlaced(touches);
+void SessionPlacement::OnPlacedServed(std::span<const Touch> touches,
+                                      bool on_device) {
   ++(on_device ? stats_.updates_on_device : stats_.updates_on_host);
-  return on_device;
+  if (on_device) return;
+  for (const Touch& t : touches) {
+    auto it = host_writes_pending_.find(t.chunk);
+    if (t.write && it != host_writes_pending_.end() && --it->second <= 0) {
+      host_writes_pending_.erase(it);
+    }
+  }
 }
 
-bool SessionPlacement::DecidePlaced(std::span<const Touch> touches) {
+bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
   std::vector<uint64_t> chunks;
   chunks.reserve(touches.size());
   for (const Touch& t : touches) chunks.push_back(t.chunk);
@@ -171,17 +177,8 @@ bool SessionPlacement::DecidePlaced(std::span<const Touch> touches) {
     recorder_.Placed(recorded, write);
     return false;
   }
-  const bool on_device = state_ == PlacementState::kPlanned && plan_ &&
-                         plan_->PlacedOnDevice(chunks);
-  if (!on_device) {
-    for (const Touch& t : touches) {
-      auto it = host_writes_pending_.find(t.chunk);
-      if (t.write && it != host_writes_pending_.end() && --it->second <= 0) {
-        host_writes_pending_.erase(it);
-      }
-    }
-  }
-  return on_device;
+  return state_ == PlacementState::kPlanned && plan_ &&
+         plan_->PlacedOnDevice(chunks);
 }
 
 void SessionPlacement::OnStep() {

@@ -116,6 +116,8 @@ class SessionPlacement {
   // static when every chunk is kept; otherwise on the host, where it
   // moves the fewest bytes (the degraded, `cpu`-like choice).
   bool OnPlacedAcquire(std::span<const Touch> touches);
+  // The placed acquire succeeded, on the device or in the host homes.
+  void OnPlacedServed(std::span<const Touch> touches, bool on_device);
   // The client marked the end of a training step.
   void OnStep();
   // A chunk of the session was registered (static bookkeeping).
@@ -150,7 +152,6 @@ class SessionPlacement {
     return state_ == PlacementState::kPlanned && plan_ && pos_ < plan_->size();
   }
   bool StillNeeded(uint64_t chunk) const;
-  bool DecidePlaced(std::span<const Touch> touches);
   void Diverge(std::string why);
   void StartRecording();
   uint64_t HeadroomLimit() const;

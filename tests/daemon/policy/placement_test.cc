@@ -134,7 +134,9 @@ class PlacedTest : public ::testing::Test {
     for (uint64_t c : {chunk, 10 * chunk, 10 * chunk + 1, 10 * chunk + 2}) {
       touches.push_back({c, kMiB, true});
     }
-    return p_.OnPlacedAcquire(touches);
+    const bool on_device = p_.OnPlacedAcquire(touches);
+    p_.OnPlacedServed(touches, on_device);
+    return on_device;
   }
 
   uint64_t seq_ = 0;
@@ -405,6 +407,55 @@ TEST_F(AutoManagerTest, PrefetchLoadsTheNextOpsChunksAhead) {
             st->session.prefetches);
   EXPECT_EQ(st->session.prefetch_wasted, 0u);
   EXPECT_LE(st->session.peak_device_bytes, 12 * kMiB);
+}
+
+TEST_F(AutoManagerTest, PlacedUpdateFallsBackToTheHostWhenTheDeviceIsFull) {
+  PlacementConfig config;
+  config.margin_ratio = 0;
+  config.prefetch = false;
+  Open(config);
+  RegisterChunks(2);  // chunk 0: the op's; chunk 1: the update's state
+  auto step = [&](bool* on_device) {
+    OpContext op{.key = "fwd", .seq = ++seq_};
+    ASSERT_TRUE(
+        manager_->Acquire(id_, token_, {tensors_[0]}, AccessMode::kRead, &op)
+            .ok());
+    ASSERT_TRUE(
+        manager_->Release(id_, token_, {tensors_[0]}, TensorState::kHold).ok());
+    auto placed = manager_->AcquireWherePlaced(id_, token_, {tensors_[1]},
+                                               AccessMode::kReadWrite);
+    ASSERT_TRUE(placed.ok()) << placed.status();
+    *on_device = !placed->on_host;
+    ASSERT_TRUE(
+        manager_->Release(id_, token_, {tensors_[1]}, TensorState::kHold).ok());
+    ASSERT_TRUE(manager_->MarkStep(id_, token_).ok());
+  };
+  bool on_device = true;
+  step(&on_device);
+  EXPECT_FALSE(on_device);  // recording
+  step(&on_device);
+  EXPECT_TRUE(on_device);  // planned: 4 MiB of state fits beside the op's
+  // Another session takes the whole device for compute.
+  auto other = manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()});
+  ASSERT_TRUE(other.ok());
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 3; ++i) {
+    specs.push_back({"o" + std::to_string(i),
+                     DType::kU8,
+                     {static_cast<int64_t>(4 * kMiB)},
+                     Group::kParam});
+  }
+  auto r = manager_->Register(other->id, other->token, specs);
+  ASSERT_TRUE(r.ok());
+  std::vector<uint64_t> ids;
+  for (const auto& t : r->tensors) ids.push_back(t.tensor_id);
+  ASSERT_TRUE(
+      manager_->Acquire(other->id, other->token, ids, AccessMode::kRead).ok());
+  // The plan says device; the device has no room: the host homes serve.
+  auto placed = manager_->AcquireWherePlaced(id_, token_, {tensors_[1]},
+                                             AccessMode::kReadWrite);
+  ASSERT_TRUE(placed.ok()) << placed.status();
+  EXPECT_TRUE(placed->on_host);
 }
 
 }  // namespace
