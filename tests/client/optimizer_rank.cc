@@ -89,7 +89,8 @@ int Main(int argc, char** argv) {
   if (!infos.ok()) return Fail("register", infos.status());
   std::vector<ParamBlock> blocks;
   for (size_t b = 0; b < kSizes.size(); ++b) {
-    blocks.push_back({(*infos)[b].id, kSizes[b], kTypes[b]});
+    blocks.push_back(
+        {(*infos)[b].id, kSizes[b], kTypes[b], (*infos)[b].chunk_id});
   }
   ShardedAdamWOptions o{.lr = 1e-2f, .weight_decay = 0.01f};
   auto opt = ShardedAdamW::Create(session->get(), comm->get(), blocks, o);

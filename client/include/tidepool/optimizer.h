@@ -4,13 +4,16 @@
 // so they have a host home and page like everything else). Backward leaves
 // a block's gradient in the block's own parameter memory (or in a separate
 // gradient tensor when accumulating micro-batches) and calls
-// OnGradientsReady(block); a worker thread then reduce-scatters it across
-// ranks and, while backward goes on with other blocks, updates this rank's
-// shard and all-gathers the new low-precision parameters back into the
-// parameter tensor. Step() waits for the pipeline and finishes the step.
+// OnGradientsReady(block); once backward is done with the block's chunk, a
+// worker thread reduce-scatters it across ranks and, while backward goes on
+// with other chunks, updates this rank's shard where the session's policy
+// places it (GPU or CPU AdamW, Session::AcquireWherePlaced) and all-gathers
+// the new low-precision parameters back into the parameter tensor. Step()
+// waits for the pipeline and finishes the step.
 //
 //   // Each block: one parameter tensor the trainer registered (kParam).
-//   std::vector<tidepool::ParamBlock> blocks = {{w0.id, n0, DType::kBF16}, ..};
+//   std::vector<tidepool::ParamBlock> blocks = {
+//       {w0.id, n0, DType::kBF16, w0.chunk_id}, ..};
 //   auto opt = tidepool::ShardedAdamW::Create(session, comm, blocks,
 //                                             {.lr = 1e-3f});
 //   (*opt)->InitFromParams();             // master = float(param)
@@ -35,7 +38,12 @@
 // own Adam step count does not advance). All ranks must report the same
 // blocks in the same order, and issue their own collectives on `comm` only
 // between Step() and the next OnGradientsReady() (the worker uses it in
-// between). Errors are absl::Status; nothing throws.
+// between). After reporting every block of a parameter chunk, the trainer
+// leaves that chunk's tensors alone until Step() (the worker may be using
+// them in the host homes, and the daemon computes on a chunk in one place
+// at a time). The worker never makes plain device acquires, so the op
+// sequence an `auto` session traces is the trainer's alone. Errors are
+// absl::Status; nothing throws.
 #pragma once
 
 #include <cstddef>
@@ -87,6 +95,14 @@ struct ParamBlock {
   uint64_t tensor_id = 0;
   size_t count = 0;
   DType dtype = DType::kBF16;
+  // The tensor's chunk (TensorInfo::chunk_id from Session::Register). The
+  // worker reads gradients and writes parameters in the host homes or on
+  // the device, as the session places them, and the daemon lets a chunk be
+  // computed on in one place at a time: so a block's pipeline starts once
+  // every block of its chunk has been reported (backward is done with the
+  // chunk). 0 (unknown): all such blocks count as one chunk, which is safe
+  // but starts their pipelines only when all of them have been reported.
+  uint64_t chunk_id = 0;
 };
 
 struct ShardedAdamWOptions {
@@ -110,6 +126,12 @@ struct StepResult {
   int64_t step = 0;      // applied steps so far
   int blocks_updated = 0;
   int blocks_without_grad = 0;
+  // Where this step's block updates ran, as the session's policy placed
+  // them (Session::AcquireWherePlaced): on the device (GPU AdamW; on the
+  // sim backend the same CPU kernel over the device pool) or in the host
+  // homes (CPU AdamW). They sum to blocks_updated.
+  int blocks_on_device = 0;
+  int blocks_on_host = 0;
 };
 
 class ShardedAdamW {
@@ -134,7 +156,10 @@ class ShardedAdamW {
   // must be released (not COMPUTE) by the caller.
   absl::Status OnGradientsReady(int block);
   // Same, with the gradient in a separate tensor (e.g. a kGrad tensor
-  // accumulated over micro-batches) of `count` elements of grad_dtype.
+  // accumulated over micro-batches) of `count` elements of grad_dtype. The
+  // gradient is read here, on the caller's thread (which must hold no
+  // tensor of that tensor's chunk), so the trainer may go on writing other
+  // gradient tensors of the same chunk.
   absl::Status OnGradientsReady(int block, uint64_t grad_tensor,
                                 DType grad_dtype);
 

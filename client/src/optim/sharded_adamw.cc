@@ -3,14 +3,21 @@
 // Per block b, with W ranks and n elements: shard = ceil(n / W); rank r
 // owns elements [r * shard, r * shard + shard) of the zero-padded block.
 // The gradient pipeline per block, run by one worker thread in report
-// order (so every rank issues the same collectives in the same order):
-//   1. acquire the gradient (read), widen to fp32 into a padded buffer;
+// order (so every rank issues the same collectives in the same order),
+// each block once backward is done with its parameter chunk:
+//   1. read the gradient (placed acquire, read), widen to fp32 into a
+//      padded buffer; a separate gradient tensor is read at the report;
 //   2. reduce-scatter (sum) to this rank's fp32 shard; sum of squares and
 //      finiteness of the shard for the step's statistics;
 //   3. now, or at Step() when clipping/loss scaling need the global norm:
-//      acquire master/m/v, AdamW (CpuAdamW also writes the bf16/fp16
-//      shard), release; all-gather the low-precision shards; write them
-//      into the parameter tensor.
+//      acquire master/m/v where the session places the update, AdamW there
+//      (FusedAdamW on a cuda device, CpuAdamW otherwise; both also write
+//      the bf16/fp16 shard), release; all-gather the low-precision shards;
+//      write them into the parameter tensor (placed acquire, read-write).
+// Every acquire is a placed one (Session::AcquireWherePlaced): never part
+// of the op sequence an `auto` session traces, so the worker may run
+// beside the trainer's ops without disturbing the plan, and under `cuda`
+// (no host homes) and `cpu` alike.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -31,6 +38,9 @@
 #include "tidepool/optimizer.h"
 #ifdef TIDEPOOL_HAVE_CUDA
 #include <cuda_runtime_api.h>
+
+#include "common/cuda/driver_api.h"
+#include "kernels/cuda/fused_adamw.h"
 #endif
 
 namespace tidepool {
@@ -97,12 +107,16 @@ class ShardedAdamW::Impl {
     size_t valid = 0;  // of them, inside the real block
     uint64_t master = 0, m = 0, v = 0;
     int64_t steps = 0;  // this block's applied Adam steps
+    int chunk = 0;      // index into chunk_blocks_ (its parameter chunk)
   };
   enum class Phase { kIdle, kQueued, kReduced, kUpdated };
   struct Work {
-    int block;
-    uint64_t grad_tensor;
-    DType grad_dtype;
+    int block = 0;
+    uint64_t grad_tensor = 0;
+    DType grad_dtype = DType::kF32;
+    // The padded fp32 gradient, when already read (a separate gradient
+    // tensor is read at the report); empty: read it from grad_tensor.
+    std::vector<float> full;
   };
 
   Impl(Session* session, Communicator* comm, const ShardedAdamWOptions& options)
@@ -117,6 +131,16 @@ class ShardedAdamW::Impl {
       stop_ = true;
     }
     if (worker_.joinable()) worker_.join();
+#ifdef TIDEPOOL_HAVE_CUDA
+    if (cuda_ready_) {
+      // Teardown: nothing useful to do with a failure here.
+      (void)cudaSetDevice(cuda_ordinal_);
+      (void)cudaFree(grad_dev_);
+      (void)cudaFree(out_dev_);
+      (void)cudaFree(chunk_dev_);
+      (void)cudaStreamDestroy(stream_);
+    }
+#endif
   }
 
   absl::Status Init(std::vector<ParamBlock> params) {
@@ -129,6 +153,8 @@ class ShardedAdamW::Impl {
     const int rank = comm_->rank();
     bool any_f16 = false;
     std::vector<TensorSpec> specs;
+    // Blocks of one parameter chunk (unknown chunk ids: all one chunk).
+    std::unordered_map<uint64_t, int> chunk_index;
     for (size_t b = 0; b < params.size(); ++b) {
       const ParamBlock& p = params[b];
       if (p.count == 0) {
@@ -142,6 +168,12 @@ class ShardedAdamW::Impl {
       blk.begin = blk.shard * rank;
       blk.valid =
           blk.begin >= p.count ? 0 : std::min(blk.shard, p.count - blk.begin);
+      auto [it, fresh] = chunk_index.try_emplace(
+          p.chunk_id, static_cast<int>(chunk_blocks_.size()));
+      if (fresh) chunk_blocks_.push_back(0);
+      blk.chunk = it->second;
+      ++chunk_blocks_[blk.chunk];
+      max_shard_ = std::max(max_shard_, blk.shard);
       blocks_.push_back(blk);
     }
     // Masters first, then m and v interleaved: chunks hold one group, and
@@ -182,55 +214,111 @@ class ShardedAdamW::Impl {
       absl::MutexLock lock(&mu_);
       phase_.assign(nb, Phase::kIdle);
       grad_shards_.resize(nb);
+      chunk_left_ = chunk_blocks_;
     }
     if (options_.overlap) worker_ = std::thread([this] { WorkerLoop(); });
     return absl::OkStatus();
   }
 
-  // ---- host access to acquired tensors (sim: direct; cuda: staged) ----
+  // ---- host access to acquired tensors (host, sim: direct; cuda device:
+  // staged) ----
+
+  // Whether an acquired tensor is device memory the CPU cannot touch.
+  bool Staged(const PlacedTensors& got) const { return got.on_device && cuda_; }
 
   absl::Status ToHost(const AcquiredTensor& t, void* dst, size_t bytes) {
-    if (!cuda_) {
-      std::memcpy(dst, t.data, bytes);
-      return absl::OkStatus();
-    }
 #ifdef TIDEPOOL_HAVE_CUDA
     if (cudaMemcpy(dst, t.data, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
       return absl::InternalError("optimizer: device-to-host copy failed");
     }
     return absl::OkStatus();
 #else
+    (void)t, (void)dst, (void)bytes;
     return absl::InternalError("optimizer: cuda backend without CUDA build");
 #endif
   }
   absl::Status FromHost(const AcquiredTensor& t, const void* src,
                         size_t bytes) {
-    if (!cuda_) {
-      std::memcpy(t.data, src, bytes);
-      return absl::OkStatus();
-    }
 #ifdef TIDEPOOL_HAVE_CUDA
     if (cudaMemcpy(t.data, src, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
       return absl::InternalError("optimizer: host-to-device copy failed");
     }
     return absl::OkStatus();
 #else
+    (void)t, (void)src, (void)bytes;
     return absl::InternalError("optimizer: cuda backend without CUDA build");
 #endif
   }
 
-  // Runs fn(master, m, v) on block b's shards in their host homes: the
-  // optimizer state stays in host memory and never crosses the link
-  // (CPU AdamW over host-resident state, as ZeRO-Offload does).
+  // Runs fn(const void* bytes, uint64_t size) over tensor `id`, read where
+  // the session places it: host homes or sim device memory directly, a
+  // cuda device through a host copy. A placed acquire, not an op, so this
+  // is safe from the worker thread under `auto`.
+  template <typename F>
+  absl::Status ReadTensor(uint64_t id, F&& fn) {
+    auto got = session_->AcquireWherePlaced({&id, 1}, AccessMode::kRead);
+    if (!got.ok()) return got.status();
+    const AcquiredTensor& t = got->tensors[0];
+    absl::Status s;
+    if (Staged(*got)) {
+      std::vector<char> staged(t.bytes);
+      s = ToHost(t, staged.data(), staged.size());
+      if (s.ok()) s = fn(static_cast<const void*>(staged.data()), t.bytes);
+    } else {
+      s = fn(static_cast<const void*>(t.data), t.bytes);
+    }
+    absl::Status r = session_->Release({&id, 1}, TensorState::kHold);
+    return s.ok() ? r : s;
+  }
+
+  // Overwrites the first `bytes` of tensor `id` with `src`, where the
+  // session places it.
+  absl::Status WriteTensor(uint64_t id, const void* src, size_t bytes) {
+    auto got = session_->AcquireWherePlaced({&id, 1}, AccessMode::kReadWrite);
+    if (!got.ok()) return got.status();
+    const AcquiredTensor& t = got->tensors[0];
+    absl::Status s;
+    if (t.bytes < bytes) {
+      s = absl::InternalError(absl::StrCat("optimizer: tensor ", id, " has ",
+                                           t.bytes, " bytes, not ", bytes));
+    } else if (Staged(*got)) {
+      s = FromHost(t, src, bytes);
+    } else {
+      std::memcpy(t.data, src, bytes);
+    }
+    absl::Status r = session_->Release({&id, 1}, TensorState::kHold);
+    return s.ok() ? r : s;
+  }
+
+  // Runs fn(master, m, v) on block b's shards in host memory, outside the
+  // update (init, checkpoints, parameters from masters): acquired where the
+  // session places them, through host copies on a cuda device.
   template <typename F>
   absl::Status WithState(const Block& blk, bool modify, F&& fn) {
     const uint64_t ids[3] = {blk.master, blk.m, blk.v};
-    auto got = session_->AcquireOnHost(
+    auto got = session_->AcquireWherePlaced(
         ids, modify ? AccessMode::kReadWrite : AccessMode::kRead);
     if (!got.ok()) return got.status();
-    absl::Status s = fn(static_cast<float*>((*got)[0].data),
-                        static_cast<float*>((*got)[1].data),
-                        static_cast<float*>((*got)[2].data));
+    float* ptr[3];
+    std::vector<float> staged;
+    absl::Status s;
+    if (Staged(*got)) {
+      staged.resize(3 * blk.shard);
+      for (int k = 0; k < 3 && s.ok(); ++k) {
+        ptr[k] = staged.data() + k * blk.shard;
+        s = ToHost(got->tensors[k], ptr[k], blk.shard * sizeof(float));
+      }
+    } else {
+      for (int k = 0; k < 3; ++k) {
+        ptr[k] = static_cast<float*>(got->tensors[k].data);
+      }
+    }
+    if (s.ok()) s = fn(ptr[0], ptr[1], ptr[2]);
+    if (s.ok() && modify && Staged(*got)) {
+      for (int k = 0; k < 3 && s.ok(); ++k) {
+        s = FromHost(got->tensors[k], ptr[k], blk.shard * sizeof(float));
+      }
+    }
     absl::Status r = session_->Release(ids, TensorState::kHold);
     return s.ok() ? r : s;
   }
@@ -243,44 +331,29 @@ class ShardedAdamW::Impl {
     std::vector<char> full(blk.shard * comm_->world() * es);
     TP_RETURN_IF_ERROR_(comm_->AllGather(shard_param.data(), full.data(),
                                          blk.shard, blk.param.dtype));
-    const uint64_t id = blk.param.tensor_id;
-    auto got = session_->Acquire({&id, 1}, AccessMode::kReadWrite);
-    if (!got.ok()) return got.status();
-    absl::Status s = FromHost((*got)[0], full.data(), blk.param.count * es);
-    absl::Status r = session_->Release({&id, 1}, TensorState::kHold);
-    return s.ok() ? r : s;
+    return WriteTensor(blk.param.tensor_id, full.data(), blk.param.count * es);
   }
 
   // ---- the pipeline ----
 
-  absl::Status Reduce(const Work& w) {
-    Block& blk = blocks_[w.block];
+  // The padded fp32 gradient of w's block from w's gradient tensor.
+  absl::Status ReadGradient(const Work& w, std::vector<float>& full) {
+    const Block& blk = blocks_[w.block];
     auto kt = KernelType(w.grad_dtype);
     if (!kt.ok()) return kt.status();
-    const uint64_t id = w.grad_tensor;
-    auto got = session_->Acquire({&id, 1}, AccessMode::kRead);
-    if (!got.ok()) return got.status();
-    const size_t es = DTypeSize(w.grad_dtype);
-    absl::Status s;
-    if ((*got)[0].bytes != blk.param.count * es) {
-      s = GradSizeError(w, (*got)[0].bytes);
-    }
-    std::vector<float> full(blk.shard * comm_->world(), 0.0f);
-    if (s.ok()) {
-      const void* src = (*got)[0].data;
-      std::vector<char> staged;
-      if (cuda_) {
-        staged.resize(blk.param.count * es);
-        s = ToHost((*got)[0], staged.data(), staged.size());
-        src = staged.data();
+    full.assign(blk.shard * comm_->world(), 0.0f);
+    return ReadTensor(w.grad_tensor, [&](const void* src, uint64_t bytes) {
+      if (bytes != blk.param.count * DTypeSize(w.grad_dtype)) {
+        return GradSizeError(w, bytes);
       }
-      if (s.ok()) {
-        s = kernels::CpuConvertToF32(src, *kt, full.data(), blk.param.count);
-      }
-    }
-    absl::Status r = session_->Release({&id, 1}, TensorState::kHold);
-    if (!s.ok()) return s;
-    if (!r.ok()) return r;
+      return kernels::CpuConvertToF32(src, *kt, full.data(), blk.param.count);
+    });
+  }
+
+  absl::Status Reduce(Work& w) {
+    Block& blk = blocks_[w.block];
+    std::vector<float> full = std::move(w.full);
+    if (full.empty()) TP_RETURN_IF_ERROR_(ReadGradient(w, full));
     std::vector<float> shard(blk.shard);
     TP_RETURN_IF_ERROR_(comm_->ReduceScatterSum(full.data(), shard.data(),
                                                 blk.shard, DType::kF32));
@@ -307,6 +380,112 @@ class ShardedAdamW::Impl {
     return absl::OkStatus();
   }
 
+  // AdamW on the CPU over host or sim-device memory; writes the new
+  // low-precision shard (fp32: the master) into shard_param.
+  absl::Status CpuUpdate(const Block& blk, const kernels::AdamWParams& p,
+                         float* master, float* m, float* v,
+                         const std::vector<float>& grad,
+                         std::vector<char>& shard_param) {
+    if (blk.param.dtype == DType::kF32) {
+      TP_RETURN_IF_ERROR_(kernels::CpuAdamW(p, master, m, v, grad.data(),
+                                            kernels::DType::kF32, nullptr,
+                                            kernels::DType::kBF16, blk.shard));
+      std::memcpy(shard_param.data(), master, blk.shard * 4);
+      return absl::OkStatus();
+    }
+    return kernels::CpuAdamW(p, master, m, v, grad.data(), kernels::DType::kF32,
+                             shard_param.data(), *KernelType(blk.param.dtype),
+                             blk.shard);
+  }
+
+#ifdef TIDEPOOL_HAVE_CUDA
+  static absl::Status Cuda(cudaError_t e, const char* what) {
+    if (e == cudaSuccess) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("optimizer: ", what, ": ",
+                                            cudaGetErrorName(e), ": ",
+                                            cudaGetErrorString(e)));
+  }
+
+  // This thread on the session's GPU; the first call also creates the
+  // update stream and the scratch buffers (the largest shard's fp32
+  // gradient and low-precision output, one chunk descriptor).
+  absl::Status CudaReady() {
+    absl::MutexLock lock(&cuda_mu_);
+    if (!cuda_ready_) {
+      auto ordinal = cuda::OrdinalOfUuid(session_->device().uuid);
+      if (!ordinal.ok()) return ordinal.status();
+      cuda_ordinal_ = *ordinal;
+    }
+    TP_RETURN_IF_ERROR_(Cuda(cudaSetDevice(cuda_ordinal_), "cudaSetDevice"));
+    if (cuda_ready_) return absl::OkStatus();
+    // Create everything, then publish: a failure leaves nothing half made
+    // for the destructor (what was made is freed here).
+    cudaStream_t stream = nullptr;
+    void *grad = nullptr, *out = nullptr, *chunk = nullptr;
+    absl::Status s = Cuda(
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    if (s.ok()) s = Cuda(cudaMalloc(&grad, max_shard_ * 4), "cudaMalloc");
+    if (s.ok()) s = Cuda(cudaMalloc(&out, max_shard_ * 2), "cudaMalloc");
+    if (s.ok()) {
+      s = Cuda(cudaMalloc(&chunk, sizeof(kernels::AdamWChunk)), "cudaMalloc");
+    }
+    if (!s.ok()) {
+      (void)cudaFree(grad);
+      (void)cudaFree(out);
+      (void)cudaFree(chunk);
+      if (stream != nullptr) (void)cudaStreamDestroy(stream);
+      return s;
+    }
+    stream_ = stream;
+    grad_dev_ = static_cast<float*>(grad);
+    out_dev_ = out;
+    chunk_dev_ = static_cast<kernels::AdamWChunk*>(chunk);
+    cuda_ready_ = true;
+    return absl::OkStatus();
+  }
+
+  // GPU AdamW (FusedAdamW) on device-resident master/m/v, on stream_, which
+  // the placed acquire ordered after the shards' arrival: the gradient shard
+  // goes up, the new low-precision shard (fp32: the master) comes back.
+  absl::Status CudaUpdate(const Block& blk, const kernels::AdamWParams& p,
+                          float* master, float* m, float* v,
+                          const std::vector<float>& grad,
+                          std::vector<char>& shard_param) {
+    const bool f32 = blk.param.dtype == DType::kF32;
+    const size_t es = DTypeSize(blk.param.dtype);
+    TP_RETURN_IF_ERROR_(
+        Cuda(cudaMemcpyAsync(grad_dev_, grad.data(), blk.shard * sizeof(float),
+                             cudaMemcpyHostToDevice, stream_),
+             "gradient upload"));
+    const kernels::AdamWChunk chunk{master,
+                                    m,
+                                    v,
+                                    grad_dev_,
+                                    f32 ? nullptr : out_dev_,
+                                    static_cast<int64_t>(blk.shard)};
+    // From pageable memory: staged before the call returns, so `chunk` may
+    // go out of scope.
+    TP_RETURN_IF_ERROR_(Cuda(cudaMemcpyAsync(chunk_dev_, &chunk, sizeof(chunk),
+                                             cudaMemcpyHostToDevice, stream_),
+                             "descriptor upload"));
+    // param_dtype must be f16/bf16 even when nothing is written (fp32).
+    TP_RETURN_IF_ERROR_(kernels::FusedAdamW(
+        p, chunk_dev_, 1, kernels::DType::kF32,
+        f32 ? kernels::DType::kBF16 : *KernelType(blk.param.dtype),
+        /*grad_scale_dev=*/nullptr, /*skip_dev=*/nullptr, stream_));
+    TP_RETURN_IF_ERROR_(
+        Cuda(cudaMemcpyAsync(shard_param.data(), f32 ? master : out_dev_,
+                             blk.shard * es, cudaMemcpyDeviceToHost, stream_),
+             "parameter download"));
+    return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+#endif
+
+  // One AdamW step of block b's shard where the session places it: on the
+  // device (GPU AdamW on cuda; on sim, whose device pool the CPU can
+  // address, the same CPU kernel, so results do not depend on placement)
+  // or in the host homes (CPU AdamW). Then the all-gather and the
+  // parameter write.
   absl::Status Update(int b, const std::vector<float>& grad, float scale) {
     Block& blk = blocks_[b];
     const size_t es = DTypeSize(blk.param.dtype);
@@ -318,20 +497,44 @@ class ShardedAdamW::Impl {
                            .weight_decay = options_.weight_decay,
                            .step = blk.steps + 1,
                            .grad_scale = scale};
-    TP_RETURN_IF_ERROR_(
-        WithState(blk, /*modify=*/true, [&](float* master, float* m, float* v) {
-          if (blk.param.dtype == DType::kF32) {
-            TP_RETURN_IF_ERROR_(kernels::CpuAdamW(
-                p, master, m, v, grad.data(), kernels::DType::kF32, nullptr,
-                kernels::DType::kBF16, blk.shard));
-            std::memcpy(shard_param.data(), master, blk.shard * 4);
-            return absl::OkStatus();
-          }
-          return kernels::CpuAdamW(p, master, m, v, grad.data(),
-                                   kernels::DType::kF32, shard_param.data(),
-                                   *KernelType(blk.param.dtype), blk.shard);
-        }));
+    CudaStream stream = nullptr;
+#ifdef TIDEPOOL_HAVE_CUDA
+    if (cuda_ && session_->policy() != Policy::kCpu) {  // may be on the GPU
+      TP_RETURN_IF_ERROR_(CudaReady());
+      stream = reinterpret_cast<CudaStream>(stream_);
+    }
+#endif
+    const uint64_t ids[3] = {blk.master, blk.m, blk.v};
+    auto got =
+        session_->AcquireWherePlaced(ids, AccessMode::kReadWrite, stream);
+    if (!got.ok()) return got.status();
+    float* master = static_cast<float*>(got->tensors[0].data);
+    float* m = static_cast<float*>(got->tensors[1].data);
+    float* v = static_cast<float*>(got->tensors[2].data);
+    absl::Status s;
+    if (Staged(*got)) {
+#ifdef TIDEPOOL_HAVE_CUDA
+      // Not ordered after the arrival unless acquired on stream_ (a `cpu`
+      // session is never placed on the device).
+      s = stream == nullptr
+              ? absl::InternalError(
+                    "optimizer: update placed on the device "
+                    "under policy cpu")
+              : CudaUpdate(blk, p, master, m, v, grad, shard_param);
+#else
+      s = absl::InternalError("optimizer: cuda backend without CUDA build");
+#endif
+    } else {
+      s = CpuUpdate(blk, p, master, m, v, grad, shard_param);
+    }
+    absl::Status r = session_->Release(ids, TensorState::kHold, stream);
+    if (!s.ok()) return s;
+    if (!r.ok()) return r;
     blk.steps += 1;
+    {
+      absl::MutexLock lock(&mu_);
+      ++(got->on_device ? on_device_ : on_host_);
+    }
     return GatherParams(blk, shard_param);
   }
 
@@ -344,33 +547,6 @@ class ShardedAdamW::Impl {
                      " need ", p.count * DTypeSize(w.grad_dtype)));
   }
 
-  // A separate gradient tensor is checked before the block is queued, so a
-  // wrong one fails OnGradientsReady itself and nothing is reduced or
-  // updated. Its size is learned by acquiring it once (sizes never change).
-  absl::Status CheckGradTensor(const Work& w) {
-    if (auto k = KernelType(w.grad_dtype); !k.ok()) return k.status();
-    uint64_t bytes = 0;
-    {
-      absl::MutexLock lock(&mu_);
-      if (auto it = grad_bytes_.find(w.grad_tensor); it != grad_bytes_.end()) {
-        bytes = it->second;
-      }
-    }
-    if (bytes == 0) {
-      const uint64_t id = w.grad_tensor;
-      auto got = session_->Acquire({&id, 1}, AccessMode::kRead);
-      if (!got.ok()) return got.status();
-      bytes = (*got)[0].bytes;
-      TP_RETURN_IF_ERROR_(session_->Release({&id, 1}, TensorState::kHold));
-      absl::MutexLock lock(&mu_);
-      grad_bytes_[id] = bytes;
-    }
-    if (bytes != blocks_[w.block].param.count * DTypeSize(w.grad_dtype)) {
-      return GradSizeError(w, bytes);
-    }
-    return absl::OkStatus();
-  }
-
   absl::Status Report(int block, uint64_t grad_tensor, DType grad_dtype) {
     if (block < 0 || block >= static_cast<int>(blocks_.size())) {
       return absl::OutOfRangeError(absl::StrCat("optimizer: no block ", block));
@@ -379,19 +555,25 @@ class ShardedAdamW::Impl {
       grad_tensor = blocks_[block].param.tensor_id;
       grad_dtype = blocks_[block].param.dtype;
     }
-    Work w{block, grad_tensor, grad_dtype};
+    Work w{block, grad_tensor, grad_dtype, {}};
     if (grad_tensor != blocks_[block].param.tensor_id) {
-      TP_RETURN_IF_ERROR_(CheckGradTensor(w));
+      {
+        absl::MutexLock lock(&mu_);
+        if (phase_[block] != Phase::kIdle) return TwiceError(block);
+      }
+      // A separate gradient tensor is read now, on the caller's thread:
+      // the trainer may write other gradient tensors of its chunk next,
+      // which a later read in the worker would collide with. A wrong one
+      // fails here, so nothing is reduced or updated.
+      TP_RETURN_IF_ERROR_(ReadGradient(w, w.full));
     }
     {
       absl::MutexLock lock(&mu_);
-      if (phase_[block] != Phase::kIdle) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "optimizer: block ", block, " reported twice in one step"));
-      }
+      if (phase_[block] != Phase::kIdle) return TwiceError(block);
       phase_[block] = Phase::kQueued;
+      --chunk_left_[blocks_[block].chunk];
       if (options_.overlap) {
-        queue_.push_back(w);
+        queue_.push_back(std::move(w));
         return absl::OkStatus();
       }
     }
@@ -403,8 +585,20 @@ class ShardedAdamW::Impl {
     return s;
   }
 
+  static absl::Status TwiceError(int block) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "optimizer: block ", block, " reported twice in one step"));
+  }
+
+  // The worker takes blocks in report order (the collectives' order on
+  // every rank), each once every block of its parameter chunk has been
+  // reported (backward is done with the chunk, so reading and writing it
+  // where the session places it cannot collide with the trainer's device
+  // acquires), or when Step() or a checkpoint drains the pipeline.
   bool HasWorkOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stop_ || !queue_.empty();
+    if (stop_) return true;
+    if (queue_.empty()) return false;
+    return flush_ || chunk_left_[blocks_[queue_.front().block].chunk] == 0;
   }
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return queue_.empty() && !busy_;
@@ -416,8 +610,8 @@ class ShardedAdamW::Impl {
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(this, &Impl::HasWorkOrStop));
-        if (queue_.empty()) return;  // stop_
-        w = queue_.front();
+        if (stop_) return;
+        w = std::move(queue_.front());
         busy_ = true;
         queue_.pop_front();
         if (!error_.ok()) {  // after an error: drain without working
@@ -434,7 +628,9 @@ class ShardedAdamW::Impl {
 
   void Drain() {
     absl::MutexLock lock(&mu_);
+    flush_ = true;
     mu_.Await(absl::Condition(this, &Impl::Idle));
+    flush_ = false;
   }
 
   absl::StatusOr<StepResult> Step() {
@@ -499,6 +695,8 @@ class ShardedAdamW::Impl {
     if (!skip) ++step_;
     result.step = step_;
     absl::MutexLock lock(&mu_);
+    result.blocks_on_device = on_device_;
+    result.blocks_on_host = on_host_;
     ResetLocked();
     return result;
   }
@@ -508,6 +706,8 @@ class ShardedAdamW::Impl {
     for (auto& g : grad_shards_) std::vector<float>().swap(g);
     sum_squares_ = 0;
     nonfinite_ = false;
+    chunk_left_ = chunk_blocks_;
+    on_device_ = on_host_ = 0;
   }
 
   // Parameter tensor = all-gathered round(master shard).
@@ -529,19 +729,15 @@ class ShardedAdamW::Impl {
 
   absl::Status InitFromParams() {
     for (Block& blk : blocks_) {
-      const size_t es = DTypeSize(blk.param.dtype);
-      std::vector<char> raw(blk.param.count * es);
-      const uint64_t id = blk.param.tensor_id;
-      auto got = session_->Acquire({&id, 1}, AccessMode::kRead);
-      if (!got.ok()) return got.status();
-      absl::Status s = ToHost((*got)[0], raw.data(), raw.size());
-      absl::Status r = session_->Release({&id, 1}, TensorState::kHold);
-      if (!s.ok()) return s;
-      if (!r.ok()) return r;
       std::vector<float> wide(blk.param.count);
       TP_RETURN_IF_ERROR_(
-          kernels::CpuConvertToF32(raw.data(), *KernelType(blk.param.dtype),
-                                   wide.data(), blk.param.count));
+          ReadTensor(blk.param.tensor_id, [&](const void* src, uint64_t bytes) {
+            if (bytes < blk.param.count * DTypeSize(blk.param.dtype)) {
+              return absl::InternalError("optimizer: parameter tensor shrank");
+            }
+            return kernels::CpuConvertToF32(src, *KernelType(blk.param.dtype),
+                                            wide.data(), blk.param.count);
+          }));
       TP_RETURN_IF_ERROR_(
           WithState(blk, true, [&](float* master, float* m, float* v) {
             std::fill(master, master + blk.shard, 0.0f);
@@ -880,6 +1076,8 @@ class ShardedAdamW::Impl {
   // Written by Init, then touched by one thread at a time: the worker
   // between a block's report and Drain(), the caller otherwise.
   std::vector<Block> blocks_;
+  std::vector<int> chunk_blocks_;  // blocks per parameter chunk
+  size_t max_shard_ = 0;
   LossScaler scaler_;
   bool deferred_ = false;
   int64_t step_ = 0;
@@ -894,8 +1092,22 @@ class ShardedAdamW::Impl {
   std::vector<std::vector<float>> grad_shards_ ABSL_GUARDED_BY(mu_);
   double sum_squares_ ABSL_GUARDED_BY(mu_) = 0;
   bool nonfinite_ ABSL_GUARDED_BY(mu_) = false;
-  // Bytes of separate gradient tensors seen so far.
-  std::unordered_map<uint64_t, uint64_t> grad_bytes_ ABSL_GUARDED_BY(mu_);
+  // Blocks of each parameter chunk not yet reported this step.
+  std::vector<int> chunk_left_ ABSL_GUARDED_BY(mu_);
+  bool flush_ ABSL_GUARDED_BY(mu_) = false;  // Drain(): take every block
+  // This step's updates placed on the device / in the host homes.
+  int on_device_ ABSL_GUARDED_BY(mu_) = 0;
+  int on_host_ ABSL_GUARDED_BY(mu_) = 0;
+#ifdef TIDEPOOL_HAVE_CUDA
+  // GPU AdamW: made on first use (CudaReady), then read-only.
+  absl::Mutex cuda_mu_;
+  bool cuda_ready_ = false;
+  int cuda_ordinal_ = 0;
+  cudaStream_t stream_ = nullptr;
+  float* grad_dev_ = nullptr;
+  void* out_dev_ = nullptr;
+  kernels::AdamWChunk* chunk_dev_ = nullptr;
+#endif
   std::thread worker_;
 };
 
