@@ -62,6 +62,9 @@ ABSL_FLAG(std::string, load_dir, "", "resume from the checkpoint here");
 ABSL_FLAG(std::string, dump_params, "",
           "write the final parameters to <path>.rank<r> (raw, in order)");
 ABSL_FLAG(int, print_every, 25, "print progress every N steps");
+ABSL_FLAG(std::string, policy, "cpu",
+          "session policy: cpu (every update in the host homes) or auto "
+          "(updates on the device where they fit beside the parameters)");
 
 namespace {
 
@@ -408,7 +411,12 @@ int main(int argc, char** argv) {
 
   tidepool::SessionOptions options;
   options.socket = absl::GetFlag(FLAGS_socket);
-  options.policy = tidepool::Policy::kCpu;
+  const std::string policy = absl::GetFlag(FLAGS_policy);
+  if (policy != "cpu" && policy != "auto") {
+    return Fail(absl::InvalidArgumentError("--policy must be cpu or auto"));
+  }
+  options.policy =
+      policy == "auto" ? tidepool::Policy::kAuto : tidepool::Policy::kCpu;
   options.client_name = absl::StrCat("sharded_trainer.rank", rank);
   auto opened = tidepool::Session::Open(options);
   if (!opened.ok()) return Fail(opened.status());
@@ -424,12 +432,12 @@ int main(int argc, char** argv) {
         "tidepool sharded AdamW demo: %d-layer residual MLP, width %d, %s "
         "parameters, %d rank(s) over %s\n"
         "  parameters %s + master/m/v %s = %s per rank, device pool %s on "
-        "%s (%s backend): %.1fx oversubscribed\n",
+        "%s (%s backend): %.1fx oversubscribed; policy %s\n",
         model.layers, model.d, dtype_name.c_str(), world, (*comm)->backend(),
         Bytes(param_bytes).c_str(), Bytes(state_bytes / world).c_str(),
         Bytes(rank_bytes).c_str(), Bytes(capacity).c_str(),
         s.device().name.c_str(), s.device().backend.c_str(),
-        double(rank_bytes) / capacity);
+        double(rank_bytes) / capacity, policy.c_str());
     if (io.cuda) {
       std::printf("  (layer math on the CPU through staging copies)\n");
     }
@@ -453,7 +461,7 @@ int main(int argc, char** argv) {
   if (!tensors.ok()) return Fail(tensors.status());
   std::vector<tidepool::ParamBlock> blocks;
   for (int l = 0; l < model.layers; ++l) {
-    blocks.push_back({(*tensors)[l].id, n, dtype});
+    blocks.push_back({(*tensors)[l].id, n, dtype, (*tensors)[l].chunk_id});
   }
   tidepool::ShardedAdamWOptions opt_options{
       .lr = static_cast<float>(absl::GetFlag(FLAGS_lr)),
@@ -514,6 +522,9 @@ int main(int argc, char** argv) {
   double max_rel = 0, first_loss = -1, last_loss = 0, last_ref = 0;
   double last_norm = 0;
   int skipped = 0, printed = 0;
+  // Block updates run on the device (GPU AdamW) / in the host homes (CPU
+  // AdamW), as the session's policy placed them.
+  long updates_on_device = 0, updates_on_host = 0;
   const int print_every = std::max(1, absl::GetFlag(FLAGS_print_every));
   std::vector<char> raw(n * es);
   void* bwd_data = nullptr;  // the layer backward holds COMPUTE
@@ -524,6 +535,8 @@ int main(int argc, char** argv) {
     auto load = [&](int l, bool for_backward,
                     std::vector<float>& w) -> absl::Status {
       const uint64_t id = (*tensors)[l].id;
+      // Named ops, so that `auto` can plan (harmless under `cpu`).
+      s.BeginOp(absl::StrCat("layer", l, for_backward ? "/bwd" : "/fwd"));
       auto got =
           s.Acquire({&id, 1}, for_backward ? tidepool::AccessMode::kReadWrite
                                            : tidepool::AccessMode::kRead);
@@ -563,6 +576,7 @@ int main(int argc, char** argv) {
     if (!loss.ok()) return Fail(loss.status());
     auto result = (*opt)->Step();
     if (!result.ok()) return Fail(result.status());
+    if (auto m = s.MarkStep(); !m.ok()) return Fail(m.status());
     // After Step(): the optimizer's worker is idle, so this collective is
     // issued in the same order on every rank.
     double total = *loss;
@@ -570,6 +584,8 @@ int main(int argc, char** argv) {
       return Fail(r);
     }
     skipped += !result->applied;
+    updates_on_device += result->blocks_on_device;
+    updates_on_host += result->blocks_on_host;
     last_norm = result->grad_norm;
     if (first_loss < 0) first_loss = total;
     last_loss = total;
@@ -587,11 +603,13 @@ int main(int argc, char** argv) {
         ((it + 1) % print_every == 0 || it == first || it + 1 == steps)) {
       auto st = s.Stats();
       if (!st.ok()) return Fail(st.status());
-      std::printf("step %4d/%d  loss %.6f%s  |g| %.4f%s  paged in %s, out %s\n",
-                  it + 1, steps, total, vs.c_str(), result->grad_norm,
-                  result->applied ? "" : " SKIPPED (overflow)",
-                  Bytes(st->bytes_to_device).c_str(),
-                  Bytes(st->bytes_to_host).c_str());
+      std::printf(
+          "step %4d/%d  loss %.6f%s  |g| %.4f%s  paged in %s, out %s  "
+          "updates on device/host %d/%d\n",
+          it + 1, steps, total, vs.c_str(), result->grad_norm,
+          result->applied ? "" : " SKIPPED (overflow)",
+          Bytes(st->bytes_to_device).c_str(), Bytes(st->bytes_to_host).c_str(),
+          result->blocks_on_device, result->blocks_on_host);
       std::fflush(stdout);
       ++printed;
     }
@@ -652,14 +670,16 @@ int main(int argc, char** argv) {
         "  per rank: parameters + optimizer state %s, device pool %s "
         "(%.1fx)\n"
         "  moved host->device %s, device->host %s; evictions %lu (%lu "
-        "clean); peak device use %s\n",
+        "clean); peak device use %s\n"
+        "  block updates on the device %ld, in the host homes %ld\n",
         ran, seconds, ran > 0 ? seconds / ran : 0.0, world, (*comm)->backend(),
         skipped, first_loss, last_loss, last_norm, Bytes(rank_bytes).c_str(),
         Bytes(capacity).c_str(), double(rank_bytes) / capacity,
         Bytes(st->bytes_to_device).c_str(), Bytes(st->bytes_to_host).c_str(),
         static_cast<unsigned long>(st->evictions),
         static_cast<unsigned long>(st->clean_evictions),
-        Bytes(st->peak_device_bytes).c_str());
+        Bytes(st->peak_device_bytes).c_str(), updates_on_device,
+        updates_on_host);
   }
   if (ref) {
     const bool same = max_rel <= absl::GetFlag(FLAGS_tolerance);
