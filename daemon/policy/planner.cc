@@ -118,7 +118,7 @@ void Plan::PlaceUpdates() {
   for (const PlacedSet& set : trace_.placed) {
     if (placed_.at(set.chunks)) continue;
     for (uint64_t c : set.written) {
-      ++host_writes_[c];
+      host_writes_[c] += std::max(set.writes, 1);
       auto it = uses_.find(c);
       if (it == uses_.end() || it->second.empty()) continue;
       if (dropped.insert(c).second)

@@ -100,7 +100,7 @@ class Plan {
   const std::vector<uint64_t>& DropsAfter(size_t pos) const {
     return drops_after_[pos];
   }
-  // Per chunk, how many host-placed sets write it each step.
+  // Per chunk, how many host-placed acquires write it each step.
   const std::unordered_map<uint64_t, int>& host_writes() const {
     return host_writes_;
   }

@@ -58,11 +58,17 @@ void TraceRecorder::Placed(
                    set.chunks.end());
   for (PlacedSet& seen : trace_.placed) {
     if (seen.chunks == set.chunks) {
-      if (write) seen.written = seen.chunks;
+      if (write) {
+        seen.written = seen.chunks;
+        ++seen.writes;
+      }
       return;
     }
   }
-  if (write) set.written = set.chunks;
+  if (write) {
+    set.written = set.chunks;
+    set.writes = 1;
+  }
   trace_.placed.push_back(std::move(set));
 }
 

@@ -41,6 +41,9 @@ struct TraceOp {
 struct PlacedSet {
   std::vector<uint64_t> chunks;   // ascending, no duplicates
   std::vector<uint64_t> written;  // ascending
+  // Acquires of this set for writing in the step (blocks that share a
+  // chunk each write it).
+  int writes = 0;
 };
 
 struct Trace {

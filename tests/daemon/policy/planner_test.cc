@@ -309,5 +309,23 @@ TEST(PlannerTest, PrefetchHoldsRoomForChunksAwaitingAHostUpdate) {
   EXPECT_TRUE(PlanPrefetch(plan, input).empty());
 }
 
+TEST(PlannerTest, EveryHostWriteOfASharedChunkIsAwaited) {
+  // Two blocks share parameter chunk 1: each block's update writes it, so
+  // the prefetcher must wait for both before loading it again.
+  TraceRecorder rec;
+  rec.BeginOp("fwd", 0, 0);
+  rec.Touch(1, 1, /*write=*/true);
+  const std::pair<uint64_t, uint64_t> chunk[] = {{1, 1}};
+  rec.Placed(chunk, /*write=*/true);
+  rec.Placed(chunk, /*write=*/true);
+  std::optional<Trace> t = rec.EndStep();
+  ASSERT_TRUE(t.has_value());
+  ASSERT_EQ(t->placed.size(), 1u);  // one set, written twice
+  EXPECT_EQ(t->placed[0].writes, 2);
+  // No room beside the op: the updates run on the host.
+  Plan plan(*t, {.pool_capacity = 0, .margin_ratio = 0});
+  EXPECT_EQ(plan.host_writes().at(1), 2);
+}
+
 }  // namespace
 }  // namespace tidepool
