@@ -773,11 +773,20 @@ int Main() {
           for (size_t i = 0; i < plan.size(); ++i) {
             min_budget = std::min(min_budget, plan.DemandBudget(i));
           }
+          int shared = 0;
+          for (uint64_t c : plan.kept())
+            shared += plan.host_writes().contains(c);
+          std::string where;
+          for (const auto& set : plan.trace().placed) {
+            where += plan.PlacedOnDevice(set.chunks) ? 'D' : 'h';
+          }
           absl::PrintF(
-              "    plan: %d placed sets, %d on the device (%d MiB kept), "
-              "smallest demand budget %d MiB of %d MiB\n",
+              "    plan: %d placed sets, %d on the device (%d MiB kept, %d "
+              "kept chunks also written on the host), smallest demand "
+              "budget %d MiB of %d MiB; in recorded order %s\n",
               plan.trace().placed.size(), plan.placed_on_device(),
-              plan.kept_bytes() / kMiB, min_budget / kMiB, capacity / kMiB);
+              plan.kept_bytes() / kMiB, shared, min_budget / kMiB,
+              capacity / kMiB, where);
         }
         if (Hybrid()) {
           for (size_t p = 0; p < parts.size(); ++p) {

@@ -292,6 +292,17 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
   }
   for (int step = 0; step < options.steps; ++step) {
     const bool measure = step >= options.measure_from;
+    // A kept chunk that a host update also writes (a chunk shared by a
+    // device and a host update) is written back and dropped by the host
+    // update and loaded again by the device one, once a step, whatever
+    // the eviction order: forced traffic, not a choice.
+    if (measure) {
+      for (uint64_t c : plan.kept()) {
+        if (!plan.host_writes().contains(c)) continue;
+        out.bytes_to_host += plan.ChunkBytes(c);
+        out.bytes_to_device += plan.ChunkBytes(c);
+      }
+    }
     for (size_t pos = 0; pos < n; ++pos) {
       const TraceOp& op = plan.op(pos);
       const uint64_t budget =
