@@ -12,9 +12,12 @@ socket=$dir/tidepoold.sock
 log=$dir/tidepoold.log
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  # The GPU's pool is capped so that a 4x model trains in seconds: the
-  # trainer's layer math and AdamW run on the CPU through staging copies
-  # (docs/optimizer.md), so a bigger pool would only make it slower.
+  # The GPU's pool is capped so that a 4x model trains in seconds. The
+  # trainer's layer math runs on the GPU (--math=auto picks cuBLAS on the
+  # cuda backend; the in-memory reference stays on the CPU and is compared
+  # within --cuda_tolerance), AdamW where the policy places it (cpu: the
+  # host). Unverified on hardware: the device math has only been compiled;
+  # pass --math=cpu for the older staged CPU path.
   device_args=(--device=auto --device_pool=${TIDEPOOL_DEMO_POOL:-32MiB}
                --host_pool=1GiB --chunk_size=2MiB)
   trainer_args=(--layers=${TIDEPOOL_DEMO_LAYERS:-148} --width=256

@@ -3,7 +3,7 @@
 // through Gloo. 2 and 4 ranks end with the parameters of 1 rank; every
 // rank holds the same bytes; per-rank checkpoints resume bit-identically;
 // the trainer's loss curve equals in-memory training (bf16, fp16 with loss
-// scaling, clipping).
+// scaling, clipping); --math=cuda is refused on sim.
 #include <unistd.h>
 
 #include <cmath>
@@ -151,6 +151,21 @@ TEST_F(ShardedTrainerTest, LossCurveEqualsInMemoryTraining) {
   EXPECT_TRUE(Run(1, With(base, {"--dtype=fp16", "--lr=1e-2"}), "fp16"));
   EXPECT_TRUE(
       Run(1, With(base, {"--dtype=fp32", "--max_grad_norm=0.2"}), "clip"));
+}
+
+// --math: auto is cpu on sim (the tests above), cpu by name is the same,
+// and cuda is refused on sim (exit 2) before any training step.
+TEST_F(ShardedTrainerTest, MathFlag) {
+  const auto base = With(kSmall, {"--verify=true", "--tolerance=1e-6"});
+  EXPECT_TRUE(Run(1, With(base, {"--math=cpu"}), "cpu"));
+  for (const char* bad : {"--math=cuda", "--math=gpu"}) {
+    auto child = ChildProcess::Spawn(
+        {testing::BinDir() + "/sharded_trainer",
+         "--socket=" + daemon_->socket(), "--min_ratio=0", "--layers=4",
+         "--width=48", "--batch=8", "--steps=2", bad});
+    ASSERT_TRUE(child.ok()) << child.status();
+    EXPECT_EQ(child->Wait(), 2) << bad;
+  }
 }
 
 }  // namespace
