@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstring>
+#include <mutex>
 
 #include "client/src/device_mapping.h"
 #include "common/cuda/driver_api.h"
@@ -97,9 +98,15 @@ class CudaMapping : public DeviceMapping {
   }
 
   absl::Status BeforeRelease(CudaStream stream) override {
-    return CheckCuda(
-        cudaEventRecord(release_, reinterpret_cast<cudaStream_t>(stream)),
-        "cudaEventRecord (release)");
+    // The daemon waits on the event's latest record only. Threads release
+    // from different streams (the trainer's, the optimizer worker's), so
+    // each record first waits on the previous one: the latest then covers
+    // every release before it, whichever stream it came from.
+    const auto s = reinterpret_cast<cudaStream_t>(stream);
+    std::lock_guard<std::mutex> lock(release_mu_);
+    TP_RETURN_IF_ERROR(CheckCuda(cudaStreamWaitEvent(s, release_, 0),
+                                 "cudaStreamWaitEvent (release)"));
+    return CheckCuda(cudaEventRecord(release_, s), "cudaEventRecord (release)");
   }
 
  private:
@@ -111,6 +118,8 @@ class CudaMapping : public DeviceMapping {
   CUdeviceptr base_ = 0;
   size_t size_ = 0;
   cudaEvent_t arrival_ = nullptr;
+  // Orders the records of release_ (set once in Init, then only recorded).
+  std::mutex release_mu_;
   cudaEvent_t release_ = nullptr;
   cudaIpcEventHandle_t release_handle_{};
 };
