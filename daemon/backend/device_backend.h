@@ -47,6 +47,9 @@ struct CopyBatch {
   // Sessions whose last released work must finish before any copy of this
   // batch touches memory they used (cuda: their release events).
   std::vector<uint64_t> wait_sessions;
+  // The chunks `to_host` writes back (the manager's bookkeeping: a host
+  // reader of one must wait for this batch; backends ignore it).
+  std::vector<uint64_t> written_back;
 };
 
 class DeviceBackend {

@@ -412,6 +412,7 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
   if (write_back) {
     batch.to_host.push_back(
         CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
+    batch.written_back.push_back(chunk.id);
     owner.stats.bytes_to_host += chunk.bytes;
   } else {
     ++owner.stats.clean_evictions;
@@ -644,7 +645,19 @@ absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
   auto& wait = batch.wait_sessions;
   std::sort(wait.begin(), wait.end());
   wait.erase(std::unique(wait.begin(), wait.end()), wait.end());
-  return devices_[device]->Submit(std::move(batch));
+  const std::vector<uint64_t> written_back = std::move(batch.written_back);
+  absl::StatusOr<uint64_t> seq = devices_[device]->Submit(std::move(batch));
+  if (seq.ok()) {
+    // Host readers of an evicted chunk (AcquireOnHost) wait for its bytes.
+    for (uint64_t cid : written_back) {
+      auto it = chunks_.find(cid);
+      if (it != chunks_.end()) {
+        it->second.host_ready_sequence =
+            std::max(it->second.host_ready_sequence, *seq);
+      }
+    }
+  }
+  return seq;
 }
 
 absl::StatusOr<AcquireResult> MemoryManager::Acquire(
@@ -839,6 +852,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   std::vector<SessionPlacement::Touch> touches;
   bool host_homes = true;
+  bool resident = true;  // every chunk has a device copy, none in host use
   for (uint64_t t : tensor_ids) {
     auto it = session->tensors.find(t);
     if (it == session->tensors.end()) {
@@ -847,14 +861,17 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
     }
     const Chunk& c = chunks_.at(it->second.chunk_id);
     host_homes = host_homes && c.host_offset.has_value();
+    resident =
+        resident && c.device_offset.has_value() && c.host_compute_count == 0;
     if (std::none_of(touches.begin(), touches.end(),
                      [&](const auto& touch) { return touch.chunk == c.id; })) {
       touches.push_back({c.id, c.bytes, mode == AccessMode::kReadWrite});
     }
   }
-  bool on_device = !host_homes;  // cuda: nowhere else to go
+  // cuda: nowhere else to go; cpu: where the chunks are now.
+  bool on_device = !host_homes || resident;
   if (host_homes && session->placement) {
-    on_device = session->placement->OnPlacedAcquire(touches);
+    on_device = session->placement->OnPlacedAcquire(touches, resident);
   }
   absl::StatusOr<AcquireResult> result;
   if (on_device) {

@@ -156,17 +156,18 @@ void SessionPlacement::OnPlacedServed(std::span<const Touch> touches,
   }
 }
 
-bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
+bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches,
+                                       bool resident) {
   std::vector<uint64_t> chunks;
   chunks.reserve(touches.size());
   for (const Touch& t : touches) chunks.push_back(t.chunk);
   if (policy_ == Policy::kStatic) {
-    return std::all_of(chunks.begin(), chunks.end(),
-                       [this](uint64_t c) { return kept(c); });
+    return resident || std::all_of(chunks.begin(), chunks.end(),
+                                   [this](uint64_t c) { return kept(c); });
   }
-  if (policy_ != Policy::kAuto || config_.planner == PlannerKind::kLru) {
-    return false;
-  }
+  if (policy_ != Policy::kAuto) return resident;
+  if (config_.planner == PlannerKind::kGeminiLike) return false;
+  if (config_.planner == PlannerKind::kLru) return resident;
   if (state_ == PlacementState::kRecording) {
     std::vector<std::pair<uint64_t, uint64_t>> recorded;
     bool write = false;
@@ -175,10 +176,13 @@ bool SessionPlacement::OnPlacedAcquire(std::span<const Touch> touches) {
       write = write || t.write;
     }
     recorder_.Placed(recorded, write);
-    return false;
+    return resident;
   }
-  return state_ == PlacementState::kPlanned && plan_ &&
-         plan_->PlacedOnDevice(chunks);
+  if (state_ == PlacementState::kPlanned && plan_) {
+    if (plan_->PlacedWhereResident(chunks)) return resident;
+    return plan_->PlacedOnDevice(chunks);
+  }
+  return resident;
 }
 
 void SessionPlacement::OnStep() {
@@ -210,6 +214,11 @@ void SessionPlacement::OnStep() {
             options.prefetch_reserve = std::max(
                 options.prefetch_reserve,
                 (bytes + granularity_ - 1) / granularity_ * granularity_);
+          }
+          // A pool of a few chunks needs them all for demand: holding one
+          // back for overlap would cost a reload for every chunk it saves.
+          if (pool_capacity_ < 4 * options.prefetch_reserve) {
+            options.prefetch_reserve = 0;
           }
         }
         plan_.emplace(std::move(*trace), options);

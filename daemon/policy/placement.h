@@ -113,9 +113,11 @@ class SessionPlacement {
   // A placed acquire (Session::AcquireWherePlaced) of `touches`: not an op
   // of the step, only recorded. Returns whether it runs on the device:
   // auto once planned, as the plan places it (Plan::PlacedOnDevice);
-  // static when every chunk is kept; otherwise on the host, where it
-  // moves the fewest bytes (the degraded, `cpu`-like choice).
-  bool OnPlacedAcquire(std::span<const Touch> touches);
+  // static when every chunk is kept; Gemini-like never; otherwise where
+  // its chunks are now: on the device if `resident` (all of them have a
+  // device copy, so nothing moves), else on the host, where optimizer
+  // state never crosses the link (the `cpu`-like choice).
+  bool OnPlacedAcquire(std::span<const Touch> touches, bool resident);
   // The placed acquire succeeded, on the device or in the host homes.
   void OnPlacedServed(std::span<const Touch> touches, bool on_device);
   // The client marked the end of a training step.

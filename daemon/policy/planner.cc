@@ -93,6 +93,14 @@ void Plan::PlaceUpdates() {
   // are the parameters the next forward needs first.
   for (auto it = trace_.placed.rbegin(); it != trace_.placed.rend(); ++it) {
     const PlacedSet& set = *it;
+    // A set of op chunks only (reading a gradient, writing parameters)
+    // needs no room of its own: it runs wherever those chunks are then.
+    if (std::all_of(set.chunks.begin(), set.chunks.end(),
+                    [&](uint64_t c) { return op_chunks.contains(c); })) {
+      where_resident_.insert(set.chunks);
+      placed_[set.chunks] = false;
+      continue;
+    }
     bool on_device = false;
     if (place) {
       uint64_t extra = 0;
@@ -116,7 +124,9 @@ void Plan::PlaceUpdates() {
   }
   std::unordered_set<uint64_t> dropped;
   for (const PlacedSet& set : trace_.placed) {
-    if (placed_.at(set.chunks)) continue;
+    if (placed_.at(set.chunks) || where_resident_.contains(set.chunks)) {
+      continue;
+    }
     for (uint64_t c : set.written) {
       host_writes_[c] += std::max(set.writes, 1);
       auto it = uses_.find(c);
@@ -127,12 +137,22 @@ void Plan::PlaceUpdates() {
   }
 }
 
-bool Plan::PlacedOnDevice(std::span<const uint64_t> chunks) const {
+namespace {
+std::vector<uint64_t> SetKey(std::span<const uint64_t> chunks) {
   std::vector<uint64_t> key(chunks.begin(), chunks.end());
   std::sort(key.begin(), key.end());
   key.erase(std::unique(key.begin(), key.end()), key.end());
-  auto it = placed_.find(key);
+  return key;
+}
+}  // namespace
+
+bool Plan::PlacedOnDevice(std::span<const uint64_t> chunks) const {
+  auto it = placed_.find(SetKey(chunks));
   return it != placed_.end() && it->second;
+}
+
+bool Plan::PlacedWhereResident(std::span<const uint64_t> chunks) const {
+  return where_resident_.contains(SetKey(chunks));
 }
 
 const std::vector<size_t>* Plan::Positions(absl::string_view key) const {

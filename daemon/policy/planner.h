@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -92,6 +93,9 @@ class Plan {
   // their host homes (CPU Adam), which drops the device copy of what they
   // write right after its last op in the step. Unknown sets: host.
   bool PlacedOnDevice(std::span<const uint64_t> chunks) const;
+  // A recorded set of op chunks only: it runs wherever they are then (on
+  // the device if all have a device copy), since it needs no room.
+  bool PlacedWhereResident(std::span<const uint64_t> chunks) const;
   bool Kept(uint64_t chunk) const { return kept_.contains(chunk); }
   const std::unordered_set<uint64_t>& kept() const { return kept_; }
   uint64_t kept_bytes() const { return kept_bytes_; }
@@ -116,6 +120,7 @@ class Plan {
   std::vector<uint64_t> demand_budget_;
   uint64_t measured_capacity_ = 0;
   std::map<std::vector<uint64_t>, bool> placed_;  // set -> on the device
+  std::set<std::vector<uint64_t>> where_resident_;
   std::unordered_set<uint64_t> kept_;
   uint64_t kept_bytes_ = 0;
   size_t placed_on_device_ = 0;

@@ -4,7 +4,9 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "daemon/backend/sim_backend.h"
 #include "gtest/gtest.h"
@@ -302,17 +304,28 @@ TEST_F(HostAcquireTest, DeviceOnlyChunksHaveNoHostSide) {
 }
 
 TEST_F(HostAcquireTest, PlacedAcquiresFollowThePolicy) {
-  // cpu: in the host homes, after writing back the device's newer copy.
-  auto ids = RegisterChunks(1);
+  // cpu: where the chunks are now. On the device, nothing moves.
+  auto ids = RegisterChunks(2);
   std::memset(Use(ids[0], AccessMode::kReadWrite), 0x77, 4 * kMiB);
   Done(ids[0]);
   auto placed =
       manager_->AcquireWherePlaced(id_, token_, {ids[0]}, AccessMode::kRead);
   ASSERT_TRUE(placed.ok()) << placed.status();
+  EXPECT_FALSE(placed->on_host);
+  EXPECT_EQ(device_[placed->tensors[0].device_offset], 0x77);
+  Done(ids[0]);
+  EXPECT_EQ(Stats().session.bytes_to_host, 0u);
+  // A set not all on the device: in the host homes, after writing back the
+  // device's newer copy.
+  placed = manager_->AcquireWherePlaced(id_, token_, {ids[0], ids[1]},
+                                        AccessMode::kRead);
+  ASSERT_TRUE(placed.ok()) << placed.status();
   EXPECT_TRUE(placed->on_host);
   ASSERT_TRUE(manager_->devices()[0]->Drain().ok());
   EXPECT_EQ(host_[placed->tensors[0].device_offset], 0x77);
-  Done(ids[0]);
+  ASSERT_TRUE(
+      manager_->Release(id_, token_, {ids[0], ids[1]}, TensorState::kHold)
+          .ok());
   // cuda: on the device, where its chunks live.
   auto s = manager_->OpenSession({.policy = Policy::kCuda, .pid = getpid()});
   ASSERT_TRUE(s.ok());
@@ -339,6 +352,62 @@ TEST_F(HostAcquireTest, PlacedAcquiresFollowThePolicy) {
                 .status()
                 .code(),
             absl::StatusCode::kFailedPrecondition);  // already COMPUTE
+}
+
+// A host reader of a chunk that was just evicted must wait for its
+// write-back, which a slow link keeps in flight.
+TEST(HostReadAfterEvictionTest, WaitsForTheWriteBack) {
+  auto host = HostPool::Create(64 * kMiB);
+  ASSERT_TRUE(host.ok());
+  uint8_t* host_mem = host->data();
+  BackendOptions b;
+  b.pool_bytes = 8 * kMiB;  // two chunks
+  b.sim_link_gbps = 0.05;   // 4 MiB take ~80 ms
+  auto sim = SimBackend::Create(b, host->data(), host->size());
+  ASSERT_TRUE(sim.ok());
+  uint8_t* device = (*sim)->HostVisibleDeviceMemory();
+  std::vector<std::unique_ptr<DeviceBackend>> devices;
+  devices.push_back(std::move(*sim));
+  ManagerOptions options;
+  options.chunk_size = 4 * kMiB;
+  MemoryManager manager(options, std::move(*host), std::move(devices));
+  auto s = manager.OpenSession({.policy = Policy::kCpu, .pid = getpid()});
+  ASSERT_TRUE(s.ok());
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 3; ++i) {
+    specs.push_back({"c" + std::to_string(i),
+                     DType::kU8,
+                     {static_cast<int64_t>(4 * kMiB)},
+                     Group::kParam});
+  }
+  auto r = manager.Register(s->id, s->token, specs);
+  ASSERT_TRUE(r.ok());
+  std::vector<uint64_t> ids;
+  for (const auto& t : r->tensors) ids.push_back(t.tensor_id);
+  DeviceBackend& backend = *manager.devices()[0];
+  auto wait = [&](uint64_t sequence) {
+    while (backend.CompletedSequence() < sequence) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  auto a = manager.Acquire(s->id, s->token, {ids[0]}, AccessMode::kReadWrite);
+  ASSERT_TRUE(a.ok());
+  wait(a->ready_sequence);
+  std::memset(device + a->tensors[0].device_offset, 0x5a, 4 * kMiB);
+  ASSERT_TRUE(
+      manager.Release(s->id, s->token, {ids[0]}, TensorState::kHold).ok());
+  // Two other chunks take the device, one request at a time: chunk 0's
+  // write-back queues behind the first (slow) load.
+  auto first = manager.Acquire(s->id, s->token, {ids[1]}, AccessMode::kRead);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = manager.Acquire(s->id, s->token, {ids[2]}, AccessMode::kRead);
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto h = manager.AcquireOnHost(s->id, s->token, {ids[0]}, AccessMode::kRead);
+  ASSERT_TRUE(h.ok()) << h.status();
+  wait(h->ready_sequence);  // what the client library does
+  const uint8_t* p = host_mem + h->tensors[0].device_offset;
+  EXPECT_EQ(p[0], 0x5a);
+  EXPECT_EQ(p[4 * kMiB - 1], 0x5a);
 }
 
 }  // namespace

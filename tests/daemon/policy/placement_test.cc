@@ -134,7 +134,7 @@ class PlacedTest : public ::testing::Test {
     for (uint64_t c : {chunk, 10 * chunk, 10 * chunk + 1, 10 * chunk + 2}) {
       touches.push_back({c, kMiB, true});
     }
-    const bool on_device = p_.OnPlacedAcquire(touches);
+    const bool on_device = p_.OnPlacedAcquire(touches, /*resident=*/false);
     p_.OnPlacedServed(touches, on_device);
     return on_device;
   }
@@ -156,7 +156,7 @@ TEST_F(PlacedTest, HostWhileRecordingThenAsPlanned) {
   Op("b", 2);
   EXPECT_TRUE(Update(2));
   const SessionPlacement::Touch unknown{7, kMiB, true};
-  EXPECT_FALSE(p_.OnPlacedAcquire({&unknown, 1}));
+  EXPECT_FALSE(p_.OnPlacedAcquire({&unknown, 1}, /*resident=*/false));
   // Placed acquires are not ops: the plan is followed to the end.
   p_.OnStep();
   EXPECT_EQ(p_.stats().state, PlacementState::kPlanned);

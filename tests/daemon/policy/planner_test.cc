@@ -310,14 +310,15 @@ TEST(PlannerTest, PrefetchHoldsRoomForChunksAwaitingAHostUpdate) {
 }
 
 TEST(PlannerTest, EveryHostWriteOfASharedChunkIsAwaited) {
-  // Two blocks share parameter chunk 1: each block's update writes it, so
-  // the prefetcher must wait for both before loading it again.
+  // Two blocks share parameter chunk 1 (and state chunk 5): each block's
+  // update writes it, so the prefetcher must wait for both before loading
+  // it again.
   TraceRecorder rec;
   rec.BeginOp("fwd", 0, 0);
   rec.Touch(1, 1, /*write=*/true);
-  const std::pair<uint64_t, uint64_t> chunk[] = {{1, 1}};
-  rec.Placed(chunk, /*write=*/true);
-  rec.Placed(chunk, /*write=*/true);
+  const std::pair<uint64_t, uint64_t> chunks[] = {{1, 1}, {5, 1}};
+  rec.Placed(chunks, /*write=*/true);
+  rec.Placed(chunks, /*write=*/true);
   std::optional<Trace> t = rec.EndStep();
   ASSERT_TRUE(t.has_value());
   ASSERT_EQ(t->placed.size(), 1u);  // one set, written twice
