@@ -890,6 +890,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
   if (session->placement) {
     session->placement->OnPlacedServed(touches, on_device);
   }
+  observer().OnPlacedUpdate(session->device, on_device);
   return result;
 }
 

@@ -170,6 +170,9 @@ class ManagerObserver {
                                   ReclaimReason reason) {}
   virtual void OnEviction(size_t device, EvictionCause cause, bool clean) {}
   virtual void OnPrefetch(size_t device, PrefetchOutcome outcome) {}
+  // One successful AcquireWherePlaced (an optimizer update), served on the
+  // device or in the host homes.
+  virtual void OnPlacedUpdate(size_t device, bool on_device) {}
 };
 
 // A consistent picture of the daemon's memory, for scrapes and tidepoolctl.

@@ -193,6 +193,12 @@ TidepoolMetrics::TidepoolMetrics(Registry& registry, std::string_view version,
                             "late (still in flight when acquired), wasted "
                             "(evicted or unused).")
                       .Register(registry)),
+      optimizer_updates_(
+          BuildCounter()
+              .Name("tidepool_optimizer_updates_total")
+              .Help("Placed acquires (optimizer updates) by where they ran: "
+                    "device (GPU) or host (CPU).")
+              .Register(registry)),
       acquire_wait_(BuildHistogram()
                         .Name("tidepool_acquire_wait_seconds")
                         .Help("Time from an acquire request to the chunk "
@@ -302,6 +308,11 @@ DeviceMetrics& TidepoolMetrics::Device(std::string_view gpu,
         with({{"outcome",
                std::string(LabelValue(static_cast<PrefetchOutcome>(o)))}}));
   }
+  for (int l = 0; l < kChunkLocationCount; ++l) {
+    device.optimizer_updates[l] = &optimizer_updates_.Add(
+        with({{"location",
+               std::string(LabelValue(static_cast<ChunkLocation>(l)))}}));
+  }
   device.acquire_wait = &acquire_wait_.Add(base, kAcquireBuckets);
   device.stall_seconds = &stall_seconds_.Add(base);
   for (int p = 0; p < kPolicyCount; ++p) {
@@ -327,6 +338,9 @@ void TidepoolMetrics::RemoveDevice(DeviceMetrics& device) {
     for (Counter* counter : by_clean) evictions_.Remove(counter);
   }
   for (Counter* counter : device.prefetches) prefetches_.Remove(counter);
+  for (Counter* counter : device.optimizer_updates) {
+    optimizer_updates_.Remove(counter);
+  }
   acquire_wait_.Remove(device.acquire_wait);
   stall_seconds_.Remove(device.stall_seconds);
   for (Gauge* gauge : device.sessions) sessions_.Remove(gauge);
@@ -376,6 +390,11 @@ void TidepoolMetrics::OnEviction(DeviceMetrics& device, EvictionReason reason,
 void TidepoolMetrics::OnPrefetch(DeviceMetrics& device,
                                  PrefetchOutcome outcome) {
   device.prefetches[Index(outcome)]->Increment();
+}
+
+void TidepoolMetrics::OnOptimizerUpdate(DeviceMetrics& device,
+                                        ChunkLocation location) {
+  device.optimizer_updates[Index(location)]->Increment();
 }
 
 void TidepoolMetrics::ObserveRpc(std::string_view method, double seconds) {

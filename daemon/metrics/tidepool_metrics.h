@@ -128,6 +128,8 @@ struct DeviceMetrics {
   // [reason][clean]
   std::array<std::array<Counter*, 2>, kEvictionReasonCount> evictions{};
   std::array<Counter*, kPrefetchOutcomeCount> prefetches{};
+  // [ChunkLocation]: where a placed update ran.
+  std::array<Counter*, kChunkLocationCount> optimizer_updates{};
   Histogram* acquire_wait = nullptr;
   Counter* stall_seconds = nullptr;
   std::array<Gauge*, kPolicyCount> sessions{};
@@ -187,6 +189,11 @@ class TidepoolMetrics {
   // One prefetch whose outcome is now known.
   void OnPrefetch(DeviceMetrics& device, PrefetchOutcome outcome);
 
+  // One placed acquire (an optimizer update, Session::AcquireWherePlaced)
+  // served on the device (kDevice) or in the host homes (kHost):
+  // tidepool_optimizer_updates_total{gpu,UUID,location}.
+  void OnOptimizerUpdate(DeviceMetrics& device, ChunkLocation location);
+
   // --- Latency and stalls ---------------------------------------------------
 
   // One control-plane RPC that took `seconds`, handler entry to response.
@@ -236,6 +243,7 @@ class TidepoolMetrics {
   Family<Histogram>& transfer_duration_;
   Family<Counter>& evictions_;
   Family<Counter>& prefetches_;
+  Family<Counter>& optimizer_updates_;
   Family<Histogram>& acquire_wait_;
   Family<Counter>& stall_seconds_;
   Family<Gauge>& sessions_;

@@ -109,6 +109,12 @@ void MetricsBridge::OnPrefetch(size_t device, PrefetchOutcome outcome) {
   metrics_->OnPrefetch(*devices_[device], m);
 }
 
+void MetricsBridge::OnPlacedUpdate(size_t device, bool on_device) {
+  metrics_->OnOptimizerUpdate(*devices_[device],
+                              on_device ? metrics::ChunkLocation::kDevice
+                                        : metrics::ChunkLocation::kHost);
+}
+
 RpcObserver MetricsBridge::MakeRpcObserver() {
   return [this](absl::string_view method, double seconds, const absl::Status&) {
     metrics_->ObserveRpc(std::string_view(method.data(), method.size()),

@@ -27,6 +27,7 @@ class MetricsBridge : public ManagerObserver {
                           ReclaimReason reason) override;
   void OnEviction(size_t device, EvictionCause cause, bool clean) override;
   void OnPrefetch(size_t device, PrefetchOutcome outcome) override;
+  void OnPlacedUpdate(size_t device, bool on_device) override;
 
   RpcObserver MakeRpcObserver();
 

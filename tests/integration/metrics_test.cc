@@ -127,7 +127,8 @@ TEST_F(MetricsTest, BytesMovedEqualWhatTheClientMoved) {
   EXPECT_EQ(D2h(before), 0);
   EXPECT_EQ(Sessions(before), 0);
   // ~96 MiB through a 64 MiB device, forward and backward: both directions.
-  auto stats = RunPatternClient({"--layers=24", "--steps=2", "--seed=3"});
+  auto stats =
+      RunPatternClient({"--layers=24", "--steps=2", "--seed=3", "--placed=3"});
   ASSERT_GT(stats["to_device"], 0u);
   ASSERT_GT(stats["to_host"], 0u);
   const double want_h2d = static_cast<double>(stats["to_device"]);
@@ -157,6 +158,14 @@ TEST_F(MetricsTest, BytesMovedEqualWhatTheClientMoved) {
   EXPECT_GT(MetricSum(after, "tidepool_rpc_duration_seconds_count",
                       {{"method", "Acquire"}}),
             0);
+  // One optimizer update per placed acquire, labelled where it ran.
+  EXPECT_EQ(stats["placed_on_device"] + stats["placed_on_host"], 6u);
+  EXPECT_EQ(MetricSum(after, "tidepool_optimizer_updates_total",
+                      {{"location", "device"}}),
+            static_cast<double>(stats["placed_on_device"]));
+  EXPECT_EQ(MetricSum(after, "tidepool_optimizer_updates_total",
+                      {{"location", "host"}}),
+            static_cast<double>(stats["placed_on_host"]));
 }
 
 TEST_F(MetricsTest, CountersFollowAnInProcessSessionsStats) {

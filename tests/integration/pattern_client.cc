@@ -2,11 +2,14 @@
 // `--layers` layers (tensors of mixed sizes, some larger than a chunk),
 // writes a known pattern, then runs `--steps` forward (read, verify) and
 // backward (verify, rewrite with the next version) passes, layer by layer,
-// and checks every byte. Exits 0 only if every byte checked out; prints one
-// "STATS" line for the test to parse. With --hold, it acquires a layer and
-// waits to be killed mid-step.
+// and checks every byte. With --placed=N, each step ends with placed
+// acquires (Session::AcquireWherePlaced, as an optimizer update would) of
+// the first N layers, verified wherever the policy put them. Exits 0 only
+// if every byte checked out; prints one "STATS" line for the test to parse.
+// With --hold, it acquires a layer and waits to be killed mid-step.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -28,6 +31,7 @@ ABSL_FLAG(int, steps, 3, "training steps");
 ABSL_FLAG(uint32_t, seed, 1, "pattern seed");
 ABSL_FLAG(bool, hold, false, "acquire a layer mid-step and wait to be killed");
 ABSL_FLAG(bool, hot_path, true, "acquire/release through shared memory");
+ABSL_FLAG(int, placed, 0, "layers read with AcquireWherePlaced each step");
 
 namespace {
 
@@ -122,14 +126,16 @@ int main(int argc, char** argv) {
   auto tensors = s.Register(specs);
   if (!tensors.ok()) return Fail(tensors.status());
   Bytes bytes(s.device().backend == "cuda");
+  Bytes host_bytes(false);  // placed acquires served in the host homes
   std::vector<uint32_t> buf;
   int64_t mismatches = 0;
   auto fill = [&](size_t t, uint32_t version) {
     buf.resize((*tensors)[t].bytes / 4);
     for (size_t i = 0; i < buf.size(); ++i) buf[i] = Word(seed, t, i, version);
   };
-  auto verify = [&](size_t t, const void* data, uint32_t version) {
-    bytes.Read(data, buf, (*tensors)[t].bytes);
+  auto verify = [&](size_t t, const void* data, uint32_t version,
+                    Bytes* from = nullptr) {
+    (from ? from : &bytes)->Read(data, buf, (*tensors)[t].bytes);
     for (size_t i = 0; i < buf.size(); ++i) {
       if (buf[i] != Word(seed, t, i, version)) ++mismatches;
     }
@@ -158,6 +164,9 @@ int main(int argc, char** argv) {
     for (;;) ::pause();
   }
   const int steps = absl::GetFlag(FLAGS_steps);
+  const int placed = std::min(absl::GetFlag(FLAGS_placed), layers);
+  uint64_t placed_on_device = 0;
+  uint64_t placed_on_host = 0;
   for (int step = 0; step < steps; ++step) {
     const uint32_t v = static_cast<uint32_t>(step);
     for (int l = 0; l < layers; ++l) {  // forward: read only
@@ -182,6 +191,17 @@ int main(int argc, char** argv) {
         return Fail(r);
       }
     }
+    for (int l = 0; l < placed; ++l) {  // "optimizer updates": read only
+      const auto ids = ids_of(l);
+      auto got = s.AcquireWherePlaced(ids, AccessMode::kRead);
+      if (!got.ok()) return Fail(got.status());
+      ++(got->on_device ? placed_on_device : placed_on_host);
+      for (size_t k = 0; k < ids.size(); ++k) {
+        verify(layer_tensors[l][k], got->tensors[k].data, v + 1,
+               got->on_device ? &bytes : &host_bytes);
+      }
+      if (auto r = s.Release(ids, TensorState::kHold); !r.ok()) return Fail(r);
+    }
   }
   // Final check of every tensor, read-only.
   for (int l = 0; l < layers; ++l) {
@@ -203,6 +223,8 @@ int main(int argc, char** argv) {
             << " to_host=" << stats->bytes_to_host
             << " evictions=" << stats->evictions
             << " clean_evictions=" << stats->clean_evictions
+            << " placed_on_device=" << placed_on_device
+            << " placed_on_host=" << placed_on_host
             << " mismatches=" << mismatches << std::endl;
   if (auto c = s.Close(); !c.ok()) return Fail(c);
   return mismatches == 0 ? 0 : 1;

@@ -252,14 +252,15 @@ TEST_F(PrometheusTest, EveryDashboardPanelQueryReturnsData) {
       << ReadFile(dir_ + "/prometheus.log");
 
   // Clients at work while it scrapes: one holds a session open (so session
-  // gauges read 1), one streams a model 1.5x the device for a few steps.
+  // gauges read 1), one streams a model 1.5x the device for a few steps,
+  // ending each with placed acquires (optimizer updates).
   auto holder = ChildProcess::Spawn({BinDir() + "/tidepool_pattern_client",
                                      "--socket=" + daemon_->socket(),
                                      "--layers=8", "--hold", "--seed=2"});
   ASSERT_TRUE(holder.ok()) << holder.status();
-  auto worker = ChildProcess::Spawn({BinDir() + "/tidepool_pattern_client",
-                                     "--socket=" + daemon_->socket(),
-                                     "--layers=24", "--steps=6", "--seed=9"});
+  auto worker = ChildProcess::Spawn(
+      {BinDir() + "/tidepool_pattern_client", "--socket=" + daemon_->socket(),
+       "--layers=24", "--steps=6", "--seed=9", "--placed=4"});
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_EQ(worker->Wait(), 0);
   // Prometheus has scraped the moved bytes and a few samples since, so
@@ -273,6 +274,7 @@ TEST_F(PrometheusTest, EveryDashboardPanelQueryReturnsData) {
       10000));
   std::this_thread::sleep_for(std::chrono::seconds(2));
   EXPECT_EQ(Scalar("sum(tidepool_sessions)"), 1);
+  EXPECT_EQ(Scalar("sum(tidepool_optimizer_updates_total)"), 6 * 4);
 
   const std::string instance = absl::StrCat("127.0.0.1:", metrics_port_);
   const std::vector<std::pair<std::string, std::string>> variables = {

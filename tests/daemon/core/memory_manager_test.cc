@@ -303,7 +303,19 @@ TEST_F(HostAcquireTest, DeviceOnlyChunksHaveNoHostSide) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Counts the observer's placed updates by [on_device].
+class PlacedUpdateCounter : public ManagerObserver {
+ public:
+  void OnPlacedUpdate(size_t device, bool on_device) override {
+    EXPECT_EQ(device, 0u);
+    ++updates[on_device ? 1 : 0];
+  }
+  int updates[2] = {};
+};
+
 TEST_F(HostAcquireTest, PlacedAcquiresFollowThePolicy) {
+  PlacedUpdateCounter observer;
+  manager_->SetObserver(&observer);
   // cpu: where the chunks are now. On the device, nothing moves.
   auto ids = RegisterChunks(2);
   std::memset(Use(ids[0], AccessMode::kReadWrite), 0x77, 4 * kMiB);
@@ -352,6 +364,11 @@ TEST_F(HostAcquireTest, PlacedAcquiresFollowThePolicy) {
                 .status()
                 .code(),
             absl::StatusCode::kFailedPrecondition);  // already COMPUTE
+  // Each successful placed acquire is reported once, by where it ran (cpu
+  // and cuda sessions too, which have no placement); failures are not.
+  EXPECT_EQ(observer.updates[1], 2);  // cpu resident, cuda
+  EXPECT_EQ(observer.updates[0], 1);  // cpu, not all resident
+  manager_->SetObserver(nullptr);
 }
 
 // A host reader of a chunk that was just evicted must wait for its

@@ -123,6 +123,7 @@ TEST_F(TidepoolMetricsTest, GoldenAfterOneDeviceAndSomeEvents) {
   metrics_.OnEviction(gpu, EvictionReason::kCapacity, /*clean=*/true);
   metrics_.OnEviction(gpu, EvictionReason::kCapacity, /*clean=*/false);
   metrics_.OnPrefetch(gpu, PrefetchOutcome::kHit);
+  metrics_.OnOptimizerUpdate(gpu, ChunkLocation::kDevice);
   metrics_.ObserveRpc("OpenSession", 0.0004);
   metrics_.ObserveAcquireWait(gpu, 0.000003);
   metrics_.AddStall(gpu, 0.25);
@@ -251,6 +252,26 @@ TEST_F(TidepoolMetricsTest, EvictionsPrefetchesStallsAndChunks) {
   EXPECT_EQ(Value("tidepool_chunk_bytes{UUID=\"GPU-a\",gpu=\"0\",location="
                   "\"host\",state=\"hold\"}"),
             "60");
+}
+
+TEST_F(TidepoolMetricsTest, OptimizerUpdatesByLocation) {
+  DeviceMetrics& gpu = metrics_.Device("0", "GPU-a");
+  const std::string device =
+      "tidepool_optimizer_updates_total{UUID=\"GPU-a\",gpu=\"0\","
+      "location=\"device\"}";
+  const std::string host =
+      "tidepool_optimizer_updates_total{UUID=\"GPU-a\",gpu=\"0\","
+      "location=\"host\"}";
+  EXPECT_EQ(Value(device), "0");  // both exist before the first update
+  EXPECT_EQ(Value(host), "0");
+  metrics_.OnOptimizerUpdate(gpu, ChunkLocation::kHost);
+  metrics_.OnOptimizerUpdate(gpu, ChunkLocation::kHost);
+  metrics_.OnOptimizerUpdate(gpu, ChunkLocation::kDevice);
+  EXPECT_EQ(Value(device), "1");
+  EXPECT_EQ(Value(host), "2");
+  metrics_.RemoveDevice(gpu);
+  EXPECT_EQ(Value(device), "<absent>");
+  EXPECT_EQ(Value(host), "<absent>");
 }
 
 TEST_F(TidepoolMetricsTest, RemoveDeviceDropsItsSeries) {
@@ -632,6 +653,7 @@ TEST_F(DashboardTest, EveryQueryUsesExposedMetricsAndLabels) {
            "tidepool_bytes_moved_total",
            "tidepool_evictions_total",
            "tidepool_prefetches_total",
+           "tidepool_optimizer_updates_total",
            "tidepool_rpc_duration_seconds_bucket",
            "tidepool_acquire_wait_seconds_bucket",
            "tidepool_stall_seconds_total",
