@@ -402,6 +402,16 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   return result;
 }
 
+void MemoryManager::QueueWriteBack(Chunk& chunk, Session& owner,
+                                   CopyBatch& batch) {
+  batch.to_host.push_back(
+      CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
+  batch.written_back.push_back(chunk.id);
+  batch.wait_sessions.push_back(owner.id);
+  owner.stats.bytes_to_host += chunk.bytes;
+  chunk.dirty = false;
+}
+
 void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
   Session& owner = sessions_.at(chunk.session_id);
   Device& dev = device_state_[owner.device];
@@ -410,10 +420,7 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
   const bool write_back = chunk.dirty || (owner.placement != nullptr &&
                                           owner.placement->force_write_back());
   if (write_back) {
-    batch.to_host.push_back(
-        CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
-    batch.written_back.push_back(chunk.id);
-    owner.stats.bytes_to_host += chunk.bytes;
+    QueueWriteBack(chunk, owner, batch);
   } else {
     ++owner.stats.clean_evictions;
   }
@@ -529,46 +536,27 @@ void MemoryManager::RunPrefetch(Session& session) {
   // (a gradient no op needs again this step): the update then finds it
   // clean and drops the device copy without waiting for the link.
   CopyBatch ahead;
-  std::vector<uint64_t> written_ahead;
-  for (uint64_t cid : session.chunks) {
-    Chunk& c = chunks_.at(cid);
-    if (!c.device_offset || !c.dirty || c.compute_count > 0 || !c.host_offset ||
-        !placement->WriteBackAhead(cid)) {
-      continue;
-    }
-    ahead.to_host.push_back(CopyOp{*c.host_offset, *c.device_offset, c.bytes});
-    session.stats.bytes_to_host += c.bytes;
-    c.dirty = false;
-    written_ahead.push_back(cid);
-  }
-  if (!written_ahead.empty()) {
-    ahead.wait_sessions.push_back(session.id);
-    absl::StatusOr<uint64_t> seq =
-        SubmitBatch(session.device, std::move(ahead));
-    for (uint64_t cid : written_ahead) {
-      Chunk& c = chunks_.at(cid);
-      if (seq.ok()) {
-        c.host_ready_sequence = *seq;
-      } else {
-        c.dirty = true;  // still only on the device
-        session.stats.bytes_to_host -= c.bytes;
-      }
-    }
-    if (!seq.ok()) {
-      LOG(ERROR) << "session " << session.id
-                 << ": write-back not submitted: " << seq.status();
-    }
-  }
   std::vector<ResidentChunk> resident;
   for (uint64_t cid : session.chunks) {
-    const Chunk& c = chunks_.at(cid);
+    Chunk& c = chunks_.at(cid);
     if (!c.device_offset) continue;
+    if (c.dirty && c.compute_count == 0 && c.host_offset &&
+        placement->WriteBackAhead(cid)) {
+      QueueWriteBack(c, session, ahead);
+    }
     resident.push_back(ResidentChunk{
         .chunk = cid,
         .bytes = alloc.RoundUp(c.bytes),
         .dirty = c.dirty,
         .evictable = c.compute_count == 0 && c.host_offset.has_value(),
         .last_use_tick = c.last_use_tick});
+  }
+  if (!ahead.to_host.empty()) {
+    absl::Status s = SubmitBatch(session.device, std::move(ahead)).status();
+    if (!s.ok()) {
+      LOG(ERROR) << "session " << session.id
+                 << ": write-back not submitted: " << s;
+    }
   }
   const std::vector<PrefetchAction> actions =
       placement->Prefetch(std::move(resident), session.stats.device_bytes);
@@ -647,14 +635,15 @@ absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
   wait.erase(std::unique(wait.begin(), wait.end()), wait.end());
   const std::vector<uint64_t> written_back = std::move(batch.written_back);
   absl::StatusOr<uint64_t> seq = devices_[device]->Submit(std::move(batch));
-  if (seq.ok()) {
-    // Host readers of an evicted chunk (AcquireOnHost) wait for its bytes.
-    for (uint64_t cid : written_back) {
-      auto it = chunks_.find(cid);
-      if (it != chunks_.end()) {
-        it->second.host_ready_sequence =
-            std::max(it->second.host_ready_sequence, *seq);
-      }
+  for (uint64_t cid : written_back) {
+    auto it = chunks_.find(cid);
+    if (it == chunks_.end()) continue;
+    if (seq.ok()) {
+      // Host readers of the chunk (AcquireOnHost) wait for its bytes.
+      it->second.host_ready_sequence =
+          std::max(it->second.host_ready_sequence, *seq);
+    } else if (it->second.device_offset) {
+      it->second.dirty = true;  // the newer bytes are still on the device
     }
   }
   return seq;
@@ -901,30 +890,19 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
   TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
                       CheckAcquire(*session, tensor_ids, /*on_host=*/true));
   CopyBatch batch;
-  std::vector<uint64_t> written_back;
   for (uint64_t cid : needed) {
     Chunk& c = chunks_.at(cid);
     if (!c.device_offset) continue;
-    const bool was_dirty = c.dirty;
     if (mode == AccessMode::kReadWrite) {
       // The host home is about to change: drop the device copy (after
       // writing it back if it is the newer one).
       Evict(c, EvictionCause::kHostAccess, batch);
-    } else if (was_dirty) {
-      batch.to_host.push_back(
-          CopyOp{*c.host_offset, *c.device_offset, c.bytes});
-      session->stats.bytes_to_host += c.bytes;
-      batch.wait_sessions.push_back(session->id);
-      c.dirty = false;
+    } else if (c.dirty) {
+      QueueWriteBack(c, *session, batch);
     }
-    if (was_dirty) written_back.push_back(cid);
   }
   if (!batch.to_host.empty()) {
-    TP_ASSIGN_OR_RETURN(const uint64_t seq,
-                        SubmitBatch(session->device, std::move(batch)));
-    for (uint64_t cid : written_back) {
-      chunks_.at(cid).host_ready_sequence = seq;
-    }
+    TP_RETURN_IF_ERROR(SubmitBatch(session->device, std::move(batch)).status());
   }
   AcquireResult result;
   result.ready_sequence = 0;

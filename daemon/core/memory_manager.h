@@ -420,6 +420,10 @@ class MemoryManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds a copy of the chunk's device bytes to its host home to `batch`;
+  // the chunk is clean after it, and SubmitBatch makes host readers wait.
+  void QueueWriteBack(Chunk& chunk, Session& owner, CopyBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The session's own movable device chunks, except `pinned`.
   std::vector<EvictionCandidate> OwnCandidates(
       const Session& session, const std::vector<uint64_t>& pinned) const

@@ -97,8 +97,7 @@ void Plan::PlaceUpdates() {
     // needs no room of its own: it runs wherever those chunks are then.
     if (std::all_of(set.chunks.begin(), set.chunks.end(),
                     [&](uint64_t c) { return op_chunks.contains(c); })) {
-      where_resident_.insert(set.chunks);
-      placed_[set.chunks] = false;
+      placed_[set.chunks] = Place::kWhereResident;
       continue;
     }
     bool on_device = false;
@@ -120,13 +119,11 @@ void Plan::PlaceUpdates() {
         }
       }
     }
-    placed_[set.chunks] = on_device;
+    placed_[set.chunks] = on_device ? Place::kDevice : Place::kHost;
   }
   std::unordered_set<uint64_t> dropped;
   for (const PlacedSet& set : trace_.placed) {
-    if (placed_.at(set.chunks) || where_resident_.contains(set.chunks)) {
-      continue;
-    }
+    if (placed_.at(set.chunks) != Place::kHost) continue;
     for (uint64_t c : set.written) {
       host_writes_[c] += std::max(set.writes, 1);
       auto it = uses_.find(c);
@@ -148,11 +145,12 @@ std::vector<uint64_t> SetKey(std::span<const uint64_t> chunks) {
 
 bool Plan::PlacedOnDevice(std::span<const uint64_t> chunks) const {
   auto it = placed_.find(SetKey(chunks));
-  return it != placed_.end() && it->second;
+  return it != placed_.end() && it->second == Place::kDevice;
 }
 
 bool Plan::PlacedWhereResident(std::span<const uint64_t> chunks) const {
-  return where_resident_.contains(SetKey(chunks));
+  auto it = placed_.find(SetKey(chunks));
+  return it != placed_.end() && it->second == Place::kWhereResident;
 }
 
 const std::vector<size_t>* Plan::Positions(absl::string_view key) const {

@@ -15,7 +15,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -119,8 +118,8 @@ class Plan {
   std::vector<uint64_t> budget_;
   std::vector<uint64_t> demand_budget_;
   uint64_t measured_capacity_ = 0;
-  std::map<std::vector<uint64_t>, bool> placed_;  // set -> on the device
-  std::set<std::vector<uint64_t>> where_resident_;
+  enum class Place { kDevice, kHost, kWhereResident };
+  std::map<std::vector<uint64_t>, Place> placed_;  // recorded set -> place
   std::unordered_set<uint64_t> kept_;
   uint64_t kept_bytes_ = 0;
   size_t placed_on_device_ = 0;

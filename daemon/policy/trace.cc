@@ -56,14 +56,15 @@ void TraceRecorder::Placed(
   std::sort(set.chunks.begin(), set.chunks.end());
   set.chunks.erase(std::unique(set.chunks.begin(), set.chunks.end()),
                    set.chunks.end());
-  for (PlacedSet& seen : trace_.placed) {
-    if (seen.chunks == set.chunks) {
-      if (write) {
-        seen.written = seen.chunks;
-        ++seen.writes;
-      }
-      return;
+  auto [it, fresh] =
+      placed_index_.try_emplace(set.chunks, trace_.placed.size());
+  if (!fresh) {
+    PlacedSet& seen = trace_.placed[it->second];
+    if (write) {
+      seen.written = seen.chunks;
+      ++seen.writes;
     }
+    return;
   }
   if (write) {
     set.written = set.chunks;
@@ -81,6 +82,7 @@ std::optional<Trace> TraceRecorder::EndStep() {
 
 void TraceRecorder::Reset() {
   trace_ = Trace();
+  placed_index_.clear();
   touches_ = 0;
   overflowed_ = false;
 }

@@ -86,6 +86,8 @@ class TraceRecorder {
   size_t touches_ = 0;
   bool overflowed_ = false;
   Trace trace_;
+  // Recorded placed sets -> their index in trace_.placed.
+  std::map<std::vector<uint64_t>, size_t> placed_index_;
 };
 
 }  // namespace tidepool
