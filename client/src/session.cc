@@ -205,6 +205,7 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
   request.set_host_quota_bytes(options.host_quota_bytes);
   request.set_pid(::getpid());
   request.set_client_name(options.client_name);
+  request.set_chunk_size_bytes(options.chunk_size_bytes);
   if (options.placement) {
     const PlacementOptions& p = *options.placement;
     auto* out = request.mutable_placement();

@@ -133,6 +133,19 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
   if (params.client_name.size() > 64) {
     return absl::InvalidArgumentError("client_name longer than 64 bytes");
   }
+  const uint64_t chunk_size =
+      params.chunk_size == 0 ? options_.chunk_size : params.chunk_size;
+  if (params.chunk_size != 0 &&
+      (chunk_size < options_.min_session_chunk_size ||
+       chunk_size > options_.max_session_chunk_size ||
+       chunk_size > host_pool_.size() || chunk_size % kTensorAlignment != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk_size ", chunk_size, " bytes is out of range: a multiple of ",
+        kTensorAlignment, " in [", options_.min_session_chunk_size, ", ",
+        std::min<uint64_t>(options_.max_session_chunk_size,
+                           host_pool_.size()),
+        "]"));
+  }
   TP_ASSIGN_OR_RETURN(const size_t device, ResolveDevice(params.device));
   const Policy policy = params.policy.value_or(options_.default_policy);
   const PlacementConfig config = params.placement.value_or(options_.placement);
@@ -168,7 +181,7 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
             .pid = params.pid,
             .client_name = params.client_name,
             .opened_at = absl::Now(),
-            .packer = ChunkPacker(options_.chunk_size)};
+            .packer = ChunkPacker(chunk_size)};
   s.stats.id = id;
   if (policy == Policy::kAuto || policy == Policy::kStatic) {
     const auto& desc = devices_[device]->description();
@@ -185,7 +198,7 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
                        token,
                        policy,
                        &devices_[device]->description(),
-                       options_.chunk_size,
+                       chunk_size,
                        host_pool_.size()};
 }
 

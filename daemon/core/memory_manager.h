@@ -61,6 +61,10 @@ struct ManagerOptions {
   PlacementConfig placement;
   // Bytes of an op's key, at most.
   size_t max_op_key_bytes = 1024;
+  // A session may choose its own chunk size in [min, max] (and no larger
+  // than the host pool), e.g. one searched for its model.
+  uint64_t min_session_chunk_size = 64ull << 10;
+  uint64_t max_session_chunk_size = 1ull << 30;
 };
 
 struct OpenParams {
@@ -72,6 +76,8 @@ struct OpenParams {
   std::string client_name;
   // `auto` / `static` settings; empty: the daemon's defaults.
   std::optional<PlacementConfig> placement;
+  // This session's chunk size; 0: ManagerOptions::chunk_size.
+  uint64_t chunk_size = 0;
 };
 
 struct OpenedSession {

@@ -170,6 +170,7 @@ grpc::Status GrpcService::OpenSession(grpc::ServerContext*,
     params.host_quota = request->host_quota_bytes();
     params.pid = request->pid();
     params.client_name = request->client_name();
+    params.chunk_size = request->chunk_size_bytes();
     if (request->has_placement()) {
       TP_ASSIGN_OR_RETURN(params.placement,
                           PlacementFromProto(request->placement(),

@@ -170,6 +170,10 @@ class ShardedAdamW {
 
   // Multiply the loss by this before backward (1 unless fp16).
   float loss_scale() const;
+  // The learning rate of the updates that start after this call (for a
+  // schedule): call it between Step() and the next OnGradientsReady().
+  absl::Status SetLearningRate(float lr);
+  float learning_rate() const;
   int64_t step() const;        // applied steps
   int64_t iterations() const;  // Step() calls, applied or skipped
   int num_blocks() const;

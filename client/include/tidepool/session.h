@@ -68,6 +68,9 @@ struct SessionOptions {
   uint64_t device_quota_bytes = 0;  // 0: no per-session limit
   uint64_t host_quota_bytes = 0;
   std::string client_name;
+  // This session's chunk size in bytes (a multiple of 256 within the
+  // daemon's bounds, by default 64 KiB..1 GiB); 0: the daemon's.
+  uint64_t chunk_size_bytes = 0;
   std::optional<PlacementOptions> placement;
   // Acquire and release through the shared-memory hot path (microseconds)
   // instead of a gRPC round trip, when the daemon offers one. Requests with

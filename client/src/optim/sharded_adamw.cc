@@ -19,6 +19,7 @@
 // beside the trainer's ops without disturbing the plan, and under `cuda`
 // (no host homes) and `cpu` alike.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -210,6 +211,7 @@ class ShardedAdamW::Impl {
                                .eps = options_.eps,
                                .weight_decay = options_.weight_decay};
     TP_RETURN_IF_ERROR_(kernels::ValidateAdamWParams(check));
+    lr_.store(options_.lr);
     {
       absl::MutexLock lock(&mu_);
       phase_.assign(nb, Phase::kIdle);
@@ -490,7 +492,7 @@ class ShardedAdamW::Impl {
     Block& blk = blocks_[b];
     const size_t es = DTypeSize(blk.param.dtype);
     std::vector<char> shard_param(blk.shard * es);
-    kernels::AdamWParams p{.lr = options_.lr,
+    kernels::AdamWParams p{.lr = lr_.load(std::memory_order_relaxed),
                            .beta1 = options_.beta1,
                            .beta2 = options_.beta2,
                            .eps = options_.eps,
@@ -1064,6 +1066,8 @@ class ShardedAdamW::Impl {
   }
 
   float loss_scale() const { return scaler_.scale(); }
+  void set_lr(float lr) { lr_.store(lr, std::memory_order_relaxed); }
+  float lr() const { return lr_.load(std::memory_order_relaxed); }
   int64_t step() const { return step_; }
   int64_t iterations() const { return iterations_; }
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
@@ -1072,6 +1076,9 @@ class ShardedAdamW::Impl {
   Session* const session_;
   Communicator* const comm_;
   const ShardedAdamWOptions options_;
+  // The learning rate of the next updates (SetLearningRate): read by the
+  // worker, written between steps.
+  std::atomic<float> lr_{0};
   const bool cuda_;
   // Written by Init, then touched by one thread at a time: the worker
   // between a block's report and Drain(), the caller otherwise.
@@ -1141,6 +1148,15 @@ absl::Status ShardedAdamW::OnGradientsReady(int block, uint64_t grad_tensor,
 }
 absl::StatusOr<StepResult> ShardedAdamW::Step() { return impl_->Step(); }
 float ShardedAdamW::loss_scale() const { return impl_->loss_scale(); }
+absl::Status ShardedAdamW::SetLearningRate(float lr) {
+  if (!std::isfinite(lr) || lr < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer: the learning rate must be finite and >= 0, not ", lr));
+  }
+  impl_->set_lr(lr);
+  return absl::OkStatus();
+}
+float ShardedAdamW::learning_rate() const { return impl_->lr(); }
 int64_t ShardedAdamW::step() const { return impl_->step(); }
 int64_t ShardedAdamW::iterations() const { return impl_->iterations(); }
 int ShardedAdamW::num_blocks() const { return impl_->num_blocks(); }

@@ -223,6 +223,37 @@ TEST_F(MemoryManagerTest, OpenRejectsBadParameters) {
       absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(MemoryManagerTest, EachSessionPacksWithItsOwnChunkSize) {
+  auto small = manager_->OpenSession(
+      {.policy = Policy::kCpu, .pid = getpid(), .chunk_size = 1 * kMiB});
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->chunk_size, 1 * kMiB);
+  // Three 400 KiB tensors: two share the first 1 MiB chunk, the third
+  // opens a second one; the default session would put all three in one.
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 3; ++i) {
+    specs.push_back({"t" + std::to_string(i), DType::kU8, {400 << 10},
+                     Group::kParam});
+  }
+  auto mine = manager_->Register(small->id, small->token, specs);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(mine->tensors[0].chunk_id, mine->tensors[1].chunk_id);
+  EXPECT_NE(mine->tensors[1].chunk_id, mine->tensors[2].chunk_id);
+  auto theirs = manager_->Register(id_, token_, specs);
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  EXPECT_EQ(theirs->tensors[0].chunk_id, theirs->tensors[2].chunk_id);
+  EXPECT_EQ(manager_->OpenSession({.pid = getpid()})->chunk_size, 4 * kMiB);
+}
+
+TEST_F(MemoryManagerTest, SessionChunkSizeOutOfRangeIsRefused) {
+  for (uint64_t bad : {uint64_t{4096}, uint64_t{1 * kMiB + 1},
+                       uint64_t{512 * kMiB}, uint64_t{1} << 40}) {
+    auto s = manager_->OpenSession({.pid = getpid(), .chunk_size = bad});
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.status().message().find("chunk_size"), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace tidepool
 
