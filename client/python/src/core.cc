@@ -443,6 +443,10 @@ nb::dict StepDict(const StepResult& r) {
 
 NB_MODULE(_core, m) {
   m.doc() = "libtidepool's Python face; see tidepool and tidepool.torch.";
+  // Models hold sessions in reference cycles (hooks -> engine -> model)
+  // that the interpreter may not collect at exit; the daemon reclaims such
+  // sessions when the process's connection closes.
+  nb::set_leak_warnings(false);
   RegisterErrors(m);
   m.attr("DEFAULT_SOCKET") = kDefaultSocket;
 
