@@ -13,8 +13,11 @@ all: build
 deps:
 	@scripts/setup.sh
 
+# The Python package (tidepool, tidepool.torch) builds against the cached
+# environment that scripts/python_env.sh prepares (torch, transformers).
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) >/dev/null
+	@py=$$(scripts/python_env.sh) && \
+	  cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DTIDEPOOL_PYTHON=$$py >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
 
 demo: build

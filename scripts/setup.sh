@@ -8,7 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libgoogle-glog-dev libtomlplusplus-dev libcivetweb-dev libsystemd-dev
-  libgloo-dev prometheus python3-yaml
+  libgloo-dev prometheus python3-yaml python3-dev python3-venv
 )
 
 missing=()

@@ -197,6 +197,54 @@ TEST_F(OptimizerTest, MatchesPlainAdamW) {
   }
 }
 
+TEST_F(OptimizerTest, MastersFromValuesAndAScheduledLearningRate) {
+  // Masters come from the given fp32 values, not from the parameter tensor
+  // (which holds something else here); a new learning rate applies to the
+  // updates after it.
+  const std::vector<size_t> sizes = {513, 64};
+  auto blocks = Blocks(*session_, sizes, DType::kF32);
+  ShardedAdamWOptions o{.lr = 1e-2f, .weight_decay = 0.05f};
+  auto opt = ShardedAdamW::Create(session_.get(), local_.get(), blocks, o);
+  ASSERT_TRUE(opt.ok()) << opt.status();
+  std::vector<PlainAdamW> ref(sizes.size());
+  for (size_t b = 0; b < sizes.size(); ++b) {
+    Write(*session_, blocks[b], Values(sizes[b], 99, 5.0f));  // not used
+    auto init = Values(sizes[b], 3 + b, 1.0f);
+    ASSERT_TRUE((*opt)->InitFromValues(b, init).ok());
+    ref[b].p.assign(init.begin(), init.end());
+    ref[b].m.assign(sizes[b], 0);
+    ref[b].v.assign(sizes[b], 0);
+  }
+  EXPECT_EQ((*opt)->InitFromValues(0, std::vector<float>(7)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*opt)->InitFromValues(2, std::vector<float>(7)).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ((*opt)->SetLearningRate(-1).code(),
+            absl::StatusCode::kInvalidArgument);
+  for (int step = 0; step < 3; ++step) {
+    ShardedAdamWOptions now = o;
+    now.lr = step == 0 ? 1e-2f : 3e-3f / step;
+    if (step > 0) {
+      ASSERT_TRUE((*opt)->SetLearningRate(now.lr).ok());
+    }
+    EXPECT_EQ((*opt)->learning_rate(), now.lr);
+    for (int b = 1; b >= 0; --b) {
+      auto g = Values(sizes[b], 10 * step + b, 0.5f);
+      Write(*session_, blocks[b], g);
+      ASSERT_TRUE((*opt)->OnGradientsReady(b).ok());
+      ref[b].Update(std::vector<double>(g.begin(), g.end()), now);
+    }
+    ASSERT_TRUE((*opt)->Step().ok());
+  }
+  for (size_t b = 0; b < sizes.size(); ++b) {
+    auto got = Read(*session_, blocks[b]);
+    for (size_t i = 0; i < sizes[b]; ++i) {
+      ASSERT_NEAR(got[i], ref[b].p[i], 2e-6 * (1 + std::fabs(ref[b].p[i])))
+          << "block " << b << " element " << i;
+    }
+  }
+}
+
 TEST_F(OptimizerTest, GlobalNormClipping) {
   auto blocks = Blocks(*session_, {300, 500}, DType::kF32);
   ShardedAdamWOptions o{.lr = 1e-2f, .max_grad_norm = 0.1f};

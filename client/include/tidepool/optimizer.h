@@ -49,6 +49,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,11 @@ class ShardedAdamW {
   // master shard = float(parameter), m = v = 0. Call once the parameter
   // tensors hold their initial values (the same on every rank).
   absl::Status InitFromParams();
+  // Or, per block: master shard = this rank's part of `values` (all
+  // `count` elements of the block in fp32, e.g. the original weights of a
+  // bf16 parameter, so no precision is lost to the cast), m = v = 0. Call
+  // between Create and the first OnGradientsReady, for every block.
+  absl::Status InitFromValues(int block, std::span<const float> values);
 
   // Backward is done with `block`: its gradient (the block's dtype, in the
   // parameter tensor's own memory) may be reduced and consumed. The tensor

@@ -655,6 +655,18 @@ NB_MODULE(_core, m) {
              Check(opt.InitFromParams());
            })
       .def(
+          "init_from_values",
+          [](PyOptimizer& o, int block,
+             nb::ndarray<const float, nb::c_contig, nb::device::cpu> values) {
+            ShardedAdamW& opt = o.get();
+            const float* data = values.data();
+            const size_t n = values.size();
+            nb::gil_scoped_release release;
+            Check(opt.InitFromValues(block, std::span<const float>(data, n)));
+          },
+          "block"_a, "values"_a,
+          "master = values (a contiguous fp32 CPU tensor of the whole block)")
+      .def(
           "on_gradients_ready",
           [](PyOptimizer& o, int block, std::optional<uint64_t> grad_tensor,
              const std::string& grad_dtype) {

@@ -753,6 +753,29 @@ class ShardedAdamW::Impl {
     return absl::OkStatus();
   }
 
+  // master = this rank's slice of `values` (the whole block), m = v = 0.
+  absl::Status InitFromValues(int b, const float* values, size_t count) {
+    if (b < 0 || b >= num_blocks()) {
+      return absl::OutOfRangeError(absl::StrCat("optimizer: no block ", b));
+    }
+    Block& blk = blocks_[b];
+    if (count != blk.param.count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer: block ", b, " has ", blk.param.count,
+                       " elements, not ", count));
+    }
+    TP_RETURN_IF_ERROR_(
+        WithState(blk, true, [&](float* master, float* m, float* v) {
+          std::fill(master, master + blk.shard, 0.0f);
+          std::copy_n(values + blk.begin, blk.valid, master);
+          std::fill(m, m + blk.shard, 0.0f);
+          std::fill(v, v + blk.shard, 0.0f);
+          return absl::OkStatus();
+        }));
+    blk.steps = 0;
+    return absl::OkStatus();
+  }
+
   // ---- checkpoints ----
   //
   // File (version 2): magic, version, rank, world, applied steps,
@@ -1136,6 +1159,10 @@ ShardedAdamW::ShardedAdamW(std::unique_ptr<Impl> impl)
 ShardedAdamW::~ShardedAdamW() = default;
 
 absl::Status ShardedAdamW::InitFromParams() { return impl_->InitFromParams(); }
+absl::Status ShardedAdamW::InitFromValues(int block,
+                                          std::span<const float> values) {
+  return impl_->InitFromValues(block, values.data(), values.size());
+}
 absl::Status ShardedAdamW::OnGradientsReady(int block) {
   if (block < 0 || block >= impl_->num_blocks()) {
     return absl::OutOfRangeError(absl::StrCat("optimizer: no block ", block));

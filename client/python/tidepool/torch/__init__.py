@@ -173,14 +173,12 @@ def wrap(model: torch.nn.Module, *, policy: str = "auto", lr: float = 1e-3,
         for key, buf in module._buffers.items():
             if buf is not None and buf.device != device:
                 module._buffers[key] = buf.to(device)
-    initial = [r.param.detach() for r in records]
-    broadcast_initial(initial, world)
-    values = {id(r): v.to(dtype) for r, v in zip(records, initial)}
+    initial = {id(r): r.param.detach() for r in records}
+    broadcast_initial(list(initial.values()), world)
 
     store = ParamStore(session, device)
     store.register(records, grad_tensors=accumulation_steps > 1)
-    store.write_initial(records, values)
-    del values, initial
+    store.write_initial(records, {k: v.to(dtype) for k, v in initial.items()})
 
     core = None
     optimizer = None
@@ -194,7 +192,11 @@ def wrap(model: torch.nn.Module, *, policy: str = "auto", lr: float = 1e-3,
                                   beta2=betas[1], eps=eps, weight_decay=weight_decay,
                                   max_grad_norm=max_grad_norm, overlap=overlap,
                                   dynamic_loss_scale=dtype == torch.float16)
-        core.init_from_params()
+        # Masters from the original values (fp32 weights keep their
+        # precision when compute reads a bf16 copy).
+        for r in trainable:
+            core.init_from_values(r.block, initial[id(r)].float().contiguous().reshape(-1))
+    del initial
     engine = Engine(model, store, records, core, world, accumulation_steps)
     engine.install()
     if core is not None:

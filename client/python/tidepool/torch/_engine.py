@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Callable
 
@@ -67,6 +68,8 @@ class Engine:
         self._train_forwards = 0  # training forwards since the last step
         self._handles: list = []
         self.lr_set: float | None = None
+        # Ops begun so far, by phase (fwd, recompute, bwd, grad).
+        self.phases: collections.Counter[str] = collections.Counter()
         self.on_before_forward: Callable[[], None] | None = None
 
     # ---- installation ----
@@ -131,6 +134,7 @@ class Engine:
 
     def _pre_forward(self, name: str, own: list[ManagedParam], module, args) -> None:
         phase = "recompute" if _in_backward() else "fwd"
+        self.phases[phase] += 1
         self.session.begin_op(f"{name}/{phase}", self._non_model_bytes())
         self.store.acquire(own)
         self._stack.append((name, phase, own))
@@ -170,6 +174,7 @@ class Engine:
         self._ensure_backward_callback()
         rec = saved.param
         if not rec.holds:
+            self.phases["bwd"] += 1
             self.session.begin_op(f"{saved.module}/bwd", self._non_model_bytes())
         self.store.acquire([rec])
         try:
@@ -206,6 +211,7 @@ class Engine:
             self.store.release([rec], "hold", all_holds=True)
         if self.world > 1:  # ranks' gradients are summed: average them
             grad = grad.float().div_(self.world)
+        self.phases["grad"] += 1
         self.session.begin_op(f"{rec.name}/grad", self._non_model_bytes())
         if rec.grad_id is None:
             self.store.acquire([rec], write=True)
