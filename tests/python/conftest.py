@@ -46,9 +46,9 @@ class Daemon:
         self.log.close()
 
 
-def sim_daemon(capacity: str = "8MiB", host_pool: str = "1GiB") -> Daemon:
+def sim_daemon(capacity: str = "8MiB", host_pool: str = "1GiB", *extra: str) -> Daemon:
     return Daemon("--device=sim", f"--sim_capacity={capacity}", f"--host_pool={host_pool}",
-                  "--chunk_size=2MiB")
+                  "--chunk_size=2MiB", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,15 @@ from __future__ import annotations
 
 import os
 
-from tidepool._core import (  # noqa: F401
+try:
+    # torch first, where there is one: it brings its own NCCL, newer than a
+    # system one that tidepool's extension would otherwise load first (and
+    # torch then fails to start with an undefined NCCL symbol).
+    import torch  # noqa: F401
+except ImportError:
+    pass
+
+from tidepool._core import (  # noqa: F401,E402
     DEFAULT_SOCKET,
     Error,
     FailedPreconditionError,
@@ -35,7 +43,7 @@ from tidepool._core import (  # noqa: F401
     TensorInfo,
     UnavailableError,
 )
-from tidepool import _core
+from tidepool import _core  # noqa: E402
 
 
 def default_socket() -> str:

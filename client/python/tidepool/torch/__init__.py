@@ -173,6 +173,7 @@ def wrap(model: torch.nn.Module, *, policy: str = "auto", lr: float = 1e-3,
         for key, buf in module._buffers.items():
             if buf is not None and buf.device != device:
                 module._buffers[key] = buf.to(device)
+    comm = open_communicator(world, rank)
     initial = {id(r): r.param.detach() for r in records}
     broadcast_initial(list(initial.values()), world)
 
@@ -182,7 +183,6 @@ def wrap(model: torch.nn.Module, *, policy: str = "auto", lr: float = 1e-3,
 
     core = None
     optimizer = None
-    comm = open_communicator(world, rank)
     if trainable:
         blocks = []
         for i, r in enumerate(trainable):
