@@ -6,7 +6,7 @@ BUILD_TYPE ?= RelWithDebInfo
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CTEST_LABELS := $(if $(HAVE_GPU),,-LE gpu)
 
-.PHONY: all deps build demo test clean
+.PHONY: all deps build demo test clean gpu-bundle gpu-check
 
 all: build
 
@@ -25,6 +25,16 @@ demo: build
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) $(CTEST_LABELS)
+
+# The GPU check (docs/build.md): gpu-bundle builds build-gpu/ (Release,
+# sm_90, Python 3.12 abi3 extension) and lays out .carry/ for the GPU test
+# machine, then checks it here as far as a machine without a GPU can;
+# gpu-check runs the check itself (on the GPU machine; OUT=dir).
+gpu-bundle: deps
+	@scripts/gpu_bundle.sh
+
+gpu-check:
+	@bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(BUILD)
