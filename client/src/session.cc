@@ -120,6 +120,7 @@ PlacementStatus FromProto(const v1::PlacementStatus& p) {
   out.updates_on_device = p.updates_on_device();
   out.updates_on_host = p.updates_on_host();
   out.kept_bytes = p.kept_bytes();
+  out.resyncs = p.resyncs();
   out.steps = p.steps();
   out.last_divergence = p.last_divergence();
   return out;

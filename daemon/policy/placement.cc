@@ -105,15 +105,27 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
     } else if (state_ == PlacementState::kPlanned) {
       const size_t n = plan_->size();
       const size_t expected = pos_ == kNoPos ? 0 : (pos_ + 1) % n;
+      // A known op out of the recorded order (an evaluation pass: forward
+      // ops without their backward; a step cut short) does not leave the
+      // plan: the plan is keyed by op identity, so it resynchronises at
+      // that op's next recorded position. Only an unknown op diverges.
+      size_t target = expected;
+      const std::vector<size_t>* positions =
+          keyed ? plan_->Positions(op->key) : nullptr;
+      if (keyed && positions != nullptr &&
+          plan_->op(expected).key != op->key) {
+        auto next =
+            std::lower_bound(positions->begin(), positions->end(), expected);
+        target = next != positions->end() ? *next : positions->front();
+        ++stats_.resyncs;
+        resynced_in_step_ = true;
+      }
       if (!keyed) {
         Diverge("an acquire without an op key");
-      } else if (plan_->op(expected).key != op->key) {
-        Diverge(plan_->Positions(op->key) == nullptr
-                    ? absl::StrCat("unknown op '", op->key.substr(0, 64), "'")
-                    : absl::StrCat("op '", op->key.substr(0, 64),
-                                   "' out of the recorded order"));
+      } else if (positions == nullptr) {
+        Diverge(absl::StrCat("unknown op '", op->key.substr(0, 64), "'"));
       } else {
-        const uint64_t recorded = plan_->op(expected).non_model_bytes;
+        const uint64_t recorded = plan_->op(target).non_model_bytes;
         const uint64_t hi = std::max(recorded, non_model_);
         const uint64_t lo = std::min(recorded, non_model_);
         if (hi - lo > Fraction(config_.non_model_tolerance, hi) + kMiB) {
@@ -121,7 +133,7 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
                                "' non-model bytes changed from ", recorded,
                                " to ", non_model_));
         } else {
-          pos_ = expected;
+          pos_ = target;
         }
       }
     }
@@ -228,8 +240,13 @@ void SessionPlacement::OnStep() {
       break;
     }
     case PlacementState::kPlanned:
-      if (config_.planner == PlannerKind::kBelady && plan_ &&
-          pos_ != plan_->size() - 1) {
+      if (resynced_in_step_ && resynced_last_step_) {
+        stats_.last_divergence =
+            "ops left the recorded order in two steps in a row";
+        ++stats_.replans;
+        StartRecording();
+      } else if (config_.planner == PlannerKind::kBelady && plan_ &&
+                 pos_ != plan_->size() - 1) {
         stats_.last_divergence =
             absl::StrCat("the step ended after ", pos_ == kNoPos ? 0 : pos_ + 1,
                          " of ", plan_->size(), " recorded ops");
@@ -242,6 +259,8 @@ void SessionPlacement::OnStep() {
       StartRecording();
       break;
   }
+  resynced_last_step_ = resynced_in_step_ && state_ == PlacementState::kPlanned;
+  resynced_in_step_ = false;
   pos_ = kNoPos;
   host_writes_pending_.clear();
   if (state_ == PlacementState::kPlanned && plan_) {

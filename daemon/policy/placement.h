@@ -91,6 +91,8 @@ struct PlacementStatsView {
   uint64_t updates_on_device = 0;
   uint64_t updates_on_host = 0;
   uint64_t kept_bytes = 0;
+  // Known ops out of the recorded order, where the plan resynchronised.
+  uint64_t resyncs = 0;
 };
 
 class SessionPlacement {
@@ -175,6 +177,11 @@ class SessionPlacement {
   size_t pos_ = kNoPos;         // op being served in the plan
   size_t gemini_pos_ = kNoPos;  // ops seen this step (position-keyed)
   bool have_op_ = false;
+  // Whether this step and the one before resynchronised (ops out of the
+  // recorded order): once is an evaluation pass, twice in a row a changed
+  // pattern (micro-batches) worth recording.
+  bool resynced_in_step_ = false;
+  bool resynced_last_step_ = false;
   uint64_t op_seq_ = 0;
   uint64_t non_model_ = 0;
   uint64_t outside_ = 0;

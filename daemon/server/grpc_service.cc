@@ -75,6 +75,7 @@ void FillPlacement(const PlacementStatsView& v, v1::PlacementStatus* out) {
   out->set_updates_on_device(v.updates_on_device);
   out->set_updates_on_host(v.updates_on_host);
   out->set_kept_bytes(v.kept_bytes);
+  out->set_resyncs(v.resyncs);
   out->set_steps(v.steps);
   out->set_last_divergence(v.last_divergence);
 }

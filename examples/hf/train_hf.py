@@ -422,8 +422,8 @@ def main() -> int:
     placement = stats["placement"]
     lines.append(f"placement    policy {args.policy}: {placement.get('state')}, "
                  f"{placement.get('replans', 0)} replans")
-    lines.append(f"updates      block updates on device {stats.get('updates_on_device', 0)}, "
-                 f"on host {stats.get('updates_on_host', 0)} (last step: "
+    lines.append(f"updates      block updates on device {stats.get('block_updates_on_device', 0)}, "
+                 f"on host {stats.get('block_updates_on_host', 0)} (last step: "
                  f"{last.get('blocks_on_device', 0)} device / {last.get('blocks_on_host', 0)} host)")
     lines.append(f"loss         tidepool {tp_s[min(w, len(tp_s)) - 1]:.3f} -> {tp_s[-1]:.3f} "
                  f"(first/last {w}-step mean); held-out {tp_eval:.3f}")

@@ -153,6 +153,9 @@ struct PlacementStatus {
   uint64_t updates_on_device = 0;
   uint64_t updates_on_host = 0;
   uint64_t kept_bytes = 0;
+  // Known ops that came out of the recorded order (an evaluation pass)
+  // and where the plan picked up again at their recorded position.
+  uint64_t resyncs = 0;
   uint64_t steps = 0;
   std::string last_divergence;
 };

@@ -371,6 +371,7 @@ nb::dict PlacementDict(const PlacementStatus& p) {
   d["updates_on_device"] = p.updates_on_device;
   d["updates_on_host"] = p.updates_on_host;
   d["kept_bytes"] = p.kept_bytes;
+  d["resyncs"] = p.resyncs;
   d["steps"] = p.steps;
   d["last_divergence"] = p.last_divergence;
   return d;

@@ -80,17 +80,38 @@ TEST_F(PlacementTest, ChangedBatchShapeFallsBack) {
   EXPECT_EQ(state(), PlacementState::kRecording);
 }
 
+TEST_F(PlacementTest, EvaluationBetweenStepsResynchronises) {
+  Step({"a/fwd", "b/fwd", "b/bwd", "a/bwd"});
+  for (int step = 0; step < 3; ++step) {
+    if (step != 1) {  // an evaluation pass: forward ops only
+      Op("a/fwd", {1});
+      Op("b/fwd", {2});
+    }
+    Step({"a/fwd", "b/fwd", "b/bwd", "a/bwd"});
+    EXPECT_EQ(state(), PlacementState::kPlanned) << step;
+  }
+  EXPECT_EQ(p_.stats().replans, 0u);
+  EXPECT_EQ(p_.stats().resyncs, 2u);
+  Op("a/fwd", {1});
+  Op("b/fwd", {2});
+  EXPECT_EQ(p_.position(), 1u);  // where b/fwd was recorded
+}
+
 TEST_F(PlacementTest, GradientAccumulationLeavesTheOrderAndReRecords) {
   Step({"fwd", "bwd", "opt"});
-  Op("fwd", {1});
-  Op("bwd", {2});
-  Op("fwd", {1});  // a second micro-batch before the optimizer
-  EXPECT_EQ(state(), PlacementState::kFallback);
-  EXPECT_NE(p_.stats().last_divergence.find("out of the recorded order"),
+  for (int step = 0; step < 2; ++step) {
+    Op("fwd", {1});
+    Op("bwd", {2});
+    Op("fwd", {1});  // a second micro-batch before the optimizer
+    EXPECT_EQ(state(), PlacementState::kPlanned);  // resynchronised
+    Op("bwd", {2});
+    Op("opt", {3});
+    p_.OnStep();
+  }
+  // Twice in a row: a new pattern, recorded anew.
+  EXPECT_EQ(state(), PlacementState::kRecording);
+  EXPECT_NE(p_.stats().last_divergence.find("two steps in a row"),
             std::string::npos);
-  Op("bwd", {2});
-  Op("opt", {3});
-  p_.OnStep();
   Step({"fwd", "bwd", "fwd", "bwd", "opt"});
   EXPECT_EQ(state(), PlacementState::kPlanned);
   EXPECT_EQ(p_.stats().plan_ops, 5u);

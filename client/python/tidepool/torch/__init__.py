@@ -50,12 +50,15 @@ class Handle:
 
     def stats(self) -> dict[str, Any]:
         """The session's traffic and residency (bytes each way, evictions,
-        prefetch hits, peak device use) and the auto planner's state."""
+        prefetch hits, peak device use), the auto planner's state under
+        "placement" (its updates_on_* count the daemon's placed acquires),
+        and block_updates_on_device/_host: the optimizer's parameter-block
+        updates by where they ran."""
         out = dict(self.session.stats())
         out["placement"] = dict(self.session.placement())
         if self.optimizer is not None:
-            out["updates_on_device"] = self.optimizer.device_updates
-            out["updates_on_host"] = self.optimizer.host_updates
+            out["block_updates_on_device"] = self.optimizer.device_updates
+            out["block_updates_on_host"] = self.optimizer.host_updates
         return out
 
     def close(self) -> None:
