@@ -362,6 +362,7 @@ def worker_main(args: argparse.Namespace) -> int:
     if base == "fsdp2":
         import torch.distributed as dist
         dist.destroy_process_group()
+        shutil.rmtree(store_dir, ignore_errors=True)
     return 0 if result["status"] == "ok" else 1
 
 
