@@ -10,10 +10,24 @@
 //
 //   optimizer_rank SOCKET RANK WORLD STORE FROM TO LOAD_DIR SAVE_DIR DUMP
 //   (empty LOAD_DIR / SAVE_DIR / DUMP: skip)
+//
+// Or rank 1 of a two-rank reduce-scatter whose rank 0 (the test process,
+// STOP_PID) stalls: see LateReduceScatter.
+//
+//   optimizer_rank --late-reduce-scatter STORE STOP_PID SHARD ROUNDS
+#include <dirent.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -58,7 +72,74 @@ absl::Status Put(Session& s, const ParamBlock& b, const std::vector<float>& x) {
   return s.Release({&b.tensor_id, 1}, TensorState::kHoldAfterBwd);
 }
 
+// Element i of rank r's reduce-scatter input in round k (small integers:
+// every sum is exact). optimizer_test's rank 0 uses the same.
+float LateValue(int r, size_t i, int k) {
+  return (r + 1) * float((i * 7 + r + k) % 13) - 6;
+}
+
+// Caps the kernel buffers of this process's TCP sockets (Gloo's), so that a
+// send to a peer that is not reading stays mostly in the sender's memory.
+void CapTcpBuffers(int bytes) {
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    const int fd = std::atoi(e->d_name);
+    if (fd <= 2 || fd == dirfd(d)) continue;
+    tcp_info info{};
+    socklen_t len = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+  }
+  closedir(d);
+}
+
+// Rank 1 comes late to each reduce-scatter (rank 0 has long sent its
+// part) and rank 0 stalls (SIGSTOP, as a descheduled process would) for
+// 300 ms just as rank 1 starts sending: rank 1's send to rank 0 is then
+// still in flight when its own part has arrived and been summed. Checks
+// rank 1's own shard; rank 0 checks its own.
+int LateReduceScatter(const std::string& store, pid_t stop, size_t shard,
+                      int rounds) {
+  auto comm = OpenGlooCommunicator({.rank = 1, .world = 2, .store_dir = store});
+  if (!comm.ok()) return Fail("gloo", comm.status());
+  CapTcpBuffers(64 << 10);
+  if (auto s = (*comm)->Barrier(); !s.ok()) return Fail("barrier", s);
+  std::vector<float> send(2 * shard), recv(shard);
+  for (int k = 0; k < rounds; ++k) {
+    for (size_t i = 0; i < send.size(); ++i) send[i] = LateValue(1, i, k);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (::kill(stop, SIGSTOP) != 0) {
+      return Fail("kill", absl::InternalError("SIGSTOP"));
+    }
+    std::thread resume([stop] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      ::kill(stop, SIGCONT);
+    });
+    absl::Status s =
+        (*comm)->ReduceScatterSum(send.data(), recv.data(), shard, DType::kF32);
+    resume.join();
+    if (!s.ok()) return Fail("reduce-scatter", s);
+    for (size_t j = 0; j < shard; ++j) {
+      const float want =
+          LateValue(0, shard + j, k) + LateValue(1, shard + j, k);
+      if (recv[j] != want) {
+        std::fprintf(stderr, "optimizer_rank: round %d element %zu: %g != %g\n",
+                     k, j, recv[j], want);
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
+  if (argc == 6 && std::string(argv[1]) == "--late-reduce-scatter") {
+    return LateReduceScatter(argv[2], std::atoi(argv[3]),
+                             std::strtoull(argv[4], nullptr, 10),
+                             std::atoi(argv[5]));
+  }
   if (argc != 10) {
     std::fprintf(stderr, "usage: see optimizer_rank.cc\n");
     return 2;

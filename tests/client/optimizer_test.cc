@@ -1048,6 +1048,24 @@ uint64_t TcpBytesReceived() {
   return total;
 }
 
+// Caps the kernel buffers of this process's TCP sockets (the Gloo pairs
+// of the test running now), so that a send to a peer that is not reading
+// stays mostly in the sender's memory (as optimizer_rank's does).
+void CapTcpBuffers(int bytes) {
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    const int fd = atoi(e->d_name);
+    if (fd <= 2 || fd == dirfd(d)) continue;
+    tcp_info info{};
+    socklen_t len = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+  }
+  closedir(d);
+}
+
 // A true reduce-scatter at power-of-two worlds: each rank receives about
 // its shard's worth per peer instead of the whole buffer twice (ring
 // all-reduce, what a reduce-scatter by all-reduce moves).
@@ -1102,5 +1120,56 @@ TEST(GlooCommunicatorTest, BadArgumentsAndWorldOfOne) {
   EXPECT_EQ(y[2], 3.0f);
 }
 
+// Rank 1 (an optimizer_rank process) comes late to each reduce-scatter and
+// stops this process, rank 0, for 300 ms as it starts sending: its send to
+// rank 0 is still in flight when rank 0's part has arrived. Gloo's
+// halving-doubling reduce-scatter (what ReduceScatterSum ran before) then
+// moved rank 1's summed shard over the buffer it was still sending from,
+// so rank 0's shard ended in sums of the wrong elements (the cause of
+// nondeterministic two-rank training in tidepool.torch under load, with
+// 1 MiB shards; here made certain by the stall and a larger shard). Every
+// element must be exact. Rounds after the first: the first builds Gloo's
+// buffers, which stalls rank 1 until rank 0 runs again.
+TEST(GlooCommunicatorTest, ReduceScatterIsExactWhenAPeerIsLateAndStalls) {
+  // 16 MiB of fp32 per rank: more than the kernel takes into socket
+  // buffers while rank 0 is stopped (measured: about 8 MiB), so part of
+  // rank 1's send is still in its memory.
+  constexpr size_t kShard = size_t{1} << 22;
+  constexpr int kRounds = 3;
+  const auto dir = TempDir("gloo-late");
+  auto child = testing::ChildProcess::Spawn(
+      {testing::BinDir() + "/optimizer_rank", "--late-reduce-scatter",
+       dir.string(), std::to_string(::getpid()), std::to_string(kShard),
+       std::to_string(kRounds)});
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto comm =
+      OpenGlooCommunicator({.rank = 0, .world = 2, .store_dir = dir.string()});
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  CapTcpBuffers(64 << 10);
+  ASSERT_TRUE((*comm)->Barrier().ok());
+  // Rank 1's values (optimizer_rank's LateValue).
+  auto value = [](int r, size_t i, int k) {
+    return (r + 1) * float((i * 7 + r + k) % 13) - 6;
+  };
+  std::vector<float> send(2 * kShard), recv(kShard);
+  for (int k = 0; k < kRounds; ++k) {
+    for (size_t i = 0; i < send.size(); ++i) send[i] = value(0, i, k);
+    ASSERT_TRUE(
+        (*comm)
+            ->ReduceScatterSum(send.data(), recv.data(), kShard, DType::kF32)
+            .ok());
+    size_t wrong = 0, first = kShard;
+    for (size_t j = 0; j < kShard; ++j) {
+      if (recv[j] != value(0, j, k) + value(1, j, k)) {
+        ++wrong;
+        first = std::min(first, j);
+      }
+    }
+    EXPECT_EQ(wrong, 0u) << "round " << k << ": from element " << first;
+  }
+  comm->reset();
+  EXPECT_EQ(child->Wait(), 0);
+  std::filesystem::remove_all(dir);
+}
 }  // namespace
 }  // namespace tidepool

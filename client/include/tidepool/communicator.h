@@ -71,7 +71,7 @@ struct GlooOptions {
   std::string hostname = "127.0.0.1";
   std::chrono::milliseconds timeout{60000};
   // Largest reduce-scatter Gloo runs at once (all ranks' slices together);
-  // bigger ones run in pieces. Bounds the staging memory (about 3x this) and
+  // bigger ones run in pieces. Bounds the staging memory (about 2x this) and
   // keeps Gloo's int byte counts in range. Must be equal on all ranks.
   size_t reduce_scatter_piece_bytes = size_t{64} << 20;
 };
