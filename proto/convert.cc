@@ -184,4 +184,27 @@ v1::TensorState ToProto(TensorState s) {
   return v1::TENSOR_STATE_UNSPECIFIED;
 }
 
+absl::string_view PolicyName(Policy policy) {
+  switch (policy) {
+    case Policy::kCuda:
+      return "cuda";
+    case Policy::kCpu:
+      return "cpu";
+    case Policy::kStatic:
+      return "static";
+    case Policy::kAuto:
+      return "auto";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<Policy> ParsePolicy(absl::string_view name) {
+  for (Policy p :
+       {Policy::kCuda, Policy::kCpu, Policy::kStatic, Policy::kAuto}) {
+    if (PolicyName(p) == name) return p;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown policy '", name, "' (cuda, cpu, static or auto)"));
+}
+
 }  // namespace tidepool

@@ -34,29 +34,6 @@ bool TokensEqual(const Token& a, const Token& b) {
 
 }  // namespace
 
-absl::string_view PolicyName(Policy policy) {
-  switch (policy) {
-    case Policy::kCuda:
-      return "cuda";
-    case Policy::kCpu:
-      return "cpu";
-    case Policy::kStatic:
-      return "static";
-    case Policy::kAuto:
-      return "auto";
-  }
-  return "unknown";
-}
-
-absl::StatusOr<Policy> ParsePolicy(absl::string_view name) {
-  for (Policy p :
-       {Policy::kCuda, Policy::kCpu, Policy::kStatic, Policy::kAuto}) {
-    if (PolicyName(p) == name) return p;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown policy '", name, "' (cuda, cpu, static or auto)"));
-}
-
 absl::string_view ReclaimReasonName(ReclaimReason reason) {
   switch (reason) {
     case ReclaimReason::kClosed:
@@ -142,8 +119,7 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk_size ", chunk_size, " bytes is out of range: a multiple of ",
         kTensorAlignment, " in [", options_.min_session_chunk_size, ", ",
-        std::min<uint64_t>(options_.max_session_chunk_size,
-                           host_pool_.size()),
+        std::min<uint64_t>(options_.max_session_chunk_size, host_pool_.size()),
         "]"));
   }
   TP_ASSIGN_OR_RETURN(const size_t device, ResolveDevice(params.device));
@@ -194,12 +170,9 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
   LOG(INFO) << "session " << id << " opened: pid " << params.pid << ", policy "
             << PolicyName(policy) << ", device "
             << devices_[device]->description().name;
-  return OpenedSession{id,
-                       token,
-                       policy,
-                       &devices_[device]->description(),
-                       chunk_size,
-                       host_pool_.size()};
+  return OpenedSession{id,         token,
+                       policy,     &devices_[device]->description(),
+                       chunk_size, host_pool_.size()};
 }
 
 absl::StatusOr<MemoryManager::Session*> MemoryManager::Authenticate(

@@ -32,13 +32,11 @@
 #include "daemon/policy/placement.h"
 #include "daemon/registry/chunk_packer.h"
 #include "daemon/registry/tensor_state.h"
+#include "proto/convert.h"
 #include "proto/wire.h"
 #include "tidepool/types.h"
 
 namespace tidepool {
-
-absl::string_view PolicyName(Policy policy);
-absl::StatusOr<Policy> ParsePolicy(absl::string_view name);
 
 using Token = std::array<uint8_t, wire::kTokenBytes>;
 

@@ -112,8 +112,7 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
       size_t target = expected;
       const std::vector<size_t>* positions =
           keyed ? plan_->Positions(op->key) : nullptr;
-      if (keyed && positions != nullptr &&
-          plan_->op(expected).key != op->key) {
+      if (keyed && positions != nullptr && plan_->op(expected).key != op->key) {
         auto next =
             std::lower_bound(positions->begin(), positions->end(), expected);
         target = next != positions->end() ? *next : positions->front();

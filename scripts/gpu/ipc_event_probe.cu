@@ -18,15 +18,15 @@
 #include <cstdio>
 #include <cstring>
 
-#define CK(x)                                                          \
-  do {                                                                 \
-    cudaError_t e = (x);                                               \
-    if (e != cudaSuccess) {                                            \
-      printf("FAIL %s:%d %s -> %s\n", __FILE__, __LINE__, #x,          \
-             cudaGetErrorString(e));                                   \
-      fflush(stdout);                                                  \
-      ok = false;                                                      \
-    }                                                                  \
+#define CK(x)                                                 \
+  do {                                                        \
+    cudaError_t e = (x);                                      \
+    if (e != cudaSuccess) {                                   \
+      printf("FAIL %s:%d %s -> %s\n", __FILE__, __LINE__, #x, \
+             cudaGetErrorString(e));                          \
+      fflush(stdout);                                         \
+      ok = false;                                             \
+    }                                                         \
   } while (0)
 
 static const size_t kN = 1 << 22;  // 16 MiB of u32
@@ -185,7 +185,8 @@ int main() {
   int status = 0;
   waitpid(pid, &status, 0);
   const bool child_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  printf("child exit status %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  printf("child exit status %d\n",
+         WIFEXITED(status) ? WEXITSTATUS(status) : -1);
   printf("DONE\n");
   return ok && nbad == 0 && child_ok ? 0 : 1;
 }

@@ -15,11 +15,7 @@
 // STOP_PID) stalls: see LateReduceScatter.
 //
 //   optimizer_rank --late-reduce-scatter STORE STOP_PID SHARD ROUNDS
-#include <dirent.h>
-#include <linux/tcp.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -32,6 +28,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/half.h"
+#include "tests/support/tcp_sockets.h"
 #include "tidepool/communicator.h"
 #include "tidepool/optimizer.h"
 #include "tidepool/session.h"
@@ -72,28 +69,8 @@ absl::Status Put(Session& s, const ParamBlock& b, const std::vector<float>& x) {
   return s.Release({&b.tensor_id, 1}, TensorState::kHoldAfterBwd);
 }
 
-// Element i of rank r's reduce-scatter input in round k (small integers:
-// every sum is exact). optimizer_test's rank 0 uses the same.
-float LateValue(int r, size_t i, int k) {
-  return (r + 1) * float((i * 7 + r + k) % 13) - 6;
-}
-
-// Caps the kernel buffers of this process's TCP sockets (Gloo's), so that a
-// send to a peer that is not reading stays mostly in the sender's memory.
-void CapTcpBuffers(int bytes) {
-  DIR* d = opendir("/proc/self/fd");
-  if (d == nullptr) return;
-  while (dirent* e = readdir(d)) {
-    const int fd = std::atoi(e->d_name);
-    if (fd <= 2 || fd == dirfd(d)) continue;
-    tcp_info info{};
-    socklen_t len = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
-  }
-  closedir(d);
-}
+using testing::CapTcpBuffers;
+using testing::LateReduceScatterValue;
 
 // Rank 1 comes late to each reduce-scatter (rank 0 has long sent its
 // part) and rank 0 stalls (SIGSTOP, as a descheduled process would) for
@@ -108,7 +85,8 @@ int LateReduceScatter(const std::string& store, pid_t stop, size_t shard,
   if (auto s = (*comm)->Barrier(); !s.ok()) return Fail("barrier", s);
   std::vector<float> send(2 * shard), recv(shard);
   for (int k = 0; k < rounds; ++k) {
-    for (size_t i = 0; i < send.size(); ++i) send[i] = LateValue(1, i, k);
+    for (size_t i = 0; i < send.size(); ++i)
+      send[i] = LateReduceScatterValue(1, i, k);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     if (::kill(stop, SIGSTOP) != 0) {
       return Fail("kill", absl::InternalError("SIGSTOP"));
@@ -122,8 +100,8 @@ int LateReduceScatter(const std::string& store, pid_t stop, size_t shard,
     resume.join();
     if (!s.ok()) return Fail("reduce-scatter", s);
     for (size_t j = 0; j < shard; ++j) {
-      const float want =
-          LateValue(0, shard + j, k) + LateValue(1, shard + j, k);
+      const float want = LateReduceScatterValue(0, shard + j, k) +
+                         LateReduceScatterValue(1, shard + j, k);
       if (recv[j] != want) {
         std::fprintf(stderr, "optimizer_rank: round %d element %zu: %g != %g\n",
                      k, j, recv[j], want);

@@ -55,16 +55,32 @@ def state_bytes(model: torch.nn.Module, param_bytes: int = 4) -> int:
     return total
 
 
+class PlainReference:
+    """Plain PyTorch training of a copy of the model: torch AdamW on its
+    fp32 parameters."""
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", **adamw) -> None:
+        self.model = copy.deepcopy(model).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), **adamw)
+
+    def step(self, x: torch.Tensor) -> float:
+        loss = self.model(input_ids=x, labels=x).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        return loss.item()
+
+
 class MixedPrecisionReference:
     """Plain PyTorch training with the recipe tidepool's bf16 path follows:
     compute on a bf16 copy, fp32 master weights updated by torch AdamW on
     the gradients cast to fp32, then copied back to bf16."""
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, **adamw) -> None:
-        self.model = copy.deepcopy(model)
-        self.masters = [p.detach().clone().float() for p in self.model.parameters()]
-        for m in self.masters:
-            m.requires_grad_(True)
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, device: str = "cpu",
+                 **adamw) -> None:
+        self.model = copy.deepcopy(model).to(device)
+        self.masters = [p.detach().clone().float().requires_grad_(True)
+                        for p in self.model.parameters()]
         # Parameters only: buffers (rotary tables) stay as they are, as
         # tidepool.torch.wrap leaves them.
         for p in self.model.parameters():

@@ -34,6 +34,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "proto/convert.h"
 #include "tidepool/communicator.h"
 #include "tidepool/optimizer.h"
 #include "tidepool/session.h"
@@ -74,8 +75,8 @@ T Check(absl::StatusOr<T> v) {
 
 void RegisterErrors(nb::module_& m) {
   ErrorClasses& e = Errors();
-  e.base = PyErr_NewException("tidepool._core.Error", PyExc_RuntimeError,
-                              nullptr);
+  e.base =
+      PyErr_NewException("tidepool._core.Error", PyExc_RuntimeError, nullptr);
   m.attr("Error") = nb::handle(e.base);
   struct Kind {
     absl::StatusCode code;
@@ -123,9 +124,10 @@ void RegisterErrors(nb::module_& m) {
       auto it = e.by_code.find(static_cast<int>(s.status.code()));
       PyObject* cls = it == e.by_code.end() ? e.base : it->second;
       const std::string message(s.status.message());
-      PyErr_SetString(cls, message.empty()
-                               ? absl::StatusCodeToString(s.status.code()).c_str()
-                               : message.c_str());
+      PyErr_SetString(cls,
+                      message.empty()
+                          ? absl::StatusCodeToString(s.status.code()).c_str()
+                          : message.c_str());
     }
   });
 }
@@ -168,14 +170,6 @@ Group ParseGroup(const std::string& s) {
                        {"other", Group::kOther}},
                       "group");
 }
-Policy ParsePolicy(const std::string& s) {
-  return Parse<Policy>(s,
-                       {{"cuda", Policy::kCuda},
-                        {"cpu", Policy::kCpu},
-                        {"static", Policy::kStatic},
-                        {"auto", Policy::kAuto}},
-                       "policy");
-}
 TensorState ParseTarget(const std::string& s) {
   return Parse<TensorState>(s,
                             {{"hold", TensorState::kHold},
@@ -183,20 +177,6 @@ TensorState ParseTarget(const std::string& s) {
                              {"free", TensorState::kFree}},
                             "release target");
 }
-const char* PolicyName(Policy p) {
-  switch (p) {
-    case Policy::kCuda:
-      return "cuda";
-    case Policy::kCpu:
-      return "cpu";
-    case Policy::kStatic:
-      return "static";
-    case Policy::kAuto:
-      return "auto";
-  }
-  return "?";
-}
-
 nb::dlpack::dtype ToDlpack(DType d) {
   using C = nb::dlpack::dtype_code;
   auto t = [](C code, int bits) {
@@ -233,12 +213,14 @@ using Tensor = nb::ndarray<nb::pytorch>;
 class PySession {
  public:
   PySession(std::unique_ptr<Session> session, int cuda_device)
-      : session_(std::move(session)), cuda_device_(cuda_device) {}
+      : session_(std::move(session)),
+        cuda_device_(cuda_device),
+        cuda_backend_(session_->device().backend == "cuda") {}
 
   Session& get() {
     if (!session_) {
-      throw StatusError{absl::FailedPreconditionError(
-          "the tidepool session is closed")};
+      throw StatusError{
+          absl::FailedPreconditionError("the tidepool session is closed")};
     }
     return *session_;
   }
@@ -264,9 +246,9 @@ class PySession {
   }
 
   // kind: 0 device (Acquire), 1 host (AcquireOnHost), 2 placed.
-  std::pair<bool, std::vector<Tensor>> Acquire(
-      int kind, const std::vector<uint64_t>& ids, bool write,
-      uintptr_t stream) {
+  std::pair<bool, std::vector<Tensor>> Acquire(int kind,
+                                               const std::vector<uint64_t>& ids,
+                                               bool write, uintptr_t stream) {
     const AccessMode mode = write ? AccessMode::kReadWrite : AccessMode::kRead;
     std::vector<AcquiredTensor> got;
     bool on_device = kind == 0;
@@ -285,7 +267,7 @@ class PySession {
         got = std::move(placed.tensors);
       }
     }
-    const bool device_memory = on_device && session_->device().backend == "cuda";
+    const bool device_memory = on_device && cuda_backend_;
     std::vector<Tensor> out;
     out.reserve(got.size());
     // The session owns the views (an ndarray without an owner would be
@@ -300,11 +282,10 @@ class PySession {
       }
       const View& v = it->second;
       std::vector<size_t> shape(v.shape.begin(), v.shape.end());
-      out.emplace_back(t.data, shape.size(), shape.data(), owner,
-                       nullptr, ToDlpack(v.dtype),
-                       device_memory ? nb::device::cuda::value
-                                     : nb::device::cpu::value,
-                       device_memory ? cuda_device_ : 0);
+      out.emplace_back(
+          t.data, shape.size(), shape.data(), owner, nullptr, ToDlpack(v.dtype),
+          device_memory ? nb::device::cuda::value : nb::device::cpu::value,
+          device_memory ? cuda_device_ : 0);
     }
     return {on_device, std::move(out)};
   }
@@ -332,6 +313,7 @@ class PySession {
   };
   std::unique_ptr<Session> session_;
   const int cuda_device_;
+  const bool cuda_backend_;  // device acquires return device memory
   std::mutex mu_;
   std::unordered_map<uint64_t, View> views_;
 };
@@ -380,15 +362,15 @@ nb::dict PlacementDict(const PlacementStatus& p) {
 std::unique_ptr<PySession> OpenSession(
     const std::string& socket, std::optional<std::string> policy,
     const std::string& device, uint64_t chunk_size, uint64_t device_quota,
-    uint64_t host_quota, const std::string& client_name,
-    uint32_t warmup_steps, std::optional<double> margin_ratio, bool prefetch,
-    uint32_t lookahead_ops, std::optional<double> static_param_offload,
+    uint64_t host_quota, const std::string& client_name, uint32_t warmup_steps,
+    std::optional<double> margin_ratio, bool prefetch, uint32_t lookahead_ops,
+    std::optional<double> static_param_offload,
     std::optional<double> static_optim_offload, bool hot_path,
     int cuda_device) {
   SessionOptions o;
   o.socket = socket.empty() ? kDefaultSocket : socket;
   o.device = device;
-  if (policy) o.policy = ParsePolicy(*policy);
+  if (policy) o.policy = Check(ParsePolicy(*policy));
   o.chunk_size_bytes = chunk_size;
   o.device_quota_bytes = device_quota;
   o.host_quota_bytes = host_quota;
@@ -561,7 +543,9 @@ NB_MODULE(_core, m) {
       .def("close", &PySession::Close, "Closes the session now.")
       .def_prop_ro("id", [](PySession& s) { return s.get().id(); })
       .def_prop_ro("policy",
-                   [](PySession& s) { return PolicyName(s.get().policy()); })
+                   [](PySession& s) {
+                     return std::string(PolicyName(s.get().policy()));
+                   })
       .def_prop_ro("chunk_size",
                    [](PySession& s) { return s.get().chunk_size(); })
       .def_prop_ro("cuda_device", &PySession::cuda_device)
@@ -584,9 +568,8 @@ NB_MODULE(_core, m) {
         nb::gil_scoped_release release;
         Check(c.comm->Barrier());
       });
-  m.def("local_communicator", [] {
-    return PyCommunicator{MakeLocalCommunicator()};
-  });
+  m.def("local_communicator",
+        [] { return PyCommunicator{MakeLocalCommunicator()}; });
   m.def(
       "gloo_communicator",
       [](int rank, int world, const std::string& store_dir,
@@ -622,8 +605,8 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](PyOptimizer* self, PySession& session, PyCommunicator& comm,
-             const std::vector<std::tuple<uint64_t, size_t, std::string,
-                                          uint64_t>>& blocks,
+             const std::vector<
+                 std::tuple<uint64_t, size_t, std::string, uint64_t>>& blocks,
              float lr, float beta1, float beta2, float eps, float weight_decay,
              float max_grad_norm, bool overlap, bool dynamic_loss_scale) {
             std::vector<ParamBlock> parsed;
@@ -640,14 +623,14 @@ NB_MODULE(_core, m) {
             o.loss_scale.dynamic = dynamic_loss_scale;
             Session& s = session.get();
             nb::gil_scoped_release release;
-            new (self) PyOptimizer{Check(
-                ShardedAdamW::Create(&s, comm.comm.get(), parsed, o))};
+            new (self) PyOptimizer{
+                Check(ShardedAdamW::Create(&s, comm.comm.get(), parsed, o))};
           },
-          "session"_a, "comm"_a, "blocks"_a, "lr"_a = 1e-3f,
-          "beta1"_a = 0.9f, "beta2"_a = 0.999f, "eps"_a = 1e-8f,
-          "weight_decay"_a = 0.0f, "max_grad_norm"_a = 0.0f,
-          "overlap"_a = true, "dynamic_loss_scale"_a = false,
-          nb::keep_alive<1, 2>(), nb::keep_alive<1, 3>(),
+          "session"_a, "comm"_a, "blocks"_a, "lr"_a = 1e-3f, "beta1"_a = 0.9f,
+          "beta2"_a = 0.999f, "eps"_a = 1e-8f, "weight_decay"_a = 0.0f,
+          "max_grad_norm"_a = 0.0f, "overlap"_a = true,
+          "dynamic_loss_scale"_a = false, nb::keep_alive<1, 2>(),
+          nb::keep_alive<1, 3>(),
           "blocks: (tensor_id, count, dtype, chunk_id) of each parameter.")
       .def("init_from_params",
            [](PyOptimizer& o) {

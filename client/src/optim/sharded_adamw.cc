@@ -740,30 +740,13 @@ class ShardedAdamW::Impl {
             return kernels::CpuConvertToF32(src, *KernelType(blk.param.dtype),
                                             wide.data(), blk.param.count);
           }));
-      TP_RETURN_IF_ERROR_(
-          WithState(blk, true, [&](float* master, float* m, float* v) {
-            std::fill(master, master + blk.shard, 0.0f);
-            std::copy_n(wide.data() + blk.begin, blk.valid, master);
-            std::fill(m, m + blk.shard, 0.0f);
-            std::fill(v, v + blk.shard, 0.0f);
-            return absl::OkStatus();
-          }));
-      blk.steps = 0;
+      TP_RETURN_IF_ERROR_(InitBlock(blk, wide.data()));
     }
     return absl::OkStatus();
   }
 
-  // master = this rank's slice of `values` (the whole block), m = v = 0.
-  absl::Status InitFromValues(int b, const float* values, size_t count) {
-    if (b < 0 || b >= num_blocks()) {
-      return absl::OutOfRangeError(absl::StrCat("optimizer: no block ", b));
-    }
-    Block& blk = blocks_[b];
-    if (count != blk.param.count) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("optimizer: block ", b, " has ", blk.param.count,
-                       " elements, not ", count));
-    }
+  // master shard = this rank's part of `values` (the whole block), m = v = 0.
+  absl::Status InitBlock(Block& blk, const float* values) {
     TP_RETURN_IF_ERROR_(
         WithState(blk, true, [&](float* master, float* m, float* v) {
           std::fill(master, master + blk.shard, 0.0f);
@@ -774,6 +757,19 @@ class ShardedAdamW::Impl {
         }));
     blk.steps = 0;
     return absl::OkStatus();
+  }
+
+  absl::Status InitFromValues(int b, const float* values, size_t count) {
+    if (b < 0 || b >= num_blocks()) {
+      return absl::OutOfRangeError(absl::StrCat("optimizer: no block ", b));
+    }
+    Block& blk = blocks_[b];
+    if (count != blk.param.count) {
+      return absl::InvalidArgumentError(absl::StrCat("optimizer: block ", b,
+                                                     " has ", blk.param.count,
+                                                     " elements, not ", count));
+    }
+    return InitBlock(blk, values);
   }
 
   // ---- checkpoints ----

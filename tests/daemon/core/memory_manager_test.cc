@@ -232,8 +232,8 @@ TEST_F(MemoryManagerTest, EachSessionPacksWithItsOwnChunkSize) {
   // opens a second one; the default session would put all three in one.
   std::vector<TensorSpec> specs;
   for (int i = 0; i < 3; ++i) {
-    specs.push_back({"t" + std::to_string(i), DType::kU8, {400 << 10},
-                     Group::kParam});
+    specs.push_back(
+        {"t" + std::to_string(i), DType::kU8, {400 << 10}, Group::kParam});
   }
   auto mine = manager_->Register(small->id, small->token, specs);
   ASSERT_TRUE(mine.ok()) << mine.status();

@@ -2,7 +2,6 @@
 tidepoold's cuda backend (device pool capped below the model's state)."""
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import Daemon  # noqa: E402
-from models import (MixedPrecisionReference, batches, make_model,  # noqa: E402
-                    relative_difference, state_bytes)
+from models import (MixedPrecisionReference, PlainReference, batches,  # noqa: E402
+                    make_model, relative_difference, state_bytes)
 
 import tidepool.torch as tp  # noqa: E402
 
@@ -20,6 +19,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 POOL = 16 << 20
+ADAMW = dict(lr=1e-3, weight_decay=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +41,13 @@ def test_cuda_training_equals_plain_pytorch(cuda_daemon, arch, policy, dtype):
     model = make_model(arch)
     assert state_bytes(model, 4 if dtype == torch.float32 else 2) >= 2 * POOL
     if dtype == torch.float32:
-        ref = copy.deepcopy(model).cuda()
-        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.01)
-
-        def ref_step(x):
-            loss = ref(input_ids=x, labels=x).loss
-            loss.backward()
-            ref_opt.step()
-            ref_opt.zero_grad()
-            return loss.item()
+        ref = PlainReference(model, "cuda", **ADAMW)
         loss_tol, param_tol = 1e-5, 1e-5
     else:
-        mp = MixedPrecisionReference(model, dtype, lr=1e-3, weight_decay=0.01)
-        mp.model.cuda()
-        mp.masters = [m.detach().cuda().requires_grad_(True) for m in mp.masters]
-        mp.opt = torch.optim.AdamW(mp.masters, lr=1e-3, weight_decay=0.01)
-        ref, ref_step = mp.model, mp.step
+        ref = MixedPrecisionReference(model, dtype, "cuda", **ADAMW)
         loss_tol, param_tol = 5e-4, 1e-2
-    model, opt = tp.wrap(model, policy=policy, lr=1e-3, weight_decay=0.01,
-                         param_dtype=dtype, socket=cuda_daemon.socket)
+    model, opt = tp.wrap(model, policy=policy, param_dtype=dtype,
+                         socket=cuda_daemon.socket, **ADAMW)
     try:
         assert model.tidepool.device.type == "cuda"
         for step, x in enumerate(batches(3)):
@@ -67,9 +55,9 @@ def test_cuda_training_equals_plain_pytorch(cuda_daemon, arch, policy, dtype):
             loss = model(input_ids=x, labels=x).loss
             loss.backward()
             opt.step()
-            expected = ref_step(x)
+            expected = ref.step(x)
             assert abs(loss.item() - expected) <= loss_tol * abs(expected), step
-            diff = relative_difference(_cpu(model.state_dict()), _cpu(ref.state_dict()))
+            diff = relative_difference(_cpu(model.state_dict()), _cpu(ref.model.state_dict()))
             assert diff <= param_tol, (step, diff)
         stats = model.tidepool.stats()
         assert stats["evictions"] > 0

@@ -4,7 +4,6 @@ models whose state is several times the device pool, under `cpu` and
 `auto`, with and without gradient checkpointing."""
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -12,47 +11,35 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from models import (MixedPrecisionReference, batches, make_model,  # noqa: E402
-                    relative_difference, state_bytes)
+from models import (MixedPrecisionReference, PlainReference, batches,  # noqa: E402
+                    make_model, relative_difference, state_bytes)
 
 import tidepool.torch as tp  # noqa: E402
 
 POOL = 8 << 20  # the daemon fixture's sim device
+ADAMW = dict(lr=1e-3, weight_decay=0.01)
 STEPS = 3
 
 
 def _train_and_compare(daemon, arch, policy, checkpointing, dtype, loss_tol, param_tol):
     model = make_model(arch)
     assert state_bytes(model, 4 if dtype == torch.float32 else 2) >= 4 * POOL
-    if dtype == torch.float32:
-        ref = copy.deepcopy(model)
-        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.01)
-
-        def ref_step(x):
-            loss = ref(input_ids=x, labels=x).loss
-            loss.backward()
-            ref_opt.step()
-            ref_opt.zero_grad()
-            return loss.item()
-        ref_model = ref
-    else:
-        mp = MixedPrecisionReference(model, dtype, lr=1e-3, weight_decay=0.01)
-        ref_step = mp.step
-        ref_model = mp.model
+    ref = (PlainReference(model, **ADAMW) if dtype == torch.float32
+           else MixedPrecisionReference(model, dtype, **ADAMW))
     if checkpointing:
         model.gradient_checkpointing_enable()
-        ref_model.gradient_checkpointing_enable()
-    model, opt = tp.wrap(model, policy=policy, lr=1e-3, weight_decay=0.01,
-                         param_dtype=dtype, socket=daemon.socket, verbose=False)
+        ref.model.gradient_checkpointing_enable()
+    model, opt = tp.wrap(model, policy=policy, param_dtype=dtype, socket=daemon.socket,
+                         verbose=False, **ADAMW)
     try:
         for step, x in enumerate(batches(STEPS)):
             loss = model(input_ids=x, labels=x).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
-            expected = ref_step(x)
+            expected = ref.step(x)
             assert abs(loss.item() - expected) <= loss_tol * abs(expected), step
-            diff = relative_difference(model.state_dict(), ref_model.state_dict())
+            diff = relative_difference(model.state_dict(), ref.model.state_dict())
             assert diff <= param_tol, (step, diff)
         stats = model.tidepool.stats()
         # The model really paged through the pool.

@@ -80,12 +80,6 @@ def _unique_params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter
     return out
 
 
-def _torch_device_for(session, local_rank: int) -> torch.device:
-    if session.device["backend"] == "cuda":
-        return torch.device("cuda", session.cuda_device)
-    return torch.device("cpu")
-
-
 def _open_session(socket: str | None, local_rank: int, options: dict) -> Any:
     """A session on this rank's GPU where torch sees one (by UUID, as the
     daemon names GPUs), else on the daemon's first device (sim)."""
@@ -163,7 +157,8 @@ def wrap(model: torch.nn.Module, *, policy: str = "auto", lr: float = 1e-3,
                             dict(session_options, policy=policy, chunk_size=chunk_size,
                                  client_name=session_options.get(
                                      "client_name", f"torch rank {rank}")))
-    device = _torch_device_for(session, local_rank)
+    device = (torch.device("cuda", session.cuda_device)
+              if session.device["backend"] == "cuda" else torch.device("cpu"))
     if verbose and rank == 0:
         why = f" ({choice.reason})" if choice else " (as given)"
         print(f"tidepool: session {session.id} on {session.device['name']} "

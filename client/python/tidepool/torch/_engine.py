@@ -67,7 +67,6 @@ class Engine:
         self._reported: set[int] = set()
         self._train_forwards = 0  # training forwards since the last step
         self._handles: list = []
-        self.lr_set: float | None = None
         # Ops begun so far, by phase (fwd, recompute, bwd, grad).
         self.phases: collections.Counter[str] = collections.Counter()
         self.on_before_forward: Callable[[], None] | None = None
@@ -105,7 +104,6 @@ class Engine:
                 return original(*args, **kwargs)
 
         self.model.forward = forward
-        self._original_forward = original
 
     def remove(self) -> None:
         for h in self._handles:

@@ -30,14 +30,14 @@ class Optimizer(torch.optim.Optimizer):
         self.placement: dict[str, Any] = {}
         self.device_updates = 0
         self.host_updates = 0
+        self._lr = float(defaults["lr"])  # what the update uses
         engine.on_before_forward = self._sync_lr
-        engine.lr_set = float(defaults["lr"])
 
     def _sync_lr(self) -> None:
         lr = float(self.param_groups[0]["lr"])
-        if lr != self._engine.lr_set and not self._engine.grads_pending:
+        if lr != self._lr and not self._engine.grads_pending:
             self._core.set_lr(lr)
-            self._engine.lr_set = lr
+            self._lr = lr
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):

@@ -59,10 +59,6 @@ class ManagedParam:
             n *= d
         return n
 
-    @property
-    def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
-
 
 class ParamStore:
     """Registers parameters with a session and swaps their ``.data``
