@@ -11,6 +11,29 @@ find_package(glog CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(TOMLPP REQUIRED IMPORTED_TARGET tomlplusplus)
 
+# The daemon and its tests (not needed to build the Python package alone):
+# prometheus-cpp for the metrics (its CMake package finds civetweb, zlib and
+# libcurl itself), nlohmann-json, libcurl and yaml-cpp for the tests that
+# read the dashboard, scrape /metrics and query Prometheus, and read the
+# rules.
+if(NOT SKBUILD)
+  macro(tidepool_require_package package debian)
+    find_package(${package} CONFIG QUIET)
+    if(NOT ${package}_FOUND)
+      message(FATAL_ERROR "${package} not found: install the Debian package "
+                          "${debian} (scripts/setup.sh does)")
+    endif()
+  endmacro()
+  tidepool_require_package(prometheus-cpp prometheus-cpp-dev)
+  tidepool_require_package(nlohmann_json nlohmann-json3-dev)
+  tidepool_require_package(yaml-cpp libyaml-cpp-dev)
+  find_package(CURL QUIET)
+  if(NOT CURL_FOUND)
+    message(FATAL_ERROR "libcurl not found: install the Debian package "
+                        "libcurl4-openssl-dev (scripts/setup.sh does)")
+  endif()
+endif()
+
 include(CheckLanguage)
 option(TIDEPOOL_WITH_CUDA "Build the CUDA backend and kernels when nvcc is found" ON)
 set(TIDEPOOL_HAVE_CUDA OFF)

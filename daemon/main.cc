@@ -142,15 +142,14 @@ absl::Status Run() {
   options.attach_timeout = absl::Seconds(config.attach_timeout_seconds);
   MemoryManager manager(options, std::move(host_pool), std::move(devices));
 
-  metrics::Registry registry;
   metrics::TidepoolMetrics metrics(
-      registry, TIDEPOOL_VERSION,
-      manager.devices().front()->description().backend);
+      TIDEPOOL_VERSION, manager.devices().front()->description().backend);
   MetricsBridge bridge(&metrics, &manager);
   std::unique_ptr<metrics::Exposer> exposer;
   if (!config.metrics_address.empty()) {
     exposer = std::make_unique<metrics::Exposer>(
-        registry, metrics::ExposerOptions{.address = config.metrics_address});
+        metrics::ExposerOptions{.address = config.metrics_address});
+    exposer->AddCollectable(metrics.collectable());
     TP_RETURN_IF_ERROR(exposer->Start());
     LOG(INFO) << "metrics on http://" << config.metrics_address << "/metrics";
   }

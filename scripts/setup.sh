@@ -9,6 +9,7 @@ packages=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libgoogle-glog-dev libtomlplusplus-dev libcivetweb-dev libsystemd-dev
   libgloo-dev prometheus python3-yaml python3-dev python3-venv
+  prometheus-cpp-dev nlohmann-json3-dev libcurl4-openssl-dev libyaml-cpp-dev
 )
 
 missing=()

@@ -1,5 +1,6 @@
 #include "daemon/metrics/exposer.h"
 
+#include <CivetServer.h>
 #include <arpa/inet.h>
 #include <civetweb.h>
 #include <netinet/in.h>
@@ -10,6 +11,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <string_view>
 #include <thread>
@@ -17,7 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/metrics/text_serializer.h"
+#include "prometheus/exposer.h"
 
 namespace tidepool::metrics {
 namespace {
@@ -115,95 +117,12 @@ void PokeListener(const std::string& host, int port) {
   close(fd);
 }
 
-}  // namespace
-
-Exposer::Exposer(const Collectable& collectable, ExposerOptions options)
-    : collectable_(collectable), options_(std::move(options)) {}
-
-Exposer::~Exposer() { Stop(); }
-
-absl::Status Exposer::Start() {
-  absl::MutexLock lock(&mu_);
-  if (context_ != nullptr) {
-    return absl::FailedPreconditionError("metrics exposer already started");
-  }
-  absl::StatusOr<ParsedAddress> address = ParseAddress(options_.address);
-  if (!address.ok()) return address.status();
-  if (options_.num_threads < 1) {
-    return absl::InvalidArgumentError("metrics exposer needs >= 1 thread");
-  }
-  // Process-wide civetweb setup; never undone, other contexts may exist.
-  std::call_once(civetweb_init, [] { mg_init_library(0); });
-
-  const std::string ports = absl::StrCat(address->host, ":", address->port);
-  const std::string threads = absl::StrCat(options_.num_threads);
-  // No document_root: civetweb serves no files, only our handler.
-  const char* config[] = {"listening_ports",
-                          ports.c_str(),
-                          "num_threads",
-                          threads.c_str(),
-                          "enable_keep_alive",
-                          "no",
-                          "request_timeout_ms",
-                          "10000",
-                          nullptr};
-  mg_callbacks callbacks{};
-  mg_init_data init{&callbacks, nullptr, config};
-  unsigned error_code = 0;
-  char error_text[256] = "";
-  mg_error_data error{&error_code, error_text, sizeof(error_text)};
-  // Note: mg_start2 sets SIGPIPE to SIG_IGN process-wide (a closed scrape
-  // connection must not kill the daemon); tidepoold wants that anyway.
-  mg_context* context = mg_start2(&init, &error);
-  if (context == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "metrics exposer cannot listen on ", options_.address, ": ",
-        DiagnoseBindFailure(*address), " [civetweb: ", error_text, "]"));
-  }
-  // One catch-all handler so that only the exact path /metrics is served
-  // (civetweb would also route /metrics/anything to a "/metrics" handler).
-  mg_set_request_handler(context, "/", &Exposer::HandleRequest, this);
-
-  mg_server_port bound[4] = {};
-  const int count = mg_get_server_ports(context, 4, bound);
-  if (count < 1) {
-    mg_stop(context);
-    return absl::InternalError("metrics exposer: civetweb reports no port");
-  }
-  context_ = context;
-  // Where Stop() connects to wake civetweb: the bound address, or loopback
-  // when bound to every interface.
-  wake_host_ = address->host == "0.0.0.0" ? "127.0.0.1" : address->host;
-  port_.store(bound[0].port, std::memory_order_release);
-  return absl::OkStatus();
-}
-
-void Exposer::Stop() {
-  absl::MutexLock lock(&mu_);
-  if (context_ == nullptr) return;
-  // civetweb's master thread polls the listening socket with a 2 s timeout
-  // and notices mg_stop() only when that poll returns, so every stop (and
-  // with it every daemon shutdown) would take up to 2 s. Connecting to the
-  // port wakes the poll; keep poking until mg_stop() has returned.
-  std::atomic<bool> stopped{false};
-  std::thread waker([host = wake_host_, port = port(), &stopped] {
-    while (!stopped.load(std::memory_order_acquire)) {
-      PokeListener(host, port);
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-  });
-  mg_stop(context_);  // joins civetweb's threads
-  stopped.store(true, std::memory_order_release);
-  waker.join();
-  context_ = nullptr;
-  port_.store(0, std::memory_order_release);
-}
-
-int Exposer::HandleRequest(mg_connection* connection, void* self) {
-  return static_cast<const Exposer*>(self)->Serve(connection);
-}
-
-int Exposer::Serve(mg_connection* connection) const {
+// civetweb's begin_request callback: runs before civetweb routes a request
+// to prometheus-cpp's handler. civetweb would route /metrics/anything and
+// every method to the handler registered for "/metrics", and prometheus-cpp
+// answers GET only; so this answers everything but GET /metrics itself.
+// Returns the status it sent, or 0 to let the handler serve the request.
+int FilterRequest(mg_connection* connection) {
   const mg_request_info* request = mg_get_request_info(connection);
   const std::string_view path =
       request->local_uri != nullptr ? request->local_uri : "";
@@ -218,23 +137,105 @@ int Exposer::Serve(mg_connection* connection) const {
               kBody.size(), kBody.data());
     return 404;
   }
-  if (method != "GET" && method != "HEAD") {
-    constexpr std::string_view kBody = "Only GET and HEAD are allowed.\n";
+  if (method == "GET") return 0;
+  if (method == "HEAD") {
+    // For probes: the endpoint is up. No Content-Length, which would need
+    // a whole scrape to compute.
     mg_printf(connection,
-              "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\n"
+              "HTTP/1.1 200 OK\r\n"
               "Content-Type: text/plain; charset=utf-8\r\n"
-              "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-              kBody.size(), kBody.data());
-    return 405;
+              "Connection: close\r\n\r\n");
+    return 200;
   }
-  const std::string body = SerializeText(collectable_.Collect());
+  constexpr std::string_view kBody = "Only GET and HEAD are allowed.\n";
   mg_printf(connection,
-            "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
-            "Content-Length: %zu\r\nCache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n",
-            std::string(kTextContentType).c_str(), body.size());
-  if (method == "GET") mg_write(connection, body.data(), body.size());
-  return 200;
+            "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+            kBody.size(), kBody.data());
+  return 405;
+}
+
+}  // namespace
+
+Exposer::Exposer(ExposerOptions options) : options_(std::move(options)) {}
+
+Exposer::~Exposer() { Stop(); }
+
+void Exposer::AddCollectable(
+    std::weak_ptr<prometheus::Collectable> collectable) {
+  absl::MutexLock lock(&mu_);
+  if (exposer_ != nullptr) exposer_->RegisterCollectable(collectable);
+  collectables_.push_back(std::move(collectable));
+}
+
+absl::Status Exposer::Start() {
+  absl::MutexLock lock(&mu_);
+  if (exposer_ != nullptr) {
+    return absl::FailedPreconditionError("metrics exposer already started");
+  }
+  absl::StatusOr<ParsedAddress> address = ParseAddress(options_.address);
+  if (!address.ok()) return address.status();
+  if (options_.num_threads < 1) {
+    return absl::InvalidArgumentError("metrics exposer needs >= 1 thread");
+  }
+  // Process-wide civetweb setup; never undone, other servers may exist.
+  std::call_once(civetweb_init, [] { mg_init_library(0); });
+
+  // No document_root: civetweb serves no files, only the handlers.
+  std::vector<std::string> config = {
+      "listening_ports",    absl::StrCat(address->host, ":", address->port),
+      "num_threads",        absl::StrCat(options_.num_threads),
+      "enable_keep_alive",  "no",
+      "request_timeout_ms", "10000"};
+  // civetweb copies the callbacks when it starts.
+  CivetCallbacks callbacks;
+  callbacks.begin_request = &FilterRequest;
+  // Note: civetweb sets SIGPIPE to SIG_IGN process-wide (a closed scrape
+  // connection must not kill the daemon); tidepoold wants that anyway.
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer =
+        std::make_unique<prometheus::Exposer>(std::move(config), &callbacks);
+  } catch (const std::exception& e) {
+    // civetweb reports every bind failure alike; find out why.
+    return absl::UnavailableError(absl::StrCat(
+        "metrics exposer cannot listen on ", options_.address, ": ",
+        DiagnoseBindFailure(*address), " [civetweb: ", e.what(), "]"));
+  }
+  const std::vector<int> ports = exposer->GetListeningPorts();
+  if (ports.empty() || ports.front() <= 0) {
+    return absl::InternalError("metrics exposer: civetweb reports no port");
+  }
+  for (const auto& collectable : collectables_) {
+    exposer->RegisterCollectable(collectable);
+  }
+  exposer_ = std::move(exposer);
+  // Where Stop() connects to wake civetweb: the bound address, or loopback
+  // when bound to every interface.
+  wake_host_ = address->host == "0.0.0.0" ? "127.0.0.1" : address->host;
+  port_.store(ports.front(), std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void Exposer::Stop() {
+  absl::MutexLock lock(&mu_);
+  if (exposer_ == nullptr) return;
+  // civetweb's master thread polls the listening socket with a 2 s timeout
+  // and notices mg_stop() only when that poll returns, so every stop (and
+  // with it every daemon shutdown) would take up to 2 s. Connecting to the
+  // port wakes the poll; keep poking until the server has stopped.
+  std::atomic<bool> stopped{false};
+  std::thread waker([host = wake_host_, port = port(), &stopped] {
+    while (!stopped.load(std::memory_order_acquire)) {
+      PokeListener(host, port);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  exposer_.reset();  // mg_stop(): joins civetweb's threads
+  stopped.store(true, std::memory_order_release);
+  waker.join();
+  port_.store(0, std::memory_order_release);
 }
 
 }  // namespace tidepool::metrics

@@ -1,10 +1,14 @@
-// Exposer: the HTTP endpoint Prometheus scrapes. Serves GET (and HEAD)
-// /metrics in the text format 0.0.4 from one Collectable (normally the
-// daemon's Registry), answers 404 elsewhere and 405 to other methods.
-// Built on civetweb (Debian: libcivetweb-dev).
+// Exposer: the HTTP endpoint Prometheus scrapes, prometheus-cpp's Exposer
+// (civetweb underneath; Debian: prometheus-cpp-dev) with what tidepoold
+// adds around it: the address is checked before anything binds, failures
+// are absl::Status values that say why (port in use, address not on this
+// host, privileged port), Stop() and Start() again, and only the exact
+// path /metrics answers (GET, and HEAD for probes): 404 elsewhere, 405 for
+// other methods.
 //
-//   Registry registry;
-//   Exposer exposer(registry, {.address = "127.0.0.1:9400"});
+//   TidepoolMetrics metrics(version, backend);
+//   Exposer exposer({.address = "127.0.0.1:9400"});
+//   exposer.AddCollectable(metrics.collectable());
 //   if (absl::Status s = exposer.Start(); !s.ok()) return s;
 //   LOG(INFO) << "metrics on port " << exposer.port();
 //   ...
@@ -14,15 +18,18 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/metrics/collectable.h"
+#include "prometheus/collectable.h"
 
-struct mg_context;
-struct mg_connection;
+namespace prometheus {
+class Exposer;
+}
 
 namespace tidepool::metrics {
 
@@ -39,16 +46,20 @@ struct ExposerOptions {
 
 class Exposer {
  public:
-  // `collectable` must outlive the Exposer.
-  explicit Exposer(const Collectable& collectable, ExposerOptions options = {});
+  explicit Exposer(ExposerOptions options = {});
   ~Exposer();
   Exposer(const Exposer&) = delete;
   Exposer& operator=(const Exposer&) = delete;
 
+  // Adds a source of samples to /metrics, before or after Start(). Held
+  // weakly: once its owner drops it, scrapes skip it. Scrapes concatenate
+  // the sources in the order they were added, so metric names must not
+  // repeat across them.
+  void AddCollectable(std::weak_ptr<prometheus::Collectable> collectable);
+
   // Binds and starts serving. INVALID_ARGUMENT for a malformed address,
-  // UNAVAILABLE when the address cannot be bound (with the reason: port in
-  // use, address not on this host, privileged port), FAILED_PRECONDITION
-  // when already started.
+  // UNAVAILABLE when the address cannot be bound (with the reason),
+  // FAILED_PRECONDITION when already started.
   absl::Status Start();
 
   // Stops serving and waits for in-flight scrapes. Idempotent.
@@ -61,13 +72,11 @@ class Exposer {
   const std::string& address() const { return options_.address; }
 
  private:
-  static int HandleRequest(mg_connection* connection, void* self);
-  int Serve(mg_connection* connection) const;
-
-  const Collectable& collectable_;
   const ExposerOptions options_;
-  absl::Mutex mu_;  // serialises Start/Stop
-  mg_context* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Mutex mu_;  // serialises Start, Stop and AddCollectable
+  std::vector<std::weak_ptr<prometheus::Collectable>> collectables_
+      ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<prometheus::Exposer> exposer_ ABSL_GUARDED_BY(mu_);
   std::string wake_host_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> port_{0};
 };

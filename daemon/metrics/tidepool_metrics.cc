@@ -1,6 +1,8 @@
 #include "daemon/metrics/tidepool_metrics.h"
 
 #include <algorithm>
+#include <cmath>
+#include <initializer_list>
 
 #include "absl/strings/str_cat.h"
 
@@ -12,19 +14,19 @@ namespace {
 
 // A 64 MiB chunk takes ~1.2 ms over PCIe Gen5, 1 MiB ~20 us; a throttled
 // sim link or a GiB-sized tensor takes longer.
-const Histogram::BucketBoundaries kTransferBuckets = {
+const prometheus::Histogram::BucketBoundaries kTransferBuckets = {
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
     1e-2, 2.5e-2, 5e-2, 0.1,  0.25,   0.5,  1,    2.5};
 
 // Unix-socket gRPC calls take ~100 us; registering many tensors or
 // opening a session (pool mapping) can take much longer.
-const Histogram::BucketBoundaries kRpcBuckets = {
+const prometheus::Histogram::BucketBoundaries kRpcBuckets = {
     2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
     2.5e-2, 5e-2, 0.1,  0.25,   0.5,  1,    2.5,    5,    10};
 
 // A resident chunk is acquired in microseconds over the shared-memory
 // ring; a miss waits for a transfer (milliseconds) or an eviction first.
-const Histogram::BucketBoundaries kAcquireBuckets = {
+const prometheus::Histogram::BucketBoundaries kAcquireBuckets = {
     1e-6, 2.5e-6, 5e-6,   1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
     5e-3, 1e-2,   2.5e-2, 5e-2, 0.1,    0.25, 0.5,  1,      2.5,  5};
 
@@ -32,6 +34,11 @@ template <typename E>
 constexpr int Index(E value) {
   return static_cast<int>(value);
 }
+
+// prometheus-cpp adds a NaN to a histogram's sum (and a counter's value)
+// like any other number, which would poison the series for the life of the
+// process; durations are measured, so a NaN is a bug upstream to ignore.
+bool IsNumber(double value) { return !std::isnan(value); }
 
 std::string_view NormaliseRpcMethod(std::string_view method) {
   // "/package.Service/Method" -> "Method"
@@ -129,138 +136,153 @@ std::string_view LabelValue(ReclaimReason reason) {
   return "unknown";
 }
 
-// Runs the scrape callback. Registered with the registry as a collectable
-// that contributes no samples; the registry runs collectables before it
-// reads its families, which is exactly when a refresh must happen.
-class TidepoolMetrics::ScrapeHook final : public Collectable {
+// What an exposer scrapes: runs the scrape callback, then reads the
+// registry, so that gauges the callback refreshes are read fresh.
+class TidepoolMetrics::Scrape final : public prometheus::Collectable {
  public:
-  void Set(std::function<void()> callback) {
+  explicit Scrape(std::shared_ptr<const prometheus::Registry> registry)
+      : registry_(std::move(registry)) {}
+
+  void SetCallback(std::function<void()> callback) {
     absl::MutexLock lock(&mu_);
     callback_ = std::move(callback);
   }
-  std::vector<MetricFamily> Collect() const override {
-    absl::MutexLock lock(&mu_);  // also keeps Set() from racing a scrape
-    if (callback_) callback_();
-    return {};
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    {
+      absl::MutexLock lock(&mu_);  // also keeps SetCallback from racing it
+      if (callback_) callback_();
+    }
+    return registry_->Collect();
   }
 
  private:
+  const std::shared_ptr<const prometheus::Registry> registry_;
   mutable absl::Mutex mu_;
   std::function<void()> callback_ ABSL_GUARDED_BY(mu_);
 };
 
-TidepoolMetrics::TidepoolMetrics(Registry& registry, std::string_view version,
+TidepoolMetrics::TidepoolMetrics(std::string_view version,
                                  std::string_view backend)
-    : device_pool_capacity_(
-          BuildGauge()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      device_pool_capacity_(
+          prometheus::BuildGauge()
               .Name("tidepool_device_pool_capacity_bytes")
               .Help("Bytes of GPU memory the daemon's pool on this device "
                     "holds.")
-              .Register(registry)),
-      device_pool_used_(BuildGauge()
+              .Register(*registry_)),
+      device_pool_used_(prometheus::BuildGauge()
                             .Name("tidepool_device_pool_used_bytes")
                             .Help("Bytes of the device pool handed out to "
                                   "chunks and arena allocations.")
-                            .Register(registry)),
-      device_pool_peak_(BuildGauge()
+                            .Register(*registry_)),
+      device_pool_peak_(prometheus::BuildGauge()
                             .Name("tidepool_device_pool_peak_bytes")
                             .Help("Highest tidepool_device_pool_used_bytes "
                                   "since the daemon started.")
-                            .Register(registry)),
-      chunk_bytes_(BuildGauge()
+                            .Register(*registry_)),
+      chunk_bytes_(prometheus::BuildGauge()
                        .Name("tidepool_chunk_bytes")
                        .Help("Bytes of chunks of this device's sessions by "
                              "location (device: has a device copy; host: "
                              "host only) and tensor state.")
-                       .Register(registry)),
-      bytes_moved_(BuildCounter()
+                       .Register(*registry_)),
+      bytes_moved_(prometheus::BuildCounter()
                        .Name("tidepool_bytes_moved_total")
                        .Help("Bytes copied between host and device pools.")
-                       .Register(registry)),
-      transfer_duration_(BuildHistogram()
+                       .Register(*registry_)),
+      transfer_duration_(prometheus::BuildHistogram()
                              .Name("tidepool_transfer_duration_seconds")
                              .Help("Duration of one host<->device chunk copy, "
                                    "enqueue to completion.")
-                             .Register(registry)),
-      evictions_(BuildCounter()
+                             .Register(*registry_)),
+      evictions_(prometheus::BuildCounter()
                      .Name("tidepool_evictions_total")
                      .Help("Chunks evicted from the device pool, by reason; "
                            "clean evictions needed no copy back.")
-                     .Register(registry)),
-      prefetches_(BuildCounter()
+                     .Register(*registry_)),
+      prefetches_(prometheus::BuildCounter()
                       .Name("tidepool_prefetches_total")
                       .Help("Prefetches by outcome: hit (ready before use), "
                             "late (still in flight when acquired), wasted "
                             "(evicted or unused).")
-                      .Register(registry)),
+                      .Register(*registry_)),
       optimizer_updates_(
-          BuildCounter()
+          prometheus::BuildCounter()
               .Name("tidepool_optimizer_updates_total")
               .Help("Placed acquires (optimizer updates) by where they ran: "
                     "device (GPU) or host (CPU).")
-              .Register(registry)),
-      acquire_wait_(BuildHistogram()
+              .Register(*registry_)),
+      acquire_wait_(prometheus::BuildHistogram()
                         .Name("tidepool_acquire_wait_seconds")
                         .Help("Time from an acquire request to the chunk "
                               "being ready on the device.")
-                        .Register(registry)),
-      stall_seconds_(BuildCounter()
+                        .Register(*registry_)),
+      stall_seconds_(prometheus::BuildCounter()
                          .Name("tidepool_stall_seconds_total")
                          .Help("Seconds clients' compute waited for chunks "
                                "that prefetch did not hide.")
-                         .Register(registry)),
-      sessions_(BuildGauge()
+                         .Register(*registry_)),
+      sessions_(prometheus::BuildGauge()
                     .Name("tidepool_sessions")
                     .Help("Open sessions by device and placement policy.")
-                    .Register(registry)),
-      host_pool_capacity_(BuildGauge()
+                    .Register(*registry_)),
+      host_pool_capacity_(prometheus::BuildGauge()
                               .Name("tidepool_host_pool_capacity_bytes")
                               .Help("Bytes of the pinned host memory pool.")
-                              .Register(registry)
+                              .Register(*registry_)
                               .Add({})),
-      host_pool_used_(BuildGauge()
+      host_pool_used_(prometheus::BuildGauge()
                           .Name("tidepool_host_pool_used_bytes")
                           .Help("Bytes of the pinned host pool in use.")
-                          .Register(registry)
+                          .Register(*registry_)
                           .Add({})),
-      host_pool_peak_(BuildGauge()
+      host_pool_peak_(prometheus::BuildGauge()
                           .Name("tidepool_host_pool_peak_bytes")
                           .Help("Highest tidepool_host_pool_used_bytes since "
                                 "the daemon started.")
-                          .Register(registry)
+                          .Register(*registry_)
                           .Add({})),
-      scrape_hook_(std::make_shared<ScrapeHook>()) {
-  Family<Histogram>& rpc = BuildHistogram()
-                               .Name("tidepool_rpc_duration_seconds")
-                               .Help(
-                                   "Control-plane RPC latency, handler entry "
-                                   "to response, by method.")
-                               .Register(registry);
+      scrape_(std::make_shared<Scrape>(registry_)) {
+  prometheus::Family<prometheus::Histogram>& rpc =
+      prometheus::BuildHistogram()
+          .Name("tidepool_rpc_duration_seconds")
+          .Help(
+              "Control-plane RPC latency, handler entry to response, by "
+              "method.")
+          .Register(*registry_);
   for (size_t i = 0; i < kRpcMethods.size(); ++i) {
     rpc_duration_[i] =
         &rpc.Add({{"method", std::string(kRpcMethods[i])}}, kRpcBuckets);
   }
-  Family<Counter>& reclaimed =
-      BuildCounter()
+  prometheus::Family<prometheus::Counter>& reclaimed =
+      prometheus::BuildCounter()
           .Name("tidepool_sessions_reclaimed_total")
           .Help("Sessions whose memory was reclaimed, by reason.")
-          .Register(registry);
+          .Register(*registry_);
   for (int i = 0; i < kReclaimReasonCount; ++i) {
     sessions_reclaimed_[i] = &reclaimed.Add(
         {{"reason", std::string(LabelValue(static_cast<ReclaimReason>(i)))}});
   }
-  BuildGauge()
+  prometheus::BuildGauge()
       .Name("tidepool_build_info")
       .Help("Always 1; labels carry the daemon version and device backends.")
-      .Register(registry)
+      .Register(*registry_)
       .Add({{"version", std::string(version)},
             {"backend", std::string(backend)}})
       .Set(1);
-  registry.AddCollectable(scrape_hook_);
 }
 
-// The registry holds the hook weakly; dropping scrape_hook_ unregisters it.
+// An exposer holds scrape_ weakly: once it is gone, scrapes skip it.
 TidepoolMetrics::~TidepoolMetrics() = default;
+
+std::weak_ptr<prometheus::Collectable> TidepoolMetrics::collectable() const {
+  return scrape_;
+}
+
+std::vector<prometheus::MetricFamily> TidepoolMetrics::Collect() const {
+  return scrape_->Collect();
+}
 
 DeviceMetrics& TidepoolMetrics::Device(std::string_view gpu,
                                        std::string_view uuid) {
@@ -272,12 +294,13 @@ DeviceMetrics& TidepoolMetrics::Device(std::string_view gpu,
   DeviceMetrics& device = *it->second;
   device.gpu = gpu;
   device.uuid = uuid;
-  const Labels base = {{"gpu", device.gpu}, {"UUID", device.uuid}};
-  const auto with = [&base](std::initializer_list<Labels::value_type> extra) {
-    Labels labels = base;
-    labels.insert(extra.begin(), extra.end());
-    return labels;
-  };
+  const prometheus::Labels base = {{"gpu", device.gpu}, {"UUID", device.uuid}};
+  const auto with =
+      [&base](std::initializer_list<prometheus::Labels::value_type> extra) {
+        prometheus::Labels labels = base;
+        labels.insert(extra.begin(), extra.end());
+        return labels;
+      };
 
   device.pool_capacity_bytes = &device_pool_capacity_.Add(base);
   device.pool_used_bytes = &device_pool_used_.Add(base);
@@ -290,7 +313,7 @@ DeviceMetrics& TidepoolMetrics::Device(std::string_view gpu,
     }
   }
   for (int d = 0; d < kDirectionCount; ++d) {
-    const Labels labels = with(
+    const prometheus::Labels labels = with(
         {{"direction", std::string(LabelValue(static_cast<Direction>(d)))}});
     device.bytes_moved[d] = &bytes_moved_.Add(labels);
     device.transfer_duration[d] =
@@ -330,36 +353,44 @@ void TidepoolMetrics::RemoveDevice(DeviceMetrics& device) {
   device_pool_used_.Remove(device.pool_used_bytes);
   device_pool_peak_.Remove(device.pool_peak_bytes);
   for (const auto& by_state : device.chunk_bytes) {
-    for (Gauge* gauge : by_state) chunk_bytes_.Remove(gauge);
+    for (prometheus::Gauge* gauge : by_state) chunk_bytes_.Remove(gauge);
   }
-  for (Counter* counter : device.bytes_moved) bytes_moved_.Remove(counter);
-  for (Histogram* h : device.transfer_duration) transfer_duration_.Remove(h);
+  for (prometheus::Counter* counter : device.bytes_moved)
+    bytes_moved_.Remove(counter);
+  for (prometheus::Histogram* h : device.transfer_duration)
+    transfer_duration_.Remove(h);
   for (const auto& by_clean : device.evictions) {
-    for (Counter* counter : by_clean) evictions_.Remove(counter);
+    for (prometheus::Counter* counter : by_clean) evictions_.Remove(counter);
   }
-  for (Counter* counter : device.prefetches) prefetches_.Remove(counter);
-  for (Counter* counter : device.optimizer_updates) {
+  for (prometheus::Counter* counter : device.prefetches)
+    prefetches_.Remove(counter);
+  for (prometheus::Counter* counter : device.optimizer_updates) {
     optimizer_updates_.Remove(counter);
   }
   acquire_wait_.Remove(device.acquire_wait);
   stall_seconds_.Remove(device.stall_seconds);
-  for (Gauge* gauge : device.sessions) sessions_.Remove(gauge);
+  for (prometheus::Gauge* gauge : device.sessions) sessions_.Remove(gauge);
   devices_.erase(it);
+}
+
+void TidepoolMetrics::RaisePeak(prometheus::Gauge& peak, double value) {
+  absl::MutexLock lock(&peak_mu_);
+  if (value > peak.Value()) peak.Set(value);
 }
 
 void TidepoolMetrics::SetDevicePool(DeviceMetrics& device,
                                     const PoolUsage& usage) {
   device.pool_capacity_bytes->Set(static_cast<double>(usage.capacity_bytes));
   device.pool_used_bytes->Set(static_cast<double>(usage.used_bytes));
-  device.pool_peak_bytes->SetToMax(
-      static_cast<double>(std::max(usage.peak_bytes, usage.used_bytes)));
+  RaisePeak(*device.pool_peak_bytes,
+            static_cast<double>(std::max(usage.peak_bytes, usage.used_bytes)));
 }
 
 void TidepoolMetrics::SetHostPool(const PoolUsage& usage) {
   host_pool_capacity_.Set(static_cast<double>(usage.capacity_bytes));
   host_pool_used_.Set(static_cast<double>(usage.used_bytes));
-  host_pool_peak_.SetToMax(
-      static_cast<double>(std::max(usage.peak_bytes, usage.used_bytes)));
+  RaisePeak(host_pool_peak_,
+            static_cast<double>(std::max(usage.peak_bytes, usage.used_bytes)));
 }
 
 void TidepoolMetrics::SetChunkBytes(DeviceMetrics& device,
@@ -379,7 +410,9 @@ void TidepoolMetrics::AddChunkBytes(DeviceMetrics& device,
 void TidepoolMetrics::OnBytesMoved(DeviceMetrics& device, Direction direction,
                                    uint64_t bytes, double seconds) {
   device.bytes_moved[Index(direction)]->Increment(static_cast<double>(bytes));
-  device.transfer_duration[Index(direction)]->Observe(seconds);
+  if (IsNumber(seconds)) {
+    device.transfer_duration[Index(direction)]->Observe(seconds);
+  }
 }
 
 void TidepoolMetrics::OnEviction(DeviceMetrics& device, EvictionReason reason,
@@ -406,16 +439,16 @@ void TidepoolMetrics::ObserveRpc(std::string_view method, double seconds) {
       break;
     }
   }
-  rpc_duration_[index]->Observe(seconds);
+  if (IsNumber(seconds)) rpc_duration_[index]->Observe(seconds);
 }
 
 void TidepoolMetrics::ObserveAcquireWait(DeviceMetrics& device,
                                          double seconds) {
-  device.acquire_wait->Observe(seconds);
+  if (IsNumber(seconds)) device.acquire_wait->Observe(seconds);
 }
 
 void TidepoolMetrics::AddStall(DeviceMetrics& device, double seconds) {
-  device.stall_seconds->Increment(seconds);
+  if (IsNumber(seconds)) device.stall_seconds->Increment(seconds);
 }
 
 void TidepoolMetrics::SessionOpened(DeviceMetrics& device, Policy policy) {
@@ -431,7 +464,7 @@ void TidepoolMetrics::SessionReclaimed(ReclaimReason reason) {
 }
 
 void TidepoolMetrics::SetScrapeCallback(std::function<void()> callback) {
-  scrape_hook_->Set(std::move(callback));
+  scrape_->SetCallback(std::move(callback));
 }
 
 }  // namespace tidepool::metrics

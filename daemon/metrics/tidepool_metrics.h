@@ -1,27 +1,30 @@
 // TidepoolMetrics: the daemon's metric set (every tidepool_* series on
-// /metrics) behind small typed methods that the daemon core calls. Names
-// follow the Prometheus conventions: prefix tidepool_, base units (bytes,
-// seconds), counters end in _total. Devices carry the labels `gpu` (the
-// ordinal as text, or "sim0" for a sim device) and `UUID`, as
-// dcgm-exporter does, so the two can be joined in PromQL. No label takes
-// unbounded values: sessions appear only as counts per policy.
+// /metrics) behind small typed methods that the daemon core calls, kept in a
+// prometheus-cpp registry (Debian: prometheus-cpp-dev). Names follow the
+// Prometheus conventions: prefix tidepool_, base units (bytes, seconds),
+// counters end in _total. Devices carry the labels `gpu` (the ordinal as
+// text, or "sim0" for a sim device) and `UUID`, as dcgm-exporter does, so
+// the two can be joined in PromQL. No label takes unbounded values:
+// sessions appear only as counts per policy.
 //
 // Every label combination of a device is created when the device is
 // registered, so rates read 0 (not "no data") before the first event.
 //
-//   metrics::Registry registry;
-//   metrics::TidepoolMetrics metrics(registry, "0.1.0", "cuda");
+//   metrics::TidepoolMetrics metrics("0.1.0", "cuda");
 //   metrics::DeviceMetrics& gpu0 = metrics.Device("0", "GPU-8c9f...");
 //   metrics.SetDevicePool(gpu0, {.capacity_bytes = 70 << 30,
 //                                .used_bytes = 12 << 30});
 //   metrics.OnBytesMoved(gpu0, metrics::Direction::kHostToDevice,
 //                        64 << 20, 0.0012);
 //   metrics.ObserveRpc("OpenSession", 0.0004);
-//   metrics::Exposer exposer(registry, {.address = "127.0.0.1:9400"});
+//   metrics::Exposer exposer({.address = "127.0.0.1:9400"});
+//   exposer.AddCollectable(metrics.collectable());
 //
-// Thread-safety: every method may be called from any thread. Device() and
-// RemoveDevice() take a lock; all the On*/Observe*/Set*/Add* methods are
-// lock-free (atomics), fit for the transfer and ring hot paths.
+// Thread-safety: every method may be called from any thread. Device(),
+// RemoveDevice() and the two Set*Pool() take a lock of this object; the
+// counter and gauge updates are atomics; a histogram observation
+// (OnBytesMoved, ObserveRpc, ObserveAcquireWait) takes that one series'
+// mutex in prometheus-cpp for a few instructions.
 #pragma once
 
 #include <array>
@@ -32,14 +35,17 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/metrics/counter.h"
-#include "daemon/metrics/family.h"
-#include "daemon/metrics/gauge.h"
-#include "daemon/metrics/histogram.h"
-#include "daemon/metrics/registry.h"
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
 
 namespace tidepool::metrics {
 
@@ -117,34 +123,44 @@ struct DeviceMetrics {
   std::string gpu;
   std::string uuid;
 
-  Gauge* pool_capacity_bytes = nullptr;
-  Gauge* pool_used_bytes = nullptr;
-  Gauge* pool_peak_bytes = nullptr;
+  prometheus::Gauge* pool_capacity_bytes = nullptr;
+  prometheus::Gauge* pool_used_bytes = nullptr;
+  prometheus::Gauge* pool_peak_bytes = nullptr;
   // [location][state]
-  std::array<std::array<Gauge*, kChunkStateCount>, kChunkLocationCount>
+  std::array<std::array<prometheus::Gauge*, kChunkStateCount>,
+             kChunkLocationCount>
       chunk_bytes{};
-  std::array<Counter*, kDirectionCount> bytes_moved{};
-  std::array<Histogram*, kDirectionCount> transfer_duration{};
+  std::array<prometheus::Counter*, kDirectionCount> bytes_moved{};
+  std::array<prometheus::Histogram*, kDirectionCount> transfer_duration{};
   // [reason][clean]
-  std::array<std::array<Counter*, 2>, kEvictionReasonCount> evictions{};
-  std::array<Counter*, kPrefetchOutcomeCount> prefetches{};
+  std::array<std::array<prometheus::Counter*, 2>, kEvictionReasonCount>
+      evictions{};
+  std::array<prometheus::Counter*, kPrefetchOutcomeCount> prefetches{};
   // [ChunkLocation]: where a placed update ran.
-  std::array<Counter*, kChunkLocationCount> optimizer_updates{};
-  Histogram* acquire_wait = nullptr;
-  Counter* stall_seconds = nullptr;
-  std::array<Gauge*, kPolicyCount> sessions{};
+  std::array<prometheus::Counter*, kChunkLocationCount> optimizer_updates{};
+  prometheus::Histogram* acquire_wait = nullptr;
+  prometheus::Counter* stall_seconds = nullptr;
+  std::array<prometheus::Gauge*, kPolicyCount> sessions{};
 };
 
 class TidepoolMetrics {
  public:
-  // Registers every tidepool_* family in `registry` (which must outlive
-  // this object) and sets tidepool_build_info{version,backend} to 1.
-  // `backend` names the device backends compiled in, e.g. "cuda" or "sim".
-  TidepoolMetrics(Registry& registry, std::string_view version,
-                  std::string_view backend);
+  // Registers every tidepool_* family in a registry of its own and sets
+  // tidepool_build_info{version,backend} to 1. `backend` names the device
+  // backends compiled in, e.g. "cuda" or "sim".
+  TidepoolMetrics(std::string_view version, std::string_view backend);
   ~TidepoolMetrics();
   TidepoolMetrics(const TidepoolMetrics&) = delete;
   TidepoolMetrics& operator=(const TidepoolMetrics&) = delete;
+
+  // What an Exposer serves: a scrape runs the scrape callback (see
+  // SetScrapeCallback), then reads every family. Owned by this object; an
+  // exposer holds it weakly, so a scrape after this object is gone sees
+  // nothing rather than freed memory.
+  std::weak_ptr<prometheus::Collectable> collectable() const;
+
+  // One scrape, as collectable() would answer it (for tests and tools).
+  std::vector<prometheus::MetricFamily> Collect() const;
 
   // The metrics of the device with label values `gpu` ("0", "1", ... or
   // "sim0") and `uuid` ("GPU-..."; for a sim device any stable id). The
@@ -211,8 +227,7 @@ class TidepoolMetrics {
   // the fraction of wall time the GPU's trainer spent stalled.
   void AddStall(DeviceMetrics& device, double seconds);
 
-  // --- Sessions
-  // ---------------------------------------------------------------
+  // --- Sessions -------------------------------------------------------------
 
   // tidepool_sessions{gpu,UUID,policy}: call once when a session is
   // opened and once when it ends (for whatever reason).
@@ -233,26 +248,35 @@ class TidepoolMetrics {
   void SetScrapeCallback(std::function<void()> callback);
 
  private:
-  class ScrapeHook;
+  class Scrape;
 
-  Family<Gauge>& device_pool_capacity_;
-  Family<Gauge>& device_pool_used_;
-  Family<Gauge>& device_pool_peak_;
-  Family<Gauge>& chunk_bytes_;
-  Family<Counter>& bytes_moved_;
-  Family<Histogram>& transfer_duration_;
-  Family<Counter>& evictions_;
-  Family<Counter>& prefetches_;
-  Family<Counter>& optimizer_updates_;
-  Family<Histogram>& acquire_wait_;
-  Family<Counter>& stall_seconds_;
-  Family<Gauge>& sessions_;
-  Gauge& host_pool_capacity_;
-  Gauge& host_pool_used_;
-  Gauge& host_pool_peak_;
-  std::array<Histogram*, kRpcMethods.size()> rpc_duration_{};
-  std::array<Counter*, kReclaimReasonCount> sessions_reclaimed_{};
-  std::shared_ptr<ScrapeHook> scrape_hook_;
+  // Raises a peak gauge to `value` if that is larger; never lowers it.
+  void RaisePeak(prometheus::Gauge& peak, double value);
+
+  // First: the families below live in it.
+  const std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Gauge>& device_pool_capacity_;
+  prometheus::Family<prometheus::Gauge>& device_pool_used_;
+  prometheus::Family<prometheus::Gauge>& device_pool_peak_;
+  prometheus::Family<prometheus::Gauge>& chunk_bytes_;
+  prometheus::Family<prometheus::Counter>& bytes_moved_;
+  prometheus::Family<prometheus::Histogram>& transfer_duration_;
+  prometheus::Family<prometheus::Counter>& evictions_;
+  prometheus::Family<prometheus::Counter>& prefetches_;
+  prometheus::Family<prometheus::Counter>& optimizer_updates_;
+  prometheus::Family<prometheus::Histogram>& acquire_wait_;
+  prometheus::Family<prometheus::Counter>& stall_seconds_;
+  prometheus::Family<prometheus::Gauge>& sessions_;
+  prometheus::Gauge& host_pool_capacity_;
+  prometheus::Gauge& host_pool_used_;
+  prometheus::Gauge& host_pool_peak_;
+  std::array<prometheus::Histogram*, kRpcMethods.size()> rpc_duration_{};
+  std::array<prometheus::Counter*, kReclaimReasonCount> sessions_reclaimed_{};
+  const std::shared_ptr<Scrape> scrape_;
+
+  // prometheus::Gauge has no compare-and-set, so a peak is raised under a
+  // lock: read, compare and write must not interleave with another raise.
+  absl::Mutex peak_mu_;
 
   absl::Mutex mu_;  // guards the device map, not the metrics
   std::map<std::pair<std::string, std::string>, std::unique_ptr<DeviceMetrics>>

@@ -2,8 +2,7 @@
 // evictions), backend transfers and RPC latencies as they happen, and pool
 // and chunk gauges from a manager snapshot at each scrape.
 //
-//   metrics::Registry registry;
-//   metrics::TidepoolMetrics metrics(registry, version, backend);
+//   metrics::TidepoolMetrics metrics(version, backend);
 //   MetricsBridge bridge(&metrics, &manager);  // registers itself
 //   GrpcService service(&manager, fd_path, bridge.RpcObserver());
 #pragma once

@@ -1,31 +1,31 @@
-// A minimal HTTP/1.0 client for tests (libcurl is not a dependency): GET a
-// path from 127.0.0.1:<port> over a plain TCP socket, plus a free-port
-// finder and a parser for the Prometheus text format.
+// HTTP for tests, over libcurl (Debian: libcurl4-openssl-dev): requests to
+// 127.0.0.1:<port>, a free-port finder, and the sum of samples in a
+// Prometheus text exposition. Link CURL::libcurl.
 //
 //   int port = FreeTcpPort();
 //   auto body = HttpGet(port, "/metrics");
 //   double h2d = MetricSum(*body, "tidepool_bytes_moved_total",
 //                          {{"direction", "h2d"}});
+//   auto head = HttpRequest(port, "HEAD", "/metrics");  // any status
 #pragma once
 
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-#include <cctype>
-#include <cerrno>
-#include <cstdlib>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace tidepool::testing {
 
@@ -46,84 +46,113 @@ inline int FreeTcpPort() {
   return ntohs(addr.sin_port);
 }
 
+struct HttpResponse {
+  long status = 0;
+  std::map<std::string, std::string> headers;  // names lower-cased
+  std::string body;                            // decoded if it was gzipped
+};
+
+struct HttpOptions {
+  int timeout_seconds = 10;
+  // Ask for a gzip-compressed answer (as Prometheus does); libcurl
+  // decompresses it, and the Content-Encoding header says it was.
+  bool accept_gzip = false;
+};
+
+namespace internal {
+
+inline size_t AppendBody(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+inline size_t AppendHeader(char* data, size_t size, size_t count, void* out) {
+  const std::string line(data, size * count);
+  const size_t colon = line.find(':');
+  if (colon != std::string::npos) {
+    (*static_cast<std::map<std::string, std::string>*>(
+        out))[absl::AsciiStrToLower(line.substr(0, colon))] =
+        std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+  }
+  return size * count;
+}
+
+// curl_global_init is not thread-safe everywhere; run it once, first.
+inline void InitCurl() {
+  static const bool initialised = curl_global_init(CURL_GLOBAL_ALL) == 0;
+  (void)initialised;
+}
+
+}  // namespace internal
+
+// `method` `path_and_query` on 127.0.0.1:`port`; any HTTP status is a
+// response, only a transport failure is an error.
+inline absl::StatusOr<HttpResponse> HttpRequest(
+    int port, const std::string& method, const std::string& path_and_query,
+    const HttpOptions& options = {}) {
+  internal::InitCurl();
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(),
+                                                           curl_easy_cleanup);
+  if (curl == nullptr) return absl::InternalError("curl_easy_init failed");
+  HttpResponse response;
+  const std::string url =
+      absl::StrCat("http://127.0.0.1:", port, path_and_query);
+  CURL* c = curl.get();
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_NOPROXY, "*");  // a proxy in the environment
+  curl_easy_setopt(c, CURLOPT_TIMEOUT,
+                   static_cast<long>(options.timeout_seconds));
+  if (method == "HEAD") {
+    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  } else if (method != "GET") {
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+  }
+  if (options.accept_gzip) curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "gzip");
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &internal::AppendBody);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &response.body);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &internal::AppendHeader);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &response.headers);
+  const CURLcode code = curl_easy_perform(c);
+  if (code != CURLE_OK) {
+    return absl::UnavailableError(
+        absl::StrCat(method, " ", url, ": ", curl_easy_strerror(code)));
+  }
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &response.status);
+  return response;
+}
+
 // The body of a 200 answer to GET `path_and_query`; an error otherwise.
 inline absl::StatusOr<std::string> HttpGet(int port,
                                            const std::string& path_and_query,
                                            int timeout_seconds = 10) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::ErrnoToStatus(errno, "socket");
-  timeval tv{timeout_seconds, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return absl::ErrnoToStatus(err, absl::StrCat("connect 127.0.0.1:", port));
-  }
-  const std::string request = absl::StrCat(
-      "GET ", path_and_query, " HTTP/1.0\r\nHost: 127.0.0.1:", port,
-      "\r\nConnection: close\r\n\r\n");
-  size_t sent = 0;
-  while (sent < request.size()) {
-    const ssize_t n =
-        ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      return absl::ErrnoToStatus(err, "send");
-    }
-    sent += static_cast<size_t>(n);
-  }
-  std::string response;
-  char buf[65536];
-  for (;;) {
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      return absl::ErrnoToStatus(err, "recv");
-    }
-    response.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  const size_t header_end = response.find("\r\n\r\n");
-  if (header_end == std::string::npos) {
-    return absl::DataLossError("no HTTP header in the answer");
-  }
-  const std::string status_line = response.substr(0, response.find("\r\n"));
-  if (status_line.find(" 200") == std::string::npos) {
+  absl::StatusOr<HttpResponse> response =
+      HttpRequest(port, "GET", path_and_query,
+                  {.timeout_seconds = timeout_seconds, .accept_gzip = true});
+  if (!response.ok()) return response.status();
+  if (response->status != 200) {
     return absl::UnavailableError(
-        absl::StrCat("GET ", path_and_query, ": ", status_line, ": ",
-                     response.substr(header_end + 4, 500)));
+        absl::StrCat("GET ", path_and_query, ": HTTP ", response->status, ": ",
+                     response->body.substr(0, 500)));
   }
-  return response.substr(header_end + 4);
+  return std::move(response->body);
 }
 
 // Percent-encodes a query parameter value.
 inline std::string UrlEncode(const std::string& s) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
+  internal::InitCurl();
+  char* escaped =
+      curl_easy_escape(nullptr, s.data(), static_cast<int>(s.size()));
+  std::string out = escaped != nullptr ? escaped : "";
+  curl_free(escaped);
   return out;
 }
 
 // The sum of the samples of `name` (exact metric name, no suffix added)
 // whose labels include every pair of `labels`, in a text exposition. -1 if
-// there is no such sample.
+// there is no such sample. Written here because no packaged C++ library
+// parses the text format (prometheus-cpp only writes it); it reads what
+// prometheus-cpp writes, not every corner of the format.
 inline double MetricSum(const std::string& exposition, const std::string& name,
                         const std::map<std::string, std::string>& labels = {}) {
   double sum = 0;
