@@ -23,9 +23,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
-#include "google/protobuf/struct.pb.h"
-#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/integration/http_get.h"
 #include "tests/support/process.h"
 
@@ -36,9 +35,7 @@
 namespace tidepool {
 namespace {
 
-using google::protobuf::ListValue;
-using google::protobuf::Struct;
-using google::protobuf::Value;
+using Json = nlohmann::json;
 using testing::BinDir;
 using testing::ChildProcess;
 using testing::DaemonOptions;
@@ -71,14 +68,21 @@ std::string FindPrometheus() {
   return "";
 }
 
-absl::StatusOr<Struct> ParseJson(const std::string& json) {
-  Struct out;
-  auto status = google::protobuf::util::JsonStringToMessage(json, &out);
-  if (!status.ok()) {
+absl::StatusOr<Json> ParseJson(const std::string& text) {
+  Json json = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("bad JSON: ", std::string(status.message())));
+        absl::StrCat("not JSON: ", text.substr(0, 200)));
   }
-  return out;
+  return json;
+}
+
+// json[key] as text, or "" when `json` is no object, has no `key`, or it
+// is not a string.
+std::string String(const Json& json, const char* key) {
+  if (!json.is_object()) return "";
+  const auto it = json.find(key);
+  return it != json.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
 struct PanelQuery {
@@ -87,24 +91,15 @@ struct PanelQuery {
 };
 
 // Every target expr of every panel, rows' nested panels included.
-void CollectQueries(const ListValue& panels, std::vector<PanelQuery>* out) {
-  for (const Value& p : panels.values()) {
-    if (!p.has_struct_value()) continue;
-    const auto& fields = p.struct_value().fields();
-    std::string title;
-    if (auto it = fields.find("title"); it != fields.end()) {
-      title = it->second.string_value();
-    }
-    if (auto it = fields.find("panels"); it != fields.end()) {
-      CollectQueries(it->second.list_value(), out);
-    }
-    auto targets = fields.find("targets");
-    if (targets == fields.end()) continue;
-    for (const Value& t : targets->second.list_value().values()) {
-      const auto& tf = t.struct_value().fields();
-      auto expr = tf.find("expr");
-      if (expr == tf.end() || expr->second.string_value().empty()) continue;
-      out->push_back({title, expr->second.string_value()});
+void CollectQueries(const Json& panels, std::vector<PanelQuery>* out) {
+  if (!panels.is_array()) return;
+  for (const Json& panel : panels) {
+    if (!panel.is_object()) continue;
+    if (panel.contains("panels")) CollectQueries(panel["panels"], out);
+    if (!panel.contains("targets") || !panel["targets"].is_array()) continue;
+    for (const Json& target : panel["targets"]) {
+      const std::string expr = String(target, "expr");
+      if (!expr.empty()) out->push_back({String(panel, "title"), expr});
     }
   }
 }
@@ -199,25 +194,30 @@ class PrometheusTest : public ::testing::Test {
   }
 
   // Evaluates `query` now; its result vector (an error if not "success").
-  absl::StatusOr<ListValue> Query(const std::string& query) {
+  absl::StatusOr<Json> Query(const std::string& query) {
     auto body =
         HttpGet(prometheus_port_, "/api/v1/query?query=" + UrlEncode(query));
     if (!body.ok()) return body.status();
     auto json = ParseJson(*body);
     if (!json.ok()) return json.status();
-    const auto& f = json->fields();
-    if (f.at("status").string_value() != "success") {
+    // {"status": "success", "data": {"resultType": "vector", "result": [
+    //   {"metric": {labels}, "value": [unix_time, "value"]}, ...]}}
+    if (String(*json, "status") != "success") {
       return absl::InternalError(absl::StrCat("query failed: ", *body));
     }
-    return f.at("data").struct_value().fields().at("result").list_value();
+    const Json result = json->value("/data/result"_json_pointer, Json());
+    if (!result.is_array()) {
+      return absl::InternalError(absl::StrCat("no result vector: ", *body));
+    }
+    return result;
   }
 
   // The first sample's value of `query`, or -1.
   double Scalar(const std::string& query) {
     auto r = Query(query);
-    if (!r.ok() || r->values().empty()) return -1;
-    const auto& v = r->values(0).struct_value().fields().at("value");
-    return std::stod(v.list_value().values(1).string_value());
+    if (!r.ok() || r->empty()) return -1;
+    const Json value = (*r)[0].value("/value/1"_json_pointer, Json());
+    return value.is_string() ? std::stod(value.get<std::string>()) : -1;
   }
 
   template <typename Pred>
@@ -242,7 +242,7 @@ TEST_F(PrometheusTest, EveryDashboardPanelQueryReturnsData) {
   auto dashboard = ParseJson(ReadFile(kDashboard));
   ASSERT_TRUE(dashboard.ok()) << kDashboard << ": " << dashboard.status();
   std::vector<PanelQuery> queries;
-  CollectQueries(dashboard->fields().at("panels").list_value(), &queries);
+  CollectQueries(dashboard->value("panels", Json()), &queries);
   ASSERT_GE(queries.size(), 10u) << "too few panel queries in " << kDashboard;
 
   // Prometheus sees the daemon.
@@ -291,7 +291,7 @@ TEST_F(PrometheusTest, EveryDashboardPanelQueryReturnsData) {
       auto result = Query(expr);
       ASSERT_TRUE(result.ok())
           << "panel '" << q.panel << "': " << expr << ": " << result.status();
-      EXPECT_GT(result->values_size(), 0)
+      EXPECT_FALSE(result->empty())
           << "panel '" << q.panel << "' shows no data: " << expr;
       ++evaluated;
     }
@@ -300,28 +300,20 @@ TEST_F(PrometheusTest, EveryDashboardPanelQueryReturnsData) {
 
   // The template variables' own queries (label_values(<selector>, label))
   // find something to offer.
-  const auto& templating =
-      dashboard->fields().at("templating").struct_value().fields();
   const std::regex label_values(R"(label_values\((.*),\s*(\w+)\)\s*$)");
   int variable_queries = 0;
-  for (const Value& v : templating.at("list").list_value().values()) {
-    const auto& f = v.struct_value().fields();
-    auto def = f.find("definition");
-    if (def == f.end()) continue;
+  for (const Json& variable :
+       dashboard->value("/templating/list"_json_pointer, Json::array())) {
     std::smatch m;
-    const std::string text = def->second.string_value();
+    const std::string text = String(variable, "definition");
     if (!std::regex_search(text, m, label_values)) continue;
     const std::string selector = Substitute(m[1], ".*", ".*");
     auto result = Query(selector);
     ASSERT_TRUE(result.ok()) << text << ": " << result.status();
-    ASSERT_GT(result->values_size(), 0) << "variable query " << text;
-    const auto& labels = result->values(0)
-                             .struct_value()
-                             .fields()
-                             .at("metric")
-                             .struct_value()
-                             .fields();
-    EXPECT_TRUE(labels.count(m[2])) << text << " has no label " << m[2];
+    ASSERT_FALSE(result->empty()) << "variable query " << text;
+    const Json labels = (*result)[0].value("metric", Json::object());
+    EXPECT_TRUE(labels.contains(m[2].str()))
+        << text << " has no label " << m[2];
     ++variable_queries;
   }
   EXPECT_EQ(variable_queries, 2);  // $instance and $gpu

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/process.h"
 #include "tidepool/session.h"
 #include "tools/tidepoolctl/admin_client.h"
@@ -31,6 +32,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+using Json = nlohmann::json;
 using tidepool::testing::BinDir;
 using tidepool::testing::ChildProcess;
 using tidepool::testing::DaemonProcess;
@@ -214,14 +216,47 @@ TEST_F(TidepoolctlTest, ChunksShowWhereEachChunkLives) {
   EXPECT_TRUE(saw_layer0);
 }
 
+// --json prints the daemon's answer with the proto's field names: what a
+// script reads (nlohmann-json here) is what the admin API returned.
 TEST_F(TidepoolctlTest, JsonOutput) {
   Output o = Ctl({Socket(), "--json", "chunks", Session()});
   ASSERT_EQ(o.code, 0) << o.err;
-  EXPECT_THAT(o.out, HasSubstr("\"chunk_id\""));
-  EXPECT_THAT(o.out, HasSubstr("\"LOCATION_DEVICE\""));
+  const Json chunks = Json::parse(o.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(chunks.is_object() && chunks.contains("chunks")) << o.out;
+  ASSERT_TRUE(chunks["chunks"].is_array()) << o.out;
+  const v1::ListChunksResponse want = Chunks();
+  ASSERT_EQ(chunks["chunks"].size(), static_cast<size_t>(want.chunks_size()));
+  std::set<std::string> want_ids;
+  for (const auto& chunk : want.chunks()) {
+    want_ids.insert(absl::StrCat(chunk.chunk().chunk_id()));
+  }
+  std::set<std::string> ids;
+  std::set<std::string> locations;
+  bool saw_layer0 = false;
+  for (const Json& chunk : chunks["chunks"]) {
+    // uint64 fields are JSON strings (proto3 JSON mapping).
+    ids.insert(chunk.value("/chunk/chunk_id"_json_pointer, ""));
+    locations.insert(chunk.value("/chunk/location"_json_pointer, ""));
+    for (const Json& tensor : chunk.value("tensors", Json::array())) {
+      saw_layer0 = saw_layer0 || tensor == "layer0.weight";
+    }
+  }
+  EXPECT_EQ(ids, want_ids);
+  // The model is ~2x the device: chunks on both sides.
+  EXPECT_EQ(locations,
+            (std::set<std::string>{"LOCATION_DEVICE", "LOCATION_HOST"}));
+  EXPECT_TRUE(saw_layer0);
+
   o = Ctl({Socket(), "--json", "sessions"});
   ASSERT_EQ(o.code, 0) << o.err;
-  EXPECT_THAT(o.out, HasSubstr("\"client_name\": \"pattern_client\""));
+  const Json sessions = Json::parse(o.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(sessions.is_object() && sessions.contains("sessions")) << o.out;
+  ASSERT_EQ(sessions["sessions"].size(), 1u) << o.out;
+  const Json& session = sessions["sessions"][0];
+  EXPECT_EQ(session.value("session_id", ""), Session());
+  EXPECT_EQ(session.value("client_name", ""), "pattern_client");
+  EXPECT_EQ(session.value("pid", -1), client_->pid());
+  EXPECT_EQ(session.value("attached", false), true);
 }
 
 TEST_F(TidepoolctlTest, TraceIsTheResidencyEventLog) {
