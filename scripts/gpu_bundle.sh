@@ -9,7 +9,8 @@
 #                   spawn, every gpu-labelled test binary, the benchmarks,
 #                   sharded_trainer, stream_trainer, probe, ipc_event_probe
 #   .carry/lib/     the shared libraries they link (gRPC, protobuf, Abseil,
-#                   ...; ../shared/gpu/bundle.sh), stripped; not glibc,
+#                   prometheus-cpp and civetweb, zlib, ...; every one ldd
+#                   names, ../shared/gpu/bundle.sh), stripped; not glibc,
 #                   libstdc++, CUDA or NCCL, which the GPU machine has
 #   .carry/python/  the tidepool package with its abi3 extension _core
 #   .carry/gpu_tests.tsv  the gpu-labelled CTest tests: name, kind, what runs
@@ -222,7 +223,7 @@ for f in "$carry"/lib/*; do
     [ -e "$d/$(basename "$f")" ] && hide+=("$(readlink -f "$d/$(basename "$f")")")
   done
 done
-while IFS= read -r f; do hide+=("$(readlink -f "$f")"); done < <(ls /usr/lib/x86_64-linux-gnu/lib{grpc,gpr,protobuf,absl,upb,re2,cares,address_sorting,gloo,civetweb,glog,gflags,systemd}*.so* 2>/dev/null)
+while IFS= read -r f; do hide+=("$(readlink -f "$f")"); done < <(ls /usr/lib/x86_64-linux-gnu/lib{grpc,gpr,protobuf,absl,upb,re2,cares,address_sorting,gloo,civetweb,prometheus-cpp,glog,gflags,systemd}*.so* 2>/dev/null)
 hidefile=$(mktemp)
 stub=$(mktemp -d)
 trap 'rm -rf "$hidefile" "$stub"' EXIT
@@ -260,6 +261,21 @@ sock=$(mktemp -u /tmp/tidepool-bundle-XXXXXX.sock)
 run tidepoold 'cuda|gpu|device|driver' 20 "$B/tidepoold" --device=cuda:0 --socket="$sock" \
   --host_pool=64MiB --chunk_size=2MiB --device_pool=64MiB
 run "tidepoold --help" 'tidepoold|--socket|usage' 10 "$B/tidepoold" --help
+# The metrics endpoint (prometheus-cpp over civetweb, both carried) serves a
+# scrape: a sim daemon, and bash's /dev/tcp as the client (curl would need
+# the system's zlib, which is hidden because the carry has its own).
+run "tidepoold --device=sim serves /metrics" '^tidepool_build_info' 30 bash -c '
+  dir=$(mktemp -d /tmp/tidepool-bundle-XXXXXX)
+  port=$((20000 + RANDOM % 20000))
+  "$1" --device=sim --sim_capacity=64MiB --host_pool=64MiB --chunk_size=2MiB \
+    --socket="$dir/run/tidepoold.sock" --metrics_address=127.0.0.1:$port & pid=$!
+  for i in $(seq 100); do
+    if { printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3; } 3<>/dev/tcp/127.0.0.1/$port; then
+      break
+    fi 2>/dev/null
+    sleep 0.1
+  done
+  kill $pid; wait $pid; rm -rf "$dir"' _ "$B/tidepoold"
 run "tidepoolctl status" 'not running|unavailable|connect|no such|failed' 10 "$B/tidepoolctl" --socket="$sock" status
 for t in tidepool_pattern_client tidepool_stream_order_client bench_transfer bench_policy \
          bench_adam sharded_trainer stream_trainer; do
