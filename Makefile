@@ -36,5 +36,11 @@ gpu-bundle: deps
 gpu-check:
 	@bash scripts/gpu_check.sh
 
+# Debian packages (docs/build.md, Install and package): tidepoold,
+# libtidepool0 and libtidepool-dev in $(BUILD)/packages/, from the build.
+.PHONY: package
+package: build
+	@cd $(BUILD) && cpack -G DEB
+
 clean:
 	rm -rf $(BUILD)

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/tidepool.pb.h"
+#include "tidepool/policy.h"  // PolicyName, ParsePolicy
 #include "tidepool/types.h"
 
 namespace tidepool {
@@ -29,10 +30,5 @@ v1::Group ToProto(Group group);
 v1::Policy ToProto(Policy policy);
 v1::AccessMode ToProto(AccessMode mode);
 v1::TensorState ToProto(TensorState state);
-
-// A policy's name in configs, flags, logs and the Python API ("cuda",
-// "cpu", "static", "auto"), and back (INVALID_ARGUMENT for others).
-absl::string_view PolicyName(Policy policy);
-absl::StatusOr<Policy> ParsePolicy(absl::string_view name);
 
 }  // namespace tidepool

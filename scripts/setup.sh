@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
+  dpkg-dev fakeroot lintian strace systemd  # make package, tests/packaging
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libgoogle-glog-dev libtomlplusplus-dev libcivetweb-dev libsystemd-dev

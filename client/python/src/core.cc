@@ -34,9 +34,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "proto/convert.h"
 #include "tidepool/communicator.h"
 #include "tidepool/optimizer.h"
+#include "tidepool/policy.h"
 #include "tidepool/session.h"
 #include "tidepool/types.h"
 
