@@ -1,6 +1,8 @@
 // Wire formats that do not travel over gRPC: the fd-socket handshake that
-// hands a session its pool file descriptors, and the per-device control page
-// in shared memory that carries the sim backend's arrival sequence.
+// hands a session its control and hot-path pages, the mapping requests over
+// the same connection that hand it the pieces of the pools its chunks live
+// in, and the per-device control page in shared memory that carries the
+// arrival sequence.
 //
 // Everything here is plain data with fixed layout: offsets, never pointers;
 // atomics are lock-free so that they work across processes.
@@ -12,13 +14,16 @@
 namespace tidepool::wire {
 
 inline constexpr uint32_t kAttachMagic = 0x31415054;  // "TPA1"
-inline constexpr uint32_t kAttachVersion = 2;         // 2: placed acquires
+// 3: pools come in per-session pieces (MapRequest); the control page is
+// read-only.
+inline constexpr uint32_t kAttachVersion = 3;
 inline constexpr size_t kTokenBytes = 16;
 inline constexpr size_t kCudaIpcHandleBytes = 64;  // cudaIpcEventHandle_t
 
-// Client -> daemon, the first and only message on a fresh fd-socket
-// connection. The connection then stays open for the session's lifetime:
-// when it closes (the client exited or died), the session is reclaimed.
+// Client -> daemon, the first message on a fresh fd-socket connection. The
+// connection then stays open for the session's lifetime: when it closes
+// (the client exited or died), the session is reclaimed. After the reply
+// the client sends only MapRequests.
 struct AttachRequest {
   uint32_t magic;
   uint32_t version;
@@ -32,9 +37,11 @@ struct AttachRequest {
 
 enum class Backend : uint32_t { kSim = 1, kCuda = 2 };
 
-// Daemon -> client. On success the fds arrive with it, in this order:
-// host pool memfd, device pool fd (memfd or VMM POSIX fd), control page,
-// and the session's hot-path channel (HotPath below).
+// Daemon -> client. On success the fds arrive with it, in this order: the
+// control page (map it read-only), the session's hot-path channel (HotPath
+// below) and, on cuda, the device pool's VMM POSIX fd. The host pool (and
+// the sim device pool) are address space the client reserves, of the sizes
+// given, in which it maps the pieces that MapReplies hand it.
 struct AttachReply {
   uint32_t magic;
   int32_t status_code;  // absl::StatusCode
@@ -51,9 +58,37 @@ struct AttachReply {
   uint8_t arrival_event[kCudaIpcHandleBytes];
 };
 
+// Client -> daemon on an attached connection: "send me my pending pieces".
+inline constexpr uint32_t kMapMagic = 0x4d505054;   // "TPPM"
+inline constexpr uint32_t kMaxPiecesPerReply = 16;  // fds per message
+
+struct MapRequest {
+  uint32_t magic;
+  uint32_t reserved;
+};
+
+// Daemon -> client: up to kMaxPiecesPerReply pieces, one fd each (in
+// order), for the client to map at `offset` of its view of the pool named.
+// `generation` counts the session's pieces (1, 2, ...); a reply with count 0
+// means nothing is pending.
+struct MapPiece {
+  uint32_t device;  // 0: host pool, 1: device pool
+  uint32_t reserved;
+  uint64_t offset;
+  uint64_t bytes;
+  uint64_t generation;
+};
+
+struct MapReply {
+  uint32_t magic;
+  uint32_t count;
+  MapPiece pieces[kMaxPiecesPerReply];
+};
+
 inline constexpr uint32_t kControlMagic = 0x4c435054;  // "TPCL"
 
-// One per device, shared by the daemon and every client of that device.
+// One per device, shared by the daemon and every client of that device;
+// clients map it read-only (its memfd is sealed against writable mappings).
 struct ControlPage {
   uint32_t magic;
   uint32_t version;
@@ -103,6 +138,7 @@ struct HotPathCompletion {
   uint32_t on_host;  // acquires: offsets are into the host pool
   uint32_t reserved;
   uint64_t ready_sequence;
+  uint64_t map_generation;  // as AcquireResponse.map_generation
   char message[200];
   uint64_t offsets[kHotPathMaxTensors];  // into the pool the op names
   uint64_t sizes[kHotPathMaxTensors];

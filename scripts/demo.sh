@@ -26,7 +26,7 @@ build=$(cd "$build" && pwd)
 bin=$build/bin
 py=$("$repo/scripts/python_env.sh")
 dir=$(mktemp -d /tmp/tidepool-demo-XXXXXX)
-socket=$dir/tidepoold.sock
+socket=$dir/run/tidepoold.sock  # a directory of its own: the daemon owns it
 log=$dir/tidepoold.log
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then

@@ -184,16 +184,16 @@ note 30-acquire-release-latency NOTE "no round-trip latency benchmark exists; de
 trainer() {  # trainer POLICY STEP: the demo's GPU configuration (scripts/demo.sh)
   cat <<EOF
 dir=\$(mktemp -d /tmp/tidepool-check-XXXXXX)
-'$B/tidepoold' --socket=\$dir/tidepoold.sock --device=cuda:0 --device_pool=\${TIDEPOOL_DEMO_POOL:-32MiB} \
+'$B/tidepoold' --socket=\$dir/run/tidepoold.sock --device=cuda:0 --device_pool=\${TIDEPOOL_DEMO_POOL:-32MiB} \
   --host_pool=1GiB --chunk_size=2MiB > '$OUT/$2.daemon.log' 2>&1 &
 daemon=\$!
 for i in \$(seq 300); do
-  [ -S \$dir/tidepoold.sock ] && break
+  [ -S \$dir/run/tidepoold.sock ] && break
   kill -0 \$daemon 2>/dev/null || { echo 'tidepoold exited:'; tail -5 '$OUT/$2.daemon.log'; exit 2; }
   sleep 0.05
 done
-[ -S \$dir/tidepoold.sock ] || { echo 'tidepoold did not start in 15 s'; exit 2; }
-'$B/sharded_trainer' --socket=\$dir/tidepoold.sock --layers=148 --width=256 \
+[ -S \$dir/run/tidepoold.sock ] || { echo 'tidepoold did not start in 15 s'; exit 2; }
+'$B/sharded_trainer' --socket=\$dir/run/tidepoold.sock --layers=148 --width=256 \
   --steps=${TRAINER_STEPS:-100} --math=cuda --policy=$1 --print_every=25
 rc=\$?
 kill \$daemon; wait \$daemon 2>/dev/null; rm -rf \$dir

@@ -79,6 +79,11 @@ class CudaMapping : public DeviceMapping {
                      "cudaIpcOpenEventHandle (arrival)");
   }
 
+  absl::Status MapPiece(uint64_t, uint64_t, UniqueFd) override {
+    // The cuda backend hands the whole pool over at attach (for now).
+    return absl::DataLossError("the daemon sent a device piece on cuda");
+  }
+
   uint8_t* base() const override { return reinterpret_cast<uint8_t*>(base_); }
 
   absl::Status WaitArrival(uint64_t, CudaStream stream, int) override {

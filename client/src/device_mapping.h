@@ -18,9 +18,13 @@ class DeviceMapping {
   virtual ~DeviceMapping() = default;
   // Fills the backend-specific part of the attach request.
   virtual void PrepareAttach(wire::AttachRequest* request) = 0;
-  // Maps the pool the daemon sent.
+  // Maps the pool the daemon sent: `device_fd` is the whole pool (cuda) or
+  // invalid (sim: the pool is reserved, and pieces come by MapPiece).
   virtual absl::Status Map(const wire::AttachReply& reply, UniqueFd device_fd,
                            UniqueFd control_fd) = 0;
+  // Maps a piece of the device pool the daemon granted this session.
+  virtual absl::Status MapPiece(uint64_t offset, uint64_t bytes,
+                                UniqueFd fd) = 0;
   virtual uint8_t* base() const = 0;
   // Returns (sim) or enqueues on `stream` (cuda) the wait for arrival
   // sequence `sequence`. `daemon_alive` is polled while waiting.

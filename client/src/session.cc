@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstring>
 #include <mutex>
@@ -62,7 +63,15 @@ class Session::Impl {
   uint64_t chunk_size_ = 0;
   bool closed_ = false;
   UniqueFd fd_conn_;  // open for the session's lifetime
-  SharedMapping host_;
+  // The host pool as this process sees it: reserved address space in which
+  // the daemon's pieces (this session's chunk homes) are mapped as they
+  // come (SyncMappings).
+  ReservedRegion host_;
+  // Maps every piece of the pools the daemon granted up to `generation`.
+  absl::Status SyncMappings(uint64_t generation);
+  std::mutex map_mu_;
+  uint64_t mapped_generation_ = 0;  // guarded by map_mu_ (read racily first)
+  std::atomic<uint64_t> mapped_hint_{0};
   std::unique_ptr<internal::DeviceMapping> mapping_;
   // The current op (BeginOp); travels with every acquire.
   // Whether a request of `count` tensors and an op key of `key_len` bytes
@@ -164,8 +173,10 @@ absl::Status Session::Impl::HotCall(absl::string_view what,
     FutexWait(&hp->completion_bell, bell, 100'000'000);
     done = hp->completion_seq.load(std::memory_order_acquire) == seq;
     if (!done) {
-      pollfd pfd{fd_conn_.get(), POLLIN | POLLRDHUP, 0};
-      if (::poll(&pfd, 1, 0) > 0) {
+      // Not POLLIN: another thread may be reading a mapping reply.
+      pollfd pfd{fd_conn_.get(), POLLRDHUP, 0};
+      if (::poll(&pfd, 1, 0) > 0 &&
+          (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
         return absl::UnavailableError(
             absl::StrCat(what, ": tidepoold went away (", socket_, ")"));
       }
@@ -277,19 +288,62 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
     return absl::Status(static_cast<absl::StatusCode>(reply.status_code),
                         absl::StrCat("attach: ", reply.message));
   }
-  if (fds.size() < 3) {
-    return absl::DataLossError("the daemon sent no pool file descriptors");
+  if (fds.size() < 2) {
+    return absl::DataLossError("the daemon sent no control page");
   }
-  if (options.hot_path && fds.size() == 4 && reply.hot_path_bytes > 0) {
+  if (options.hot_path && reply.hot_path_bytes > 0) {
     TP_ASSIGN_OR_RETURN(hot_path_,
-                        SharedMapping::Map(fds[3].get(), reply.hot_path_bytes));
+                        SharedMapping::Map(fds[1].get(), reply.hot_path_bytes));
     if (hot()->magic != wire::kHotPathMagic) {
       return absl::DataLossError("the daemon's hot path page is not valid");
     }
   }
-  TP_ASSIGN_OR_RETURN(host_,
-                      SharedMapping::Map(fds[0].get(), reply.host_pool_bytes));
-  return mapping_->Map(reply, std::move(fds[1]), std::move(fds[2]));
+  TP_ASSIGN_OR_RETURN(host_, ReservedRegion::Reserve(reply.host_pool_bytes,
+                                                     ReservedRegion::kClient));
+  UniqueFd device_fd = fds.size() > 2 ? std::move(fds[2]) : UniqueFd();
+  return mapping_->Map(reply, std::move(device_fd), std::move(fds[0]));
+}
+
+absl::Status Session::Impl::SyncMappings(uint64_t generation) {
+  if (mapped_hint_.load(std::memory_order_acquire) >= generation) {
+    return absl::OkStatus();
+  }
+  std::lock_guard<std::mutex> lock(map_mu_);
+  while (mapped_generation_ < generation) {
+    const wire::MapRequest request{wire::kMapMagic, 0};
+    TP_RETURN_IF_ERROR(SendMessage(fd_conn_.get(), &request, sizeof(request)));
+    wire::MapReply reply{};
+    std::vector<UniqueFd> fds;
+    TP_RETURN_IF_ERROR(ReceiveMessage(fd_conn_.get(), &reply, sizeof(reply),
+                                      &fds, wire::kMaxPiecesPerReply));
+    if (reply.magic != wire::kMapMagic || reply.count != fds.size() ||
+        reply.count > wire::kMaxPiecesPerReply) {
+      return absl::DataLossError("malformed mapping reply from the daemon");
+    }
+    if (reply.count == 0) {
+      return absl::DataLossError(
+          absl::StrCat("the daemon has no pool pieces up to generation ",
+                       generation, " (mapped ", mapped_generation_, ")"));
+    }
+    for (uint32_t i = 0; i < reply.count; ++i) {
+      const wire::MapPiece& piece = reply.pieces[i];
+      if (piece.generation != mapped_generation_ + 1) {
+        return absl::DataLossError("pool pieces arrived out of order");
+      }
+      if (piece.device != 0) {
+        TP_RETURN_IF_ERROR(
+            mapping_->MapPiece(piece.offset, piece.bytes, std::move(fds[i])));
+      } else {
+        TP_RETURN_IF_ERROR(
+            host_.MapAt(piece.offset, piece.bytes, fds[i].get()));
+      }
+      // The mapping holds the memory; the fd is not needed any more.
+      fds[i].Reset();
+      mapped_generation_ = piece.generation;
+    }
+  }
+  mapped_hint_.store(mapped_generation_, std::memory_order_release);
+  return absl::OkStatus();
 }
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -356,6 +410,7 @@ absl::StatusOr<Session::Impl::Acquired> Session::Impl::Acquire(
   Acquired got{.on_host = location == v1::LOCATION_HOST};
   std::vector<std::pair<uint64_t, uint64_t>> places;  // offset, size
   uint64_t ready = 0;
+  uint64_t generation = 0;
   if (HotPathFits(tensor_ids.size(), op_key.size())) {
     const wire::HotPathOp op =
         location == v1::LOCATION_HOST     ? wire::HotPathOp::kAcquireOnHost
@@ -366,6 +421,7 @@ absl::StatusOr<Session::Impl::Acquired> Session::Impl::Acquire(
     wire::HotPathCompletion c;
     TP_RETURN_IF_ERROR(HotCall(what, request, &c));
     ready = c.ready_sequence;
+    generation = c.map_generation;
     got.on_host = c.on_host != 0;
     for (uint32_t i = 0; i < c.count; ++i) {
       places.emplace_back(c.offsets[i], c.sizes[i]);
@@ -385,6 +441,7 @@ absl::StatusOr<Session::Impl::Acquired> Session::Impl::Acquire(
     grpc::ClientContext ctx;
     TP_RETURN_IF_ERROR(Call(what, stub_->Acquire(&ctx, request, &response)));
     ready = response.ready_sequence();
+    generation = response.map_generation();
     got.on_host = response.location() == v1::LOCATION_HOST;
     for (const auto& t : response.tensors()) {
       places.emplace_back(t.device_offset(), t.size_bytes());
@@ -395,6 +452,7 @@ absl::StatusOr<Session::Impl::Acquired> Session::Impl::Acquire(
                                             places.size(), " tensors, not ",
                                             tensor_ids.size()));
   }
+  TP_RETURN_IF_ERROR(SyncMappings(generation));
   if (got.on_host) {
     // The CPU reads next: wait here for any write-back to land.
     TP_RETURN_IF_ERROR(mapping_->WaitArrivalOnHost(ready, fd_conn_.get()));

@@ -17,14 +17,21 @@ class SimMapping : public DeviceMapping {
 
   absl::Status Map(const wire::AttachReply& reply, UniqueFd device_fd,
                    UniqueFd control_fd) override {
+    TP_ASSIGN_OR_RETURN(device_,
+                        ReservedRegion::Reserve(reply.device_pool_bytes,
+                                                ReservedRegion::kClient));
+    // Read-only: the daemon alone advances the arrival sequence.
     TP_ASSIGN_OR_RETURN(
-        device_, SharedMapping::Map(device_fd.get(), reply.device_pool_bytes));
-    TP_ASSIGN_OR_RETURN(control_, SharedMapping::Map(control_fd.get(),
-                                                     reply.control_page_bytes));
+        control_,
+        SharedMapping::MapReadOnly(control_fd.get(), reply.control_page_bytes));
     if (page()->magic != wire::kControlMagic) {
       return absl::DataLossError("the daemon's control page is not valid");
     }
     return absl::OkStatus();
+  }
+
+  absl::Status MapPiece(uint64_t offset, uint64_t bytes, UniqueFd fd) override {
+    return device_.MapAt(offset, bytes, fd.get());
   }
 
   uint8_t* base() const override { return device_.data(); }
@@ -44,9 +51,10 @@ class SimMapping : public DeviceMapping {
         return absl::OkStatus();
       }
       FutexWait(&p->arrived_wake, wake, 100'000'000);
-      pollfd pfd{daemon_fd, POLLIN | POLLRDHUP, 0};
+      // Not POLLIN: another thread may be reading a mapping reply.
+      pollfd pfd{daemon_fd, POLLRDHUP, 0};
       if (::poll(&pfd, 1, 0) > 0 &&
-          (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLIN))) {
+          (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
         return absl::UnavailableError(absl::StrCat(
             "tidepoold went away while bytes were in flight (sequence ",
             sequence, ")"));
@@ -64,7 +72,7 @@ class SimMapping : public DeviceMapping {
   wire::ControlPage* page() const {
     return reinterpret_cast<wire::ControlPage*>(control_.data());
   }
-  SharedMapping device_;
+  ReservedRegion device_;
   SharedMapping control_;
 };
 

@@ -112,10 +112,6 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
                                 "cuMemSetAccess"));
 
   TP_RETURN_IF_ERROR(
-      CheckCuda(cudaHostRegister(host_, host_bytes_, cudaHostRegisterDefault),
-                "cudaHostRegister of the host pool"));
-  host_registered_ = true;
-  TP_RETURN_IF_ERROR(
       CheckCuda(cudaStreamCreateWithFlags(&to_device_, cudaStreamNonBlocking),
                 "cudaStreamCreate"));
   TP_RETURN_IF_ERROR(
@@ -140,7 +136,25 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
   auto* page = new (control_.data()) wire::ControlPage();
   page->magic = wire::kControlMagic;
   page->version = 1;
+  TP_RETURN_IF_ERROR(SealAgainstWrites(control_fd_.get()));
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::PinHost(uint8_t* data, uint64_t bytes) {
+  TP_RETURN_IF_ERROR(CheckCuda(cudaSetDevice(desc_.ordinal), "cudaSetDevice"));
+  // Portable: pinned for every device's context, so the first backend to
+  // pin a home pins it for all of them.
+  const cudaError_t err =
+      cudaHostRegister(data, bytes, cudaHostRegisterPortable);
+  if (err == cudaErrorHostMemoryAlreadyRegistered) {
+    cudaGetLastError();  // clears the sticky-free error state
+    return absl::OkStatus();
+  }
+  return CheckCuda(err, "cudaHostRegister of a host home");
+}
+
+void CudaBackend::UnpinHost(uint8_t* data) {
+  if (cudaHostUnregister(data) != cudaSuccess) cudaGetLastError();
 }
 
 CudaBackend::~CudaBackend() {
@@ -158,7 +172,6 @@ CudaBackend::~CudaBackend() {
   if (written_back_ != nullptr) cudaEventDestroy(written_back_);
   if (to_device_ != nullptr) cudaStreamDestroy(to_device_);
   if (to_host_ != nullptr) cudaStreamDestroy(to_host_);
-  if (host_registered_) cudaHostUnregister(host_);
   if (mapped_) cu_->MemUnmap(base_, desc_.capacity_bytes);
   if (base_ != 0) cu_->MemAddressFree(base_, desc_.capacity_bytes);
   if (handle_valid_) cu_->MemRelease(handle_);

@@ -1,5 +1,7 @@
 // The cuda backend: the device pool is one CUDA VMM allocation exported as a
-// POSIX fd (clients import and map it), copies run on two daemon-owned
+// POSIX fd (clients import and map it; slots are not yet separate
+// allocations, so on cuda the device pool is not isolated between sessions
+// the way the host homes are: docs/operations.md, Security), copies run on two daemon-owned
 // streams (host->device and device->host use separate copy engines), and
 // ordering across processes uses interprocess events: clients wait on the
 // arrival event; the daemon's streams wait on each client's release event.
@@ -38,6 +40,8 @@ class CudaBackend : public DeviceBackend {
                           const wire::AttachRequest& request) override;
   void RemoveSession(uint64_t session_id) override;
   absl::StatusOr<uint64_t> DriverFreeBytes() const override;
+  absl::Status PinHost(uint8_t* data, uint64_t bytes) override;
+  void UnpinHost(uint8_t* data) override;
 
  private:
   CudaBackend() = default;
@@ -51,7 +55,6 @@ class CudaBackend : public DeviceBackend {
   DeviceDescription desc_;
   uint8_t* host_ = nullptr;
   uint64_t host_bytes_ = 0;
-  bool host_registered_ = false;
   CUmemGenericAllocationHandle handle_ = 0;
   bool handle_valid_ = false;
   CUdeviceptr base_ = 0;

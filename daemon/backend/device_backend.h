@@ -11,10 +11,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/unique_fd.h"
 #include "proto/wire.h"
 
 namespace tidepool {
@@ -34,6 +36,18 @@ struct CopyOp {
   uint64_t bytes = 0;
 };
 
+// A device slot's backing changes hands (sim): `fd` is mapped in the
+// daemon's view of [device_offset, +bytes) once the batch's write-backs are
+// done (they may still read the slot's previous backing), replacing it.
+struct SlotInstall {
+  uint64_t device_offset = 0;
+  uint64_t bytes = 0;
+  std::shared_ptr<UniqueFd> fd;
+  // Earlier backings the new one overlaps, [offset, bytes): their pages are
+  // freed first, so a client that still maps one sees zeros.
+  std::vector<std::pair<uint64_t, uint64_t>> retire;
+};
+
 // One planned set of moves, submitted in planning order.
 struct CopyBatch {
   // Write-backs of evicted dirty chunks, device -> host.
@@ -42,6 +56,9 @@ struct CopyBatch {
   // far (including this batch's) completed: a slot or host home may be
   // reused right after its previous contents were written back.
   std::vector<CopyOp> to_device;
+  // New slot backings, installed after the write-backs and before the
+  // zero fills and loads.
+  std::vector<SlotInstall> installs;
   // Device ranges to zero (new device-only chunks).
   std::vector<CopyOp> zero_device;
   // Sessions whose last released work must finish before any copy of this
@@ -77,6 +94,40 @@ class DeviceBackend {
   virtual absl::Status AddSession(uint64_t session_id,
                                   const wire::AttachRequest& request) = 0;
   virtual void RemoveSession(uint64_t session_id) = 0;
+
+  // Slots: device memory for one chunk of session `owner` at
+  // [offset, +bytes), as the manager's allocator placed it. BackSlot
+  // returns the fd the owner's client maps the slot with, or null when
+  // it needs none (the owner already maps this very backing: a slot that
+  // was parked for it and reused; or a backend whose clients map the whole
+  // pool at attach). A fresh backing holds nothing of anyone else's. Any
+  // physical change is queued on `batch`, so copies already planned see
+  // the old backing.
+  virtual absl::StatusOr<std::shared_ptr<UniqueFd>> BackSlot(uint64_t offset,
+                                                             uint64_t bytes,
+                                                             uint64_t owner,
+                                                             CopyBatch& batch) {
+    return nullptr;
+  }
+  // The slot's chunk left it. Its backing may stay parked for the same
+  // owner until the range is given to someone else.
+  virtual void ReleaseSlot(uint64_t offset, uint64_t bytes, uint64_t owner) {}
+  // A parked slot of `owner` with exactly `bytes`, to reuse first (its
+  // client already maps it): the offset, if any.
+  virtual std::optional<uint64_t> ParkedSlot(uint64_t owner,
+                                             uint64_t bytes) const {
+    return std::nullopt;
+  }
+  // The owner's session ended: its parked slots are nobody's now.
+  virtual void ForgetOwner(uint64_t owner) {}
+
+  // Host homes live in separately mapped pieces of the host pool; the cuda
+  // backend pins each (cudaHostRegister) once, when it is mapped, and
+  // unpins it before it goes.
+  virtual absl::Status PinHost(uint8_t* data, uint64_t bytes) {
+    return absl::OkStatus();
+  }
+  virtual void UnpinHost(uint8_t* data) {}
 
   // Device memory free right now as the driver reports it (cuda), or the
   // pool's capacity (sim); for policies that measure headroom.

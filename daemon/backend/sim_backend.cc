@@ -1,5 +1,7 @@
 #include "daemon/backend/sim_backend.h"
 
+#include <glog/logging.h>
+
 #include <chrono>
 #include <cstring>
 #include <new>
@@ -10,7 +12,9 @@
 
 namespace tidepool {
 namespace {
-constexpr uint64_t kSimGranularity = 2ull << 20;  // as VMM on H100
+// Slots are page-aligned memfds; a small chunk costs its own size rounded
+// to 64 KiB (the smallest chunk a session may ask for), not a VMM granule.
+constexpr uint64_t kSimGranularity = 64ull << 10;
 constexpr uint64_t kControlPageBytes = 4096;
 }  // namespace
 
@@ -35,14 +39,15 @@ absl::StatusOr<std::unique_ptr<SimBackend>> SimBackend::Create(
   b->host_ = host_pool;
   b->host_bytes_ = host_bytes;
   b->link_bytes_per_second_ = options.sim_link_gbps * 1e9;
-  TP_ASSIGN_OR_RETURN(b->device_fd_,
-                      CreateMemfd("tidepool-sim-device", capacity));
-  TP_ASSIGN_OR_RETURN(b->device_,
-                      SharedMapping::Map(b->device_fd_.get(), capacity));
+  TP_ASSIGN_OR_RETURN(
+      b->device_, ReservedRegion::Reserve(capacity, ReservedRegion::kDaemon));
   TP_ASSIGN_OR_RETURN(b->control_fd_,
                       CreateMemfd("tidepool-sim-control", kControlPageBytes));
   TP_ASSIGN_OR_RETURN(
       b->control_, SharedMapping::Map(b->control_fd_.get(), kControlPageBytes));
+  // Only the daemon writes the arrival sequence: clients get a read-only
+  // view, so no client can make another read bytes that have not landed.
+  TP_RETURN_IF_ERROR(SealAgainstWrites(b->control_fd_.get()));
   auto* page = new (b->control_.data()) wire::ControlPage();
   page->magic = wire::kControlMagic;
   page->version = 1;
@@ -111,6 +116,86 @@ void SimBackend::FillAttachReply(wire::AttachReply* reply) const {
   reply->control_page_bytes = control_.size();
 }
 
+absl::StatusOr<std::shared_ptr<UniqueFd>> SimBackend::BackSlot(
+    uint64_t offset, uint64_t bytes, uint64_t owner, CopyBatch& batch) {
+  if (bytes == 0 || offset % kSimGranularity != 0 ||
+      bytes % kSimGranularity != 0 || offset > desc_.capacity_bytes ||
+      bytes > desc_.capacity_bytes - offset) {
+    return absl::InternalError(
+        absl::StrCat("slot [", offset, ", +", bytes, ") outside the pool"));
+  }
+  absl::MutexLock lock(&slots_mu_);
+  auto it = backings_.find(offset);
+  if (it != backings_.end() && it->second.parked && it->second.owner == owner &&
+      it->second.bytes == bytes) {
+    Unpark(offset, it->second);
+    it->second.parked = false;
+    return nullptr;  // the owner's client maps it already
+  }
+  SlotInstall install{offset, bytes, nullptr, {}};
+  // Every backing that overlaps the new slot goes: it was parked (the
+  // allocator gave out free space), and its pages are freed before the new
+  // backing's first copy.
+  it = backings_.upper_bound(offset);
+  if (it != backings_.begin()) --it;
+  while (it != backings_.end() && it->first < offset + bytes) {
+    if (it->first + it->second.bytes <= offset) {
+      ++it;
+      continue;
+    }
+    if (!it->second.parked) {
+      return absl::InternalError(absl::StrCat("slot [", offset, ", +", bytes,
+                                              ") overlaps a slot in use at ",
+                                              it->first));
+    }
+    Unpark(it->first, it->second);
+    install.retire.emplace_back(it->first, it->second.bytes);
+    it = backings_.erase(it);
+  }
+  TP_ASSIGN_OR_RETURN(UniqueFd fd, CreateMemfd("tidepool-sim-slot", bytes));
+  install.fd = std::make_shared<UniqueFd>(std::move(fd));
+  backings_[offset] = Backing{bytes, owner, false};
+  batch.installs.push_back(install);
+  return install.fd;
+}
+
+void SimBackend::Unpark(uint64_t offset, const Backing& b) {
+  if (!b.parked) return;
+  auto p = parked_.find({b.owner, b.bytes});
+  if (p == parked_.end()) return;
+  p->second.erase(offset);
+  if (p->second.empty()) parked_.erase(p);
+}
+
+void SimBackend::ReleaseSlot(uint64_t offset, uint64_t bytes, uint64_t owner) {
+  absl::MutexLock lock(&slots_mu_);
+  auto it = backings_.find(offset);
+  if (it == backings_.end() || it->second.parked) return;
+  it->second.parked = true;
+  parked_[{it->second.owner, it->second.bytes}].insert(offset);
+}
+
+std::optional<uint64_t> SimBackend::ParkedSlot(uint64_t owner,
+                                               uint64_t bytes) const {
+  absl::MutexLock lock(&slots_mu_);
+  auto p = parked_.find({owner, bytes});
+  if (p == parked_.end() || p->second.empty()) return std::nullopt;
+  return *p->second.begin();
+}
+
+void SimBackend::ForgetOwner(uint64_t owner) {
+  absl::MutexLock lock(&slots_mu_);
+  for (auto p = parked_.lower_bound({owner, 0});
+       p != parked_.end() && p->first.first == owner;) {
+    for (uint64_t offset : p->second) {
+      auto it = backings_.find(offset);
+      if (it != backings_.end()) it->second.owner = 0;
+      parked_[{0, p->first.second}].insert(offset);
+    }
+    p = parked_.erase(p);
+  }
+}
+
 void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes,
                       bool to_device) {
   const auto start = std::chrono::steady_clock::now();
@@ -154,6 +239,15 @@ void SimBackend::WorkerLoop() {
     for (const auto& op : batch.to_host) {
       Copy(host_ + op.host_offset, device_.data() + op.device_offset, op.bytes,
            /*to_device=*/false);
+    }
+    for (const auto& install : batch.installs) {
+      for (const auto& [offset, bytes] : install.retire) {
+        absl::Status s = device_.Withdraw(offset, bytes);
+        if (!s.ok()) LOG(ERROR) << "sim slot withdrawal: " << s;
+      }
+      absl::Status s = device_.MapAt(install.device_offset, install.bytes,
+                                     install.fd->get());
+      if (!s.ok()) LOG(ERROR) << "sim slot installation: " << s;
     }
     for (const auto& op : batch.zero_device) {
       Copy(device_.data() + op.device_offset, nullptr, op.bytes,

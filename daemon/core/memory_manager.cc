@@ -1,6 +1,7 @@
 #include "daemon/core/memory_manager.h"
 
 #include <glog/logging.h>
+#include <malloc.h>
 #include <sys/random.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/client_text.h"
 #include "common/status_macros.h"
 
 namespace tidepool {
@@ -98,8 +100,8 @@ absl::StatusOr<size_t> MemoryManager::ResolveDevice(
   for (const auto& d : devices_) {
     absl::StrAppend(&known, known.empty() ? "" : ", ", d->description().name);
   }
-  return absl::NotFoundError(
-      absl::StrCat("no device '", name, "' on this node (have: ", known, ")"));
+  return absl::NotFoundError(absl::StrCat("no device ", QuoteClientText(name),
+                                          " on this node (have: ", known, ")"));
 }
 
 absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
@@ -109,6 +111,20 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
   }
   if (params.client_name.size() > 64) {
     return absl::InvalidArgumentError("client_name longer than 64 bytes");
+  }
+  // Names end up in stats, logs and tidepoolctl's output: UTF-8 only.
+  TP_RETURN_IF_ERROR(CheckUtf8("client_name", params.client_name));
+  if (params.device.size() > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device name of ", params.device.size(),
+        " bytes is too long (at most 256): ", QuoteClientText(params.device)));
+  }
+  TP_RETURN_IF_ERROR(CheckUtf8("device name", params.device));
+  if (params.peer && params.peer->pid != 0 && params.peer->pid != params.pid) {
+    // The fd socket would refuse its attach anyway; say so now.
+    return absl::PermissionDeniedError(absl::StrCat(
+        "the request says pid ", params.pid, " but comes from pid ",
+        params.peer->pid, ": a session belongs to the process that opens it"));
   }
   const uint64_t chunk_size =
       params.chunk_size == 0 ? options_.chunk_size : params.chunk_size;
@@ -144,8 +160,30 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
   TP_ASSIGN_OR_RETURN(Token token, NewToken());
   absl::MutexLock lock(&mu_);
   if (sessions_.size() >= options_.max_sessions) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "too many sessions open (", sessions_.size(), "); close some first"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("too many sessions open (", sessions_.size(),
+                     ", the limit max_sessions); close some first"));
+  }
+  if (params.peer) {
+    // Linear in the sessions (at most max_sessions), once per open.
+    size_t same_pid = 0, same_uid = 0;
+    for (const auto& [other_id, other] : sessions_) {
+      if (!other.peer) continue;
+      if (params.peer->pid != 0 && other.peer->pid == params.peer->pid) {
+        ++same_pid;
+      }
+      if (other.peer->uid == params.peer->uid) ++same_uid;
+    }
+    if (params.peer->pid != 0 && same_pid >= options_.max_sessions_per_pid) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "process ", params.peer->pid, " has ", same_pid,
+          " sessions open, the limit max_sessions_per_pid; close some first"));
+    }
+    if (same_uid >= options_.max_sessions_per_uid) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "user ", params.peer->uid, " has ", same_uid,
+          " sessions open, the limit max_sessions_per_uid; close some first"));
+    }
   }
   const uint64_t id = next_session_id_++;
   Session s{.id = id,
@@ -156,6 +194,7 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
             .host_quota = params.host_quota,
             .pid = params.pid,
             .client_name = params.client_name,
+            .peer = params.peer,
             .opened_at = absl::Now(),
             .packer = ChunkPacker(chunk_size)};
   s.stats.id = id;
@@ -222,8 +261,9 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
                        session.stats.device_bytes, " of ", session.device_quota,
                        " bytes used)"));
     }
-    auto offset = dev.allocator->Allocate(bytes);
+    auto offset = PlaceSlot(session, bytes, batch);
     if (!offset.ok()) {
+      if (!absl::IsResourceExhausted(offset.status())) return offset.status();
       return absl::ResourceExhaustedError(
           absl::StrCat("policy cuda: the model does not fit on ",
                        devices_[session.device]->description().name,
@@ -252,8 +292,22 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
           host_allocator_.used(), " of ", host_allocator_.capacity(),
           " bytes in use); raise host_pool_bytes"));
     }
-    // Host homes are reused between sessions: never hand out old bytes.
-    std::memset(host_pool_.data() + *offset, 0, rounded);
+    // A fresh memfd of its own: zero-filled, and mapped by this session's
+    // client alone.
+    auto fd = host_pool_.Back(*offset, rounded);
+    absl::Status pinned =
+        fd.ok() ? devices_[session.device]->PinHost(host_pool_.data() + *offset,
+                                                    rounded)
+                : fd.status();
+    if (!pinned.ok()) {
+      if (fd.ok()) host_pool_.Withdraw(*offset, rounded).IgnoreError();
+      host_allocator_.Free(*offset).IgnoreError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "could not back a host home of ", rounded, " bytes: ",
+          pinned.message()));
+    }
+    Grant(session, /*device=*/false, *offset, rounded,
+          std::make_shared<UniqueFd>(std::move(*fd)));
     chunk.host_offset = *offset;
     session.stats.host_bytes += rounded;
   }
@@ -269,11 +323,77 @@ void MemoryManager::DestroyChunk(uint64_t chunk_id) {
   auto it = chunks_.find(chunk_id);
   if (it == chunks_.end()) return;
   Chunk& c = it->second;
-  if (c.device_offset) {
-    device_state_[c.device].allocator->Free(*c.device_offset).IgnoreError();
+  if (c.device_offset) FreeSlot(c.device, c.session_id, *c.device_offset, c.bytes);
+  if (c.host_offset) {
+    uint8_t* home = host_pool_.data() + *c.host_offset;
+    devices_[c.device]->UnpinHost(home);
+    // Its pages are freed, so nothing of it survives in a mapping that
+    // its (possibly still running) client keeps.
+    absl::Status s =
+        host_pool_.Withdraw(*c.host_offset, host_allocator_.RoundUp(c.bytes));
+    if (!s.ok()) LOG(ERROR) << "host home of chunk " << c.id << ": " << s;
+    host_allocator_.Free(*c.host_offset).IgnoreError();
   }
-  if (c.host_offset) host_allocator_.Free(*c.host_offset).IgnoreError();
   chunks_.erase(it);
+}
+
+absl::StatusOr<uint64_t> MemoryManager::PlaceSlot(Session& owner,
+                                                  uint64_t bytes,
+                                                  CopyBatch& batch) {
+  RangeAllocator& alloc = *device_state_[owner.device].allocator;
+  DeviceBackend& backend = *devices_[owner.device];
+  const uint64_t rounded = alloc.RoundUp(bytes);
+  // A slot parked for this session is reused where it is: its client maps
+  // it already and its pages are warm.
+  std::optional<uint64_t> offset = backend.ParkedSlot(owner.id, rounded);
+  if (offset && !alloc.AllocateAt(*offset, rounded)) offset.reset();
+  if (!offset) {
+    absl::StatusOr<uint64_t> fresh = alloc.Allocate(rounded);
+    if (!fresh.ok()) return fresh.status();
+    offset = *fresh;
+  }
+  absl::StatusOr<std::shared_ptr<UniqueFd>> fd =
+      backend.BackSlot(*offset, rounded, owner.id, batch);
+  if (!fd.ok()) {
+    alloc.Free(*offset).IgnoreError();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "could not back a device slot of ", rounded, " bytes: ",
+        fd.status().message()));
+  }
+  if (*fd != nullptr) {
+    Grant(owner, /*device=*/true, *offset, rounded, std::move(*fd));
+  }
+  return *offset;
+}
+
+void MemoryManager::FreeSlot(size_t device, uint64_t owner, uint64_t offset,
+                             uint64_t bytes) {
+  RangeAllocator& alloc = *device_state_[device].allocator;
+  alloc.Free(offset).IgnoreError();
+  devices_[device]->ReleaseSlot(offset, alloc.RoundUp(bytes), owner);
+}
+
+void MemoryManager::Grant(Session& session, bool device, uint64_t offset,
+                          uint64_t bytes, std::shared_ptr<UniqueFd> fd) {
+  session.grants.push_back(MappingGrant{.device = device,
+                                        .offset = offset,
+                                        .bytes = bytes,
+                                        .generation = ++session.grant_generation,
+                                        .fd = std::move(fd)});
+}
+
+std::vector<MappingGrant> MemoryManager::TakeGrants(uint64_t session_id,
+                                                    size_t max) {
+  absl::MutexLock lock(&mu_);
+  std::vector<MappingGrant> out;
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) return out;
+  auto& grants = it->second.grants;
+  while (!grants.empty() && out.size() < max) {
+    out.push_back(std::move(grants.front()));
+    grants.pop_front();
+  }
+  return out;
 }
 
 absl::StatusOr<RegisterResult> MemoryManager::Register(
@@ -287,14 +407,20 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   // Validate every spec before touching any state.
   std::vector<uint64_t> sizes;
   sizes.reserve(specs.size());
+  uint64_t metadata = 0;
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& t = specs[i];
     auto bad = [&](absl::string_view why) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor #", i, " '", t.name.substr(0, 64), "': ", why));
+          absl::StrCat("tensor #", i, " ", QuoteClientText(t.name), ": ", why));
     };
     if (t.name.empty()) return bad("empty name");
-    if (t.name.size() > options_.max_name_bytes) return bad("name too long");
+    if (t.name.size() > options_.max_name_bytes) {
+      return bad(
+          absl::StrCat("name longer than ", options_.max_name_bytes, " bytes"));
+    }
+    TP_RETURN_IF_ERROR(CheckUtf8(absl::StrCat("tensor #", i, " name"), t.name));
+    metadata += TensorMetadataBytes(t.name.size());
     if (t.shape.size() > options_.max_dims) return bad("too many dimensions");
     const uint64_t elem = DTypeSize(t.dtype);
     if (elem == 0) return bad("unknown dtype");
@@ -312,6 +438,36 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
 
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  // What the session's tensors cost the daemon's heap is bounded, and part
+  // of its host quota: names and bookkeeping are host memory it uses.
+  if (session->tensors.size() + specs.size() >
+      options_.max_tensors_per_session) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "session ", id, " would hold ", session->tensors.size() + specs.size(),
+        " tensors, more than max_tensors_per_session (",
+        options_.max_tensors_per_session, ")"));
+  }
+  if (session->stats.metadata_bytes + metadata >
+      options_.max_metadata_bytes_per_session) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "session ", id, ": tensor metadata (names and bookkeeping) would take ",
+        session->stats.metadata_bytes + metadata,
+        " bytes, more than max_metadata_bytes_per_session (",
+        options_.max_metadata_bytes_per_session,
+        "); register fewer tensors or shorter names"));
+  }
+  auto over_quota = [&]() -> absl::Status {
+    const uint64_t used =
+        session->stats.host_bytes + session->stats.metadata_bytes + metadata;
+    if (session->host_quota == 0 || used <= session->host_quota) {
+      return absl::OkStatus();
+    }
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tensors exceed the session's host quota (", session->host_quota,
+        " bytes): ", session->stats.host_bytes, " bytes of chunks and ",
+        session->stats.metadata_bytes + metadata, " bytes of tensor metadata"));
+  };
+  TP_RETURN_IF_ERROR(over_quota());
   // All or nothing: remember what to undo if a later tensor fails.
   const ChunkPacker saved_packer = session->packer;
   std::vector<uint64_t> new_chunks;
@@ -328,8 +484,8 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
       auto created = CreateChunk(*session, t.group, slot.chunk_bytes, batch);
       if (!created.ok()) {
         status = absl::Status(created.status().code(),
-                              absl::StrCat("tensor '", t.name.substr(0, 64),
-                                           "': ", created.status().message()));
+                              absl::StrCat("tensor ", QuoteClientText(t.name),
+                                           ": ", created.status().message()));
         break;
       }
       chunk_id = *created;
@@ -347,6 +503,7 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
     result.tensors.push_back(
         {tensor_id, chunk_id, slot.offset_in_chunk, sizes[i]});
   }
+  if (status.ok()) status = over_quota();  // with the new chunks
   if (!status.ok()) {
     for (uint64_t t : new_tensors) {
       auto& tensor = session->tensors.at(t);
@@ -371,6 +528,7 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
     return status;
   }
   session->stats.tensors += new_tensors.size();
+  session->stats.metadata_bytes += metadata;
   for (uint64_t c : new_chunks) {
     const Chunk& chunk = chunks_.at(c);
     RecordEvent(chunk, ResidencyEventKind::kCreated);
@@ -418,7 +576,7 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
   }
   observer().OnEviction(owner.device, cause, !write_back);
   batch.wait_sessions.push_back(owner.id);
-  dev.allocator->Free(*chunk.device_offset).IgnoreError();
+  FreeSlot(owner.device, owner.id, *chunk.device_offset, chunk.bytes);
   chunk.device_offset.reset();
   RecordEvent(chunk, ResidencyEventKind::kEvicted, write_back);
   chunk.dirty = false;
@@ -436,9 +594,8 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
   };
   if (session.device_quota != 0 && rounded > session.device_quota) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("a chunk of ", bytes,
-                     " bytes exceeds the session's "
-                     "device quota of ",
+        absl::StrCat("a chunk of ", bytes, " bytes (a slot of ", rounded,
+                     ") exceeds the session's device quota of ",
                      session.device_quota, " bytes"));
   }
   // auto/static: the placement's own limit (soft) and victim choice among
@@ -475,8 +632,8 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
     if (candidates.empty()) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "device ", devices_[session.device]->description().name,
-          " cannot hold this request: a chunk of ", bytes,
-          " bytes needs room, ", dev.allocator->used(), " of ",
+          " cannot hold this request: a chunk of ", bytes, " bytes (a slot of ",
+          rounded, ") needs room, ", dev.allocator->used(), " of ",
           dev.allocator->capacity(),
           " bytes are in use by chunks that are being computed on; release "
           "tensors or acquire fewer at once"));
@@ -579,7 +736,7 @@ void MemoryManager::RunPrefetch(Session& session) {
       break;
     }
     if (!alloc.CanAllocate(c.bytes)) break;  // other sessions hold the room
-    auto offset = alloc.Allocate(c.bytes);
+    auto offset = PlaceSlot(session, c.bytes, batch);
     if (!offset.ok()) break;
     c.device_offset = *offset;
     c.dirty = false;
@@ -600,7 +757,7 @@ void MemoryManager::RunPrefetch(Session& session) {
                << ": prefetch not submitted: " << seq.status();
     for (uint64_t cid : loaded) {
       Chunk& c = chunks_.at(cid);
-      alloc.Free(*c.device_offset).IgnoreError();
+      FreeSlot(session.device, session.id, *c.device_offset, c.bytes);
       session.stats.device_bytes -= alloc.RoundUp(c.bytes);
       c.device_offset.reset();
       c.prefetched = false;
@@ -646,6 +803,8 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
     return absl::InvalidArgumentError(absl::StrCat(
         "op key longer than ", options_.max_op_key_bytes, " bytes"));
   }
+  // Keys come back in traces and divergence reasons (proto strings).
+  if (op != nullptr) TP_RETURN_IF_ERROR(CheckUtf8("op key", op->key));
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   return AcquireOnDevice(*session, tensor_ids, mode, op, /*sequenced=*/true);
@@ -688,7 +847,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
     if (c.device_offset) continue;
     status = MakeRoom(*session, c.bytes, needed, batch);
     if (!status.ok()) break;
-    auto offset = device_state_[session->device].allocator->Allocate(c.bytes);
+    auto offset = PlaceSlot(*session, c.bytes, batch);
     if (!offset.ok()) {
       status = offset.status();
       break;
@@ -706,15 +865,15 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
     // Undo the loads of this request; evictions already planned still run.
     for (uint64_t cid : loaded) {
       Chunk& c = chunks_.at(cid);
-      device_state_[session->device]
-          .allocator->Free(*c.device_offset)
-          .IgnoreError();
+      FreeSlot(session->device, session->id, *c.device_offset, c.bytes);
       session->stats.device_bytes -=
           device_state_[session->device].allocator->RoundUp(c.bytes);
       c.device_offset.reset();
     }
     batch.to_device.clear();
-    if (!batch.to_host.empty()) {
+    // Slot backings chosen on the way must be installed even so: their
+    // owner may be handed them again.
+    if (!batch.to_host.empty() || !batch.installs.empty()) {
       SubmitBatch(session->device, std::move(batch)).IgnoreError();
     }
     return status;
@@ -729,6 +888,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
   }
   AcquireResult result;
   result.ready_sequence = 0;
+  result.map_generation = session->grant_generation;
   const uint64_t tick = ++tick_;
   for (uint64_t t : tensor_ids) {
     Tensor& tensor = session->tensors.at(t);
@@ -779,8 +939,9 @@ absl::StatusOr<std::vector<uint64_t>> MemoryManager::CheckAcquire(
     absl::Status legal =
         CheckTransition(it->second.state, TensorState::kCompute);
     if (!legal.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " '", it->second.name, "': ", legal.message()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor ", t, " ", QuoteClientText(it->second.name),
+                       ": ", legal.message()));
     }
     const Chunk& c = chunks_.at(it->second.chunk_id);
     // A chunk is computed on in one place at a time, or the host and device
@@ -789,13 +950,14 @@ absl::StatusOr<std::vector<uint64_t>> MemoryManager::CheckAcquire(
         on_host ? c.compute_count - c.host_compute_count : c.host_compute_count;
     if (other_side > 0) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " '", it->second.name, "': its chunk is in use on the ",
-          on_host ? "device" : "host", "; release those tensors first"));
+          "tensor ", t, " ", QuoteClientText(it->second.name),
+          ": its chunk is in use on the ", on_host ? "device" : "host",
+          "; release those tensors first"));
     }
     if (on_host && !c.host_offset) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " '", it->second.name,
-          "' lives only on the device (policy cuda) and has no host copy"));
+          "tensor ", t, " ", QuoteClientText(it->second.name),
+          " lives only on the device (policy cuda) and has no host copy"));
     }
     if (std::find(needed.begin(), needed.end(), c.id) == needed.end()) {
       needed.push_back(c.id);
@@ -892,6 +1054,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
   }
   AcquireResult result;
   result.ready_sequence = 0;
+  result.map_generation = session->grant_generation;
   result.on_host = true;
   const uint64_t tick = ++tick_;
   for (uint64_t t : tensor_ids) {
@@ -939,8 +1102,9 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
     }
     absl::Status legal = CheckTransition(it->second.state, target);
     if (!legal.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " '", it->second.name, "': ", legal.message()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor ", t, " ", QuoteClientText(it->second.name),
+                       ": ", legal.message()));
     }
   }
   const uint64_t tick = ++tick_;
@@ -1031,7 +1195,7 @@ absl::StatusOr<AttachGrant> MemoryManager::Attach(
   DeviceBackend* backend = devices_[session->device].get();
   TP_RETURN_IF_ERROR(backend->AddSession(session->id, request));
   session->attached = true;
-  return AttachGrant{backend, host_pool_.fd(), host_pool_.size()};
+  return AttachGrant{backend, host_pool_.size()};
 }
 
 void MemoryManager::Detached(uint64_t id) {
@@ -1071,10 +1235,14 @@ void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
     LOG(INFO) << "session " << id << " reclaimed (" << ReclaimReasonName(reason)
               << "): " << chunk_ids.size() << " chunks";
   }
+  // The session's tensors and trace were freed with it; without a trim
+  // glibc keeps the pages (a session with 260k long names left 266 MiB).
+  ::malloc_trim(0);
   devices_[device]->Drain().IgnoreError();
   if (was_attached) devices_[device]->RemoveSession(id);
   absl::MutexLock lock(&mu_);
   for (uint64_t c : chunk_ids) DestroyChunk(c);
+  devices_[device]->ForgetOwner(id);
 }
 
 TensorState MemoryManager::ChunkState(const Chunk& chunk,
@@ -1127,6 +1295,29 @@ ManagerSnapshot MemoryManager::Snapshot() const {
 size_t MemoryManager::session_count() const {
   absl::MutexLock lock(&mu_);
   return sessions_.size();
+}
+
+uint64_t MemoryManager::metadata_bytes() const {
+  absl::MutexLock lock(&mu_);
+  uint64_t total = 0;
+  for (const auto& [id, s] : sessions_) total += s.stats.metadata_bytes;
+  return total;
+}
+
+uint64_t MemoryManager::TensorMetadataBytes(size_t name_bytes) {
+  // As glibc's malloc hands it out: 8 bytes of header, 16-byte granules,
+  // 32 bytes at least.
+  auto heap = [](uint64_t n) {
+    return std::max<uint64_t>(32, (n + 8 + 15) / 16 * 16);
+  };
+  // The tensor's node in its session's map (the tree's three links and
+  // colour, its key and the Tensor), its id in its chunk's list (a vector:
+  // up to twice that while it grows), and the name's own allocation when
+  // it is too long for std::string's inline buffer (15 bytes).
+  constexpr uint64_t kNode = 32 + sizeof(std::pair<const uint64_t, Tensor>);
+  uint64_t bytes = heap(kNode) + 2 * sizeof(uint64_t);
+  if (name_bytes > 15) bytes += heap(name_bytes + 1);
+  return bytes;
 }
 
 PoolStatsView MemoryManager::host_pool_stats() const {

@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -63,6 +64,17 @@ struct ManagerOptions {
   // than the host pool), e.g. one searched for its model.
   uint64_t min_session_chunk_size = 64ull << 10;
   uint64_t max_session_chunk_size = 1ull << 30;
+  // Sessions one process and one user may have open at once, counted by
+  // the credentials of the connection that opened them (OpenParams::peer;
+  // sessions opened without one count towards max_sessions only), so that
+  // one client cannot take every slot.
+  size_t max_sessions_per_pid = 64;
+  size_t max_sessions_per_uid = 256;
+  // Tensor metadata a session may make the daemon keep: tensors, and their
+  // bookkeeping in bytes (TensorMetadataBytes). A session with a host
+  // quota is charged the metadata against that quota too.
+  size_t max_tensors_per_session = 1 << 19;
+  uint64_t max_metadata_bytes_per_session = 64ull << 20;
 };
 
 struct OpenParams {
@@ -76,6 +88,10 @@ struct OpenParams {
   std::optional<PlacementConfig> placement;
   // This session's chunk size; 0: ManagerOptions::chunk_size.
   uint64_t chunk_size = 0;
+  // Who opened it, as the kernel says (SO_PEERCRED of the gRPC
+  // connection); absent in-process. pid 0: a peer outside the daemon's pid
+  // namespace, whose pid cannot be checked.
+  std::optional<PeerCredentials> peer;
 };
 
 struct OpenedSession {
@@ -119,6 +135,20 @@ struct AcquireResult {
   std::vector<TensorAddressView> tensors;
   uint64_t ready_sequence;
   bool on_host = false;  // offsets are into the host pool
+  // The session's mapping generation: the client must have mapped every
+  // grant up to it (TakeGrants) before it touches the tensors.
+  uint64_t map_generation = 0;
+};
+
+// A piece of a pool that one session's client must map at `offset` of its
+// view of that pool: a chunk's host home, or a device slot (sim). Only the
+// owning session's client ever receives `fd`.
+struct MappingGrant {
+  bool device = false;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+  uint64_t generation = 0;  // 1, 2, ... per session
+  std::shared_ptr<UniqueFd> fd;
 };
 
 struct SessionStatsView {
@@ -140,6 +170,8 @@ struct SessionStatsView {
   uint64_t prefetch_hits = 0;    // arrived before the acquire
   uint64_t prefetch_late = 0;    // still in flight at the acquire
   uint64_t prefetch_wasted = 0;  // evicted before any use
+  // The daemon's heap held for the session's tensors (TensorMetadataBytes).
+  uint64_t metadata_bytes = 0;
 };
 
 struct PoolStatsView {
@@ -264,8 +296,7 @@ struct TimelineView {
 // What the fd socket sends a freshly attached client.
 struct AttachGrant {
   DeviceBackend* backend;
-  int host_pool_fd;
-  uint64_t host_pool_bytes;
+  uint64_t host_pool_bytes;  // the size of the client's host-pool view
 };
 
 class MemoryManager {
@@ -321,6 +352,10 @@ class MemoryManager {
   void Detached(uint64_t id);
   // Reclaims sessions that did not attach within the timeout.
   void ReapUnattached(absl::Time now);
+  // Up to `max` of the session's mapping grants not yet taken, oldest first
+  // (the fd socket passes them to the session's client, and to no one
+  // else). Empty for an unknown session.
+  std::vector<MappingGrant> TakeGrants(uint64_t session_id, size_t max);
 
   // Not owned; must outlive the manager. Set before serving.
   void SetObserver(ManagerObserver* observer) { observer_ = observer; }
@@ -328,6 +363,11 @@ class MemoryManager {
   // Daemon-wide views for metrics and tests.
   ManagerSnapshot Snapshot() const;
   size_t session_count() const;
+  // Tensor metadata of all open sessions, in bytes (0 once all closed).
+  uint64_t metadata_bytes() const;
+  // The daemon's heap a registered tensor with a name of `name_bytes`
+  // costs, as charged to its session.
+  static uint64_t TensorMetadataBytes(size_t name_bytes);
   PoolStatsView host_pool_stats() const;
   PoolStatsView device_pool_stats(size_t device) const;
   const std::vector<std::unique_ptr<DeviceBackend>>& devices() const {
@@ -385,6 +425,7 @@ class MemoryManager {
     uint64_t host_quota;
     int32_t pid;
     std::string client_name;
+    std::optional<PeerCredentials> peer;  // OpenParams::peer
     bool attached = false;
     absl::Time opened_at;
     ChunkPacker packer;
@@ -393,6 +434,9 @@ class MemoryManager {
     SessionStatsView stats;
     // auto and static: the session's placement state; null otherwise.
     std::unique_ptr<SessionPlacement> placement;
+    // Pieces of the pools its client has yet to map (TakeGrants).
+    std::deque<MappingGrant> grants;
+    uint64_t grant_generation = 0;
   };
   struct Device {
     std::unique_ptr<RangeAllocator> allocator;
@@ -442,6 +486,15 @@ class MemoryManager {
                                        uint64_t bytes, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DestroyChunk(uint64_t chunk_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A device slot for a chunk of `owner`: allocated (a slot parked for the
+  // owner first), backed, and granted to the owner's client when new.
+  absl::StatusOr<uint64_t> PlaceSlot(Session& owner, uint64_t bytes,
+                                     CopyBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeSlot(size_t device, uint64_t owner, uint64_t offset, uint64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Grant(Session& session, bool device, uint64_t offset, uint64_t bytes,
+             std::shared_ptr<UniqueFd> fd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Reclaim(uint64_t id, ReclaimReason reason) ABSL_LOCKS_EXCLUDED(mu_);
   static TensorState ChunkState(const Chunk& chunk, const Session& session);
   absl::StatusOr<uint64_t> SubmitBatch(size_t device, CopyBatch batch)

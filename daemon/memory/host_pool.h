@@ -1,5 +1,16 @@
-// The node's pinned host memory pool: one memfd, mapped in the daemon and in
-// every client, in which every chunk has its host home.
+// The node's pinned host memory pool, in which every chunk has its host home.
+//
+// The pool is address space reserved once in the daemon. Each host home is
+// backed by a memfd of its own, mapped at the home's offset when the chunk is
+// created; the fd goes to the session's client (which maps it at the same
+// offset of its own reservation) and to no one else, so a client can reach
+// its own homes only. Destroying the home punches its pages out of the memfd,
+// so nothing of it outlives the chunk, whoever still maps it.
+//
+//   auto pool = HostPool::Create(64ull << 30);
+//   auto fd = pool->Back(offset, bytes);   // send *fd to the owner
+//   ... pool->data() + offset is the home, zero-filled ...
+//   pool->Withdraw(offset, bytes);
 #pragma once
 
 #include <cstdint>
@@ -14,13 +25,17 @@ class HostPool {
  public:
   static absl::StatusOr<HostPool> Create(uint64_t bytes);
 
-  int fd() const { return fd_.get(); }
-  uint8_t* data() const { return mapping_.data(); }
-  uint64_t size() const { return mapping_.size(); }
+  // Backs [offset, offset + bytes) with a fresh zero-filled memfd and
+  // returns it (for the owner's client).
+  absl::StatusOr<UniqueFd> Back(uint64_t offset, uint64_t bytes);
+  // Frees the range's pages and reserves it again.
+  absl::Status Withdraw(uint64_t offset, uint64_t bytes);
+
+  uint8_t* data() const { return region_.data(); }
+  uint64_t size() const { return region_.size(); }
 
  private:
-  UniqueFd fd_;
-  SharedMapping mapping_;
+  ReservedRegion region_;
 };
 
 }  // namespace tidepool

@@ -30,6 +30,26 @@ absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
       " bytes in use, largest free ", largest_free(), ")"));
 }
 
+bool RangeAllocator::AllocateAt(uint64_t offset, uint64_t size) {
+  if (size == 0 || offset % alignment_ != 0) return false;
+  const uint64_t rounded = RoundUp(size);
+  auto it = free_.upper_bound(offset);
+  if (it == free_.begin()) return false;
+  --it;
+  const uint64_t start = it->first;
+  const uint64_t length = it->second;
+  if (offset + rounded > start + length) return false;
+  free_.erase(it);
+  if (offset > start) free_.emplace(start, offset - start);
+  if (offset + rounded < start + length) {
+    free_.emplace(offset + rounded, start + length - offset - rounded);
+  }
+  allocated_.emplace(offset, rounded);
+  used_ += rounded;
+  peak_ = std::max(peak_, used_);
+  return true;
+}
+
 absl::Status RangeAllocator::Free(uint64_t offset) {
   auto it = allocated_.find(offset);
   if (it == allocated_.end()) {

@@ -18,6 +18,9 @@ class RangeAllocator {
 
   // The lowest free offset with room for `size` bytes, or RESOURCE_EXHAUSTED.
   absl::StatusOr<uint64_t> Allocate(uint64_t size);
+  // Allocates exactly [offset, offset + size) if it is free (a slot reused
+  // where its backing already is); false otherwise.
+  bool AllocateAt(uint64_t offset, uint64_t size);
   // Frees a range returned by Allocate. Freeing anything else is an error.
   absl::Status Free(uint64_t offset);
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/client_text.h"
 #include "common/status_macros.h"
 #include "proto/convert.h"
 
@@ -160,11 +161,21 @@ grpc::Status GrpcService::Run(absl::string_view method, Fn&& fn) {
   return ToGrpc(status);
 }
 
-grpc::Status GrpcService::OpenSession(grpc::ServerContext*,
+grpc::Status GrpcService::OpenSession(grpc::ServerContext* context,
                                       const v1::OpenSessionRequest* request,
                                       v1::OpenSessionResponse* response) {
   return Run("OpenSession", [&]() -> absl::Status {
     OpenParams params;
+    if (peer_lookup_) {
+      // Every connection comes through the listener; one it does not know
+      // would escape the per-process and per-user limits.
+      params.peer = peer_lookup_(context->peer());
+      if (!params.peer) {
+        return absl::InternalError(
+            absl::StrCat("cannot tell which process is calling (peer ",
+                         QuoteClientText(context->peer()), ")"));
+      }
+    }
     params.device = request->device();
     TP_ASSIGN_OR_RETURN(params.policy, FromProto(request->policy()));
     params.device_quota = request->device_quota_bytes();
@@ -279,6 +290,7 @@ grpc::Status GrpcService::Acquire(grpc::ServerContext*,
       out->set_size_bytes(t.bytes);
     }
     response->set_ready_sequence(r.ready_sequence);
+    response->set_map_generation(r.map_generation);
     response->set_location(r.on_host ? v1::LOCATION_HOST : v1::LOCATION_DEVICE);
     return absl::OkStatus();
   });

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 #include <new>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "common/futex.h"
@@ -34,7 +35,14 @@ absl::StatusOr<std::unique_ptr<HotPathServer>> HotPathServer::Start(
   page->version = 1;
   page->request_seq.store(0);
   page->completion_seq.store(0);
-  s->thread_ = std::thread([raw = s.get()] { raw->Loop(); });
+  // Out of threads (a task limit) is the daemon's problem to report, not
+  // to die of: the session is refused.
+  try {
+    s->thread_ = std::thread([raw = s.get()] { raw->Loop(); });
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no thread for the session's hot path: ", e.what()));
+  }
   return s;
 }
 
@@ -125,6 +133,7 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
     if (!result.ok()) return result.status();
     completion->count = static_cast<uint32_t>(result->tensors.size());
     completion->ready_sequence = result->ready_sequence;
+    completion->map_generation = result->map_generation;
     completion->on_host = result->on_host ? 1 : 0;
     for (size_t i = 0; i < result->tensors.size(); ++i) {
       completion->offsets[i] = result->tensors[i].device_offset;

@@ -60,5 +60,21 @@ TEST(RangeAllocatorTest, RandomWorkloadNeverOverlapsAndBalances) {
   }
 }
 
+TEST(RangeAllocatorTest, AllocateAtTakesExactlyAFreeRange) {
+  RangeAllocator a(16 << 20, 1 << 20);
+  ASSERT_TRUE(a.AllocateAt(4 << 20, 2 << 20));  // from the middle of free
+  EXPECT_EQ(a.used(), 2u << 20);
+  EXPECT_FALSE(a.AllocateAt(5 << 20, 1 << 20));   // inside what is taken
+  EXPECT_FALSE(a.AllocateAt(3 << 20, 2 << 20));   // overlaps it
+  EXPECT_FALSE(a.AllocateAt(15 << 20, 2 << 20));  // past the end
+  EXPECT_FALSE(a.AllocateAt(1, 1 << 20));         // unaligned
+  // First fit sees the two pieces left on either side.
+  EXPECT_EQ(*a.Allocate(4 << 20), 0u);
+  EXPECT_EQ(*a.Allocate(1 << 20), 6u << 20);
+  ASSERT_TRUE(a.Free(4 << 20).ok());
+  ASSERT_TRUE(a.AllocateAt(4 << 20, 2 << 20));  // freed, and there again
+  EXPECT_EQ(a.used(), 7u << 20);
+}
+
 }  // namespace
 }  // namespace tidepool
