@@ -66,11 +66,15 @@ unit and the tidepool system user.")
 
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_NAME libtidepool0)
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_SECTION libs)
+# libc's ldconfig trigger refreshes the loader cache after the libraries
+# land in /usr/lib (CPack's own postinst calls ldconfig as well).
+set(CPACK_DEBIAN_RUNTIME_PACKAGE_CONTROL_EXTRA ${_deb}/libtidepool0/triggers)
 # A shlibs file, so that packages linking libtidepool get the right
 # Depends from their own dpkg-shlibdeps; before 1.0 every release may
-# change the ABI, hence "=".
-set(CPACK_DEBIAN_RUNTIME_PACKAGE_GENERATE_SHLIBS ON)
-set(CPACK_DEBIAN_RUNTIME_PACKAGE_GENERATE_SHLIBS_POLICY "=")
+# change the ABI, hence "=". (CPack has no per-component switch; only
+# libtidepool0 holds shared objects.)
+set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)
+set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY "=")
 set(CPACK_COMPONENT_RUNTIME_DESCRIPTION
 "client library of tidepoold (shared libraries)
 libtidepool connects a training process to tidepoold, registers its tensors
@@ -90,5 +94,11 @@ and acquires them for computation; libtidepool_optim adds the sharded AdamW
 optimizer and its communicators. This package holds the headers, the static
 libraries, the CMake package (find_package(tidepool)) and the pkg-config
 files (tidepool, tidepool-optim).")
+
+# Lintian overrides go into the package only (EXCLUDE_FROM_ALL keeps them
+# out of a plain `cmake --install`; CPack installs by component).
+install(FILES ${_deb}/libtidepool-dev.lintian-overrides
+        DESTINATION share/lintian/overrides RENAME libtidepool-dev
+        COMPONENT dev EXCLUDE_FROM_ALL)
 
 include(CPack)
