@@ -35,10 +35,16 @@ absl::StatusOr<UniqueFd> ListenUnix(const std::string& path, int mode) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
   ::unlink(path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) !=
-      0) {
-    return absl::ErrnoToStatus(errno, "bind " + path);
-  }
+  // bind() creates the file with the umask's mode (0777 under umask 000):
+  // until the chmod below anyone could connect. Under 0177 it is born
+  // 0600. The umask is the process's, so this races other threads that
+  // create files; the daemon runs under 0077 anyway (daemon/main.cc).
+  const mode_t saved = ::umask(0177);
+  const int bound =
+      ::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr));
+  const int bind_errno = errno;
+  ::umask(saved);
+  if (bound != 0) return absl::ErrnoToStatus(bind_errno, "bind " + path);
   if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
     return absl::ErrnoToStatus(errno, "chmod " + path);
   }

@@ -7,19 +7,24 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <set>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "daemon/config/config.h"
 #include "daemon/core/memory_manager.h"
 #include "daemon/metrics/exposer.h"
 #include "daemon/metrics/tidepool_metrics.h"
 #include "daemon/server/fd_server.h"
+#include "daemon/server/grpc_listener.h"
 #include "daemon/server/grpc_service.h"
 #include "daemon/server/metrics_bridge.h"
 
@@ -98,23 +103,116 @@ absl::StatusOr<DaemonConfig> BuildConfig() {
   return config;
 }
 
-absl::Status EnsureSocketDirectory(const std::string& socket) {
-  const std::filesystem::path dir = std::filesystem::path(socket).parent_path();
-  if (dir.empty() || std::filesystem::exists(dir)) return absl::OkStatus();
+std::string Octal(mode_t mode) { return absl::StrFormat("%04o", mode); }
+
+// Whether `dir` holds nothing but (stale) sockets of ours: then it is the
+// daemon's own and may be corrected. A shared directory (/tmp, /run) must
+// not be: the daemon, run as root, would lock everyone else out of it.
+bool OnlyOurSockets(const std::filesystem::path& dir,
+                    const std::set<std::string>& ours) {
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "cannot create socket directory ", dir.string(), ": ", ec.message()));
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (!ours.contains(entry.path().filename().string())) return false;
   }
-  ::chmod(dir.c_str(), 0750);
+  return !ec;
+}
+
+// The sockets' directory decides who reaches them, and who could replace
+// them: it must be 0750, the daemon's user's and group's (systemd's
+// RuntimeDirectory= makes it so). A missing one is created so (missing
+// parents 0755); an existing one of the daemon's own is corrected; any
+// other is refused, with what to do.
+absl::Status EnsureSocketDirectory(const std::filesystem::path& dir,
+                                   const std::set<std::string>& sockets) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno != ENOENT) {
+      return absl::ErrnoToStatus(errno, "socket directory " + dir.string());
+    }
+    std::filesystem::path path;
+    for (const auto& part : dir) {
+      path /= part;
+      const bool last = path == dir;
+      if (::mkdir(path.c_str(), last ? 0750 : 0755) == 0) {
+        // mkdir applies the umask (0077 here); the mode is meant as is.
+        ::chmod(path.c_str(), last ? 0750 : 0755);
+      } else if (errno != EEXIST) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("cannot create socket directory ", path.string(), ": ",
+                         std::strerror(errno)));
+      }
+    }
+    if (::stat(dir.c_str(), &st) != 0) {
+      return absl::ErrnoToStatus(errno, "socket directory " + dir.string());
+    }
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("socket directory ", dir.string(), " is not a directory"));
+  }
+  const mode_t mode = st.st_mode & 07777;
+  if (mode == 0750 && st.st_gid == ::getegid()) return absl::OkStatus();
+  const std::string wanted =
+      absl::StrCat("it must be mode 0750, owned by the daemon's user (uid ",
+                   ::geteuid(), ") and group (gid ", ::getegid(),
+                   "), so that only they reach the "
+                   "sockets");
+  const std::string is =
+      absl::StrCat("socket directory ", dir.string(), " has mode ", Octal(mode),
+                   ", uid ", st.st_uid, ", gid ", st.st_gid);
+  if (st.st_uid != ::geteuid()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        is, ": ", wanted, ". Run `chown ", ::geteuid(), ":", ::getegid(), " ",
+        dir.string(), " && chmod 0750 ", dir.string(),
+        "`, or put the sockets in a directory of their own (socket, "
+        "fd_socket)"));
+  }
+  if (!OnlyOurSockets(dir, sockets)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        is, " and holds other files: ", wanted,
+        "; put the sockets in a directory of their own (socket, fd_socket), "
+        "which the daemon then creates"));
+  }
+  if ((st.st_gid != ::getegid() && ::chown(dir.c_str(), -1, ::getegid())) ||
+      ::chmod(dir.c_str(), 0750) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        is, ": ", wanted, "; cannot change it: ", std::strerror(errno)));
+  }
+  LOG(WARNING) << is << "; changed to 0750 and gid " << ::getegid();
   return absl::OkStatus();
 }
 
+absl::Status EnsureSocketDirectories(const DaemonConfig& config) {
+  std::map<std::filesystem::path, std::set<std::string>> dirs;
+  for (const std::string& socket : {config.socket, config.fd_socket}) {
+    const std::filesystem::path path =
+        std::filesystem::absolute(std::filesystem::path(socket));
+    dirs[path.parent_path()].insert(path.filename().string());
+  }
+  for (const auto& [dir, sockets] : dirs) {
+    TP_RETURN_IF_ERROR(EnsureSocketDirectory(dir, sockets));
+  }
+  return absl::OkStatus();
+}
+
+ManagerOptions LimitsOf(const DaemonConfig& config, ManagerOptions options) {
+  options.max_sessions = config.max_sessions;
+  options.max_sessions_per_pid = config.max_sessions_per_pid;
+  options.max_sessions_per_uid = config.max_sessions_per_uid;
+  options.max_tensors_per_session = config.max_tensors_per_session;
+  options.max_metadata_bytes_per_session =
+      config.max_metadata_bytes_per_session;
+  options.placement.max_trace_ops = config.max_trace_ops_per_session;
+  options.placement.max_trace_bytes = config.max_trace_bytes_per_session;
+  return options;
+}
+
 absl::Status Run() {
+  // Nothing the daemon creates is for others, unless it says so (the
+  // sockets are chmod'ed 0660, their directory 0750).
+  ::umask(0077);
   TP_ASSIGN_OR_RETURN(DaemonConfig config, BuildConfig());
-  TP_RETURN_IF_ERROR(EnsureSocketDirectory(config.socket));
-  TP_RETURN_IF_ERROR(EnsureSocketDirectory(config.fd_socket));
+  TP_RETURN_IF_ERROR(EnsureSocketDirectories(config));
 
   // Signals are taken by sigwait below, never by a random thread.
   sigset_t signals;
@@ -140,6 +238,7 @@ absl::Status Run() {
   TP_ASSIGN_OR_RETURN(options.default_policy,
                       ParsePolicy(config.default_policy));
   options.attach_timeout = absl::Seconds(config.attach_timeout_seconds);
+  options = LimitsOf(config, std::move(options));
   MemoryManager manager(options, std::move(host_pool), std::move(devices));
 
   metrics::TidepoolMetrics metrics(
@@ -157,16 +256,28 @@ absl::Status Run() {
   FdServer fd_server(&manager, bridge.MakeRpcObserver());
   TP_RETURN_IF_ERROR(fd_server.Start(config.fd_socket));
   GrpcService service(&manager, config.fd_socket, bridge.MakeRpcObserver());
+  // The daemon accepts the gRPC socket's connections itself, to know who
+  // calls (per-process and per-user session limits).
+  TP_ASSIGN_OR_RETURN(std::unique_ptr<GrpcListener> listener,
+                      GrpcListener::Listen(config.socket));
+  service.SetPeerLookup(
+      [&listener](const std::string& peer) { return listener->Lookup(peer); });
   grpc::ServerBuilder builder;
-  ::unlink(config.socket.c_str());
-  builder.AddListeningPort("unix:" + config.socket,
-                           grpc::InsecureServerCredentials());
   builder.RegisterService(&service);
+  // Bounds on what one client can make the server hold: a request's bytes,
+  // streams per connection, and threads (each RPC in progress holds one;
+  // beyond the quota new RPCs fail with RESOURCE_EXHAUSTED).
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_request_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             config.max_streams_per_connection);
+  grpc::ResourceQuota quota("tidepoold");
+  quota.SetMaxThreads(config.max_rpc_threads);
+  builder.SetResourceQuota(quota);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {
     return absl::UnavailableError("cannot serve gRPC on " + config.socket);
   }
-  ::chmod(config.socket.c_str(), 0660);
+  listener->Start(server.get());
 
   std::cout << "tidepoold ready: socket " << config.socket << ", host pool "
             << config.host_pool_bytes << " bytes, " << manager.devices().size()
@@ -177,6 +288,7 @@ absl::Status Run() {
   sigwait(&signals, &sig);
   LOG(INFO) << "signal " << sig << ": shutting down";
   sd_notify(0, "STOPPING=1");
+  listener->Stop();
   server->Shutdown();
   fd_server.Stop();
   if (exposer) exposer->Stop();

@@ -47,6 +47,77 @@ absl::StatusOr<double> NumberValue(const toml::node& node,
   return absl::InvalidArgumentError(absl::StrCat(key, " must be a number"));
 }
 
+// An integer setting in [lo, hi]; sizes (such as "64MiB") are accepted
+// where `size` is set.
+absl::StatusOr<uint64_t> BoundedValue(const toml::node& node,
+                                      absl::string_view key, uint64_t lo,
+                                      uint64_t hi, bool size) {
+  uint64_t v = 0;
+  if (size) {
+    TP_ASSIGN_OR_RETURN(v, SizeValue(node, key));
+  } else {
+    auto i = node.is_integer() ? node.value<int64_t>() : std::nullopt;
+    if (!i || *i < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, " must be an integer in ", lo, "..", hi));
+    }
+    v = static_cast<uint64_t>(*i);
+  }
+  if (v < lo || v > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, " must be in ", lo, "..", hi, ", not ", v));
+  }
+  return v;
+}
+
+// The limit settings (false: `key` is not one of them).
+absl::StatusOr<bool> ParseLimit(const std::string& key, const toml::node& node,
+                                DaemonConfig* c) {
+  constexpr uint64_t kMiB = 1ull << 20;
+  auto set_int = [&](int* out, uint64_t lo, uint64_t hi) -> absl::Status {
+    TP_ASSIGN_OR_RETURN(uint64_t v, BoundedValue(node, key, lo, hi, false));
+    *out = static_cast<int>(v);
+    return absl::OkStatus();
+  };
+  auto set_u64 = [&](uint64_t* out, uint64_t lo, uint64_t hi,
+                     bool size) -> absl::Status {
+    TP_ASSIGN_OR_RETURN(*out, BoundedValue(node, key, lo, hi, size));
+    return absl::OkStatus();
+  };
+  if (key == "max_sessions") {
+    TP_RETURN_IF_ERROR(set_int(&c->max_sessions, 1, 1 << 16));
+  } else if (key == "max_sessions_per_pid") {
+    TP_RETURN_IF_ERROR(set_int(&c->max_sessions_per_pid, 1, 1 << 16));
+  } else if (key == "max_sessions_per_uid") {
+    TP_RETURN_IF_ERROR(set_int(&c->max_sessions_per_uid, 1, 1 << 16));
+  } else if (key == "max_tensors_per_session") {
+    TP_RETURN_IF_ERROR(
+        set_u64(&c->max_tensors_per_session, 1, 1ull << 26, false));
+  } else if (key == "max_metadata_bytes_per_session") {
+    TP_RETURN_IF_ERROR(set_u64(&c->max_metadata_bytes_per_session, 64 << 10,
+                               1ull << 40, true));
+  } else if (key == "max_trace_ops_per_session") {
+    TP_RETURN_IF_ERROR(
+        set_u64(&c->max_trace_ops_per_session, 16, 1ull << 24, false));
+  } else if (key == "max_trace_bytes_per_session") {
+    TP_RETURN_IF_ERROR(
+        set_u64(&c->max_trace_bytes_per_session, 64 << 10, 1ull << 40, true));
+  } else if (key == "max_request_bytes") {
+    // gRPC takes an int; a request below 1 MiB would refuse models of a
+    // few thousand tensors.
+    TP_RETURN_IF_ERROR(
+        set_u64(&c->max_request_bytes, kMiB, (2047ull << 20), true));
+  } else if (key == "max_streams_per_connection") {
+    TP_RETURN_IF_ERROR(set_int(&c->max_streams_per_connection, 1, 1 << 20));
+  } else if (key == "max_rpc_threads") {
+    // gRPC's synchronous server needs a few threads to poll at all.
+    TP_RETURN_IF_ERROR(set_int(&c->max_rpc_threads, 4, 1 << 16));
+  } else {
+    return false;
+  }
+  return true;
+}
+
 absl::Status ParseDevice(const toml::table& table, size_t index,
                          BackendOptions* out) {
   for (const auto& [k, node] : table) {
@@ -168,8 +239,11 @@ absl::StatusOr<DaemonConfig> ParseConfig(absl::string_view toml_text,
         c.devices.push_back(d);
       }
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source_name, ": unknown key '", key, "'"));
+      TP_ASSIGN_OR_RETURN(const bool limit, ParseLimit(key, node, &c));
+      if (!limit) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source_name, ": unknown key '", key, "'"));
+      }
     }
   }
   return c;

@@ -25,6 +25,19 @@ struct DaemonConfig {
   int attach_timeout_seconds = 10;
   std::vector<BackendOptions> devices;  // empty: one device, name "auto"
 
+  // Limits against clients that are broken or hostile (docs/operations.md,
+  // "Limits"): what one of them can make the daemon hold or do.
+  int max_sessions = 1024;
+  int max_sessions_per_pid = 64;
+  int max_sessions_per_uid = 256;
+  uint64_t max_tensors_per_session = 1ull << 19;
+  uint64_t max_metadata_bytes_per_session = 64ull << 20;
+  uint64_t max_trace_ops_per_session = 1ull << 16;
+  uint64_t max_trace_bytes_per_session = 16ull << 20;
+  uint64_t max_request_bytes = 64ull << 20;
+  int max_streams_per_connection = 64;
+  int max_rpc_threads = 128;
+
   absl::Status Validate() const;
 };
 

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/client_text.h"
 
 namespace tidepool {
 namespace {
@@ -20,6 +21,8 @@ uint64_t Fraction(double ratio, uint64_t bytes) {
   return static_cast<uint64_t>(ratio * static_cast<double>(bytes));
 }
 constexpr uint64_t kMiB = 1 << 20;
+// Chunk touches of a recorded step, at most.
+constexpr size_t kMaxTouches = 1 << 22;
 
 }  // namespace
 
@@ -52,7 +55,8 @@ SessionPlacement::SessionPlacement(Policy policy, PlacementConfig config,
     : policy_(policy),
       config_(std::move(config)),
       pool_capacity_(pool_capacity),
-      granularity_(std::max<uint64_t>(granularity, 1)) {
+      granularity_(std::max<uint64_t>(granularity, 1)),
+      recorder_(config_.max_trace_ops, kMaxTouches, config_.max_trace_bytes) {
   if (policy_ != Policy::kAuto || config_.planner == PlannerKind::kLru) {
     state_ = PlacementState::kFallback;  // never plans
   }
@@ -122,14 +126,14 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
       if (!keyed) {
         Diverge("an acquire without an op key");
       } else if (positions == nullptr) {
-        Diverge(absl::StrCat("unknown op '", op->key.substr(0, 64), "'"));
+        Diverge(absl::StrCat("unknown op ", QuoteClientText(op->key)));
       } else {
         const uint64_t recorded = plan_->op(target).non_model_bytes;
         const uint64_t hi = std::max(recorded, non_model_);
         const uint64_t lo = std::min(recorded, non_model_);
         if (hi - lo > Fraction(config_.non_model_tolerance, hi) + kMiB) {
-          Diverge(absl::StrCat("op '", op->key.substr(0, 64),
-                               "' non-model bytes changed from ", recorded,
+          Diverge(absl::StrCat("op ", QuoteClientText(op->key),
+                               " non-model bytes changed from ", recorded,
                                " to ", non_model_));
         } else {
           pos_ = target;
@@ -147,8 +151,8 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
       recorder_.Touch(t.chunk, t.bytes, t.write);
     } else if (Planned() && config_.planner == PlannerKind::kBelady &&
                !plan_->trace().Touches(pos_, t.chunk)) {
-      Diverge(absl::StrCat("op '", plan_->op(pos_).key.substr(0, 64),
-                           "' touched a chunk it did not touch when recorded"));
+      Diverge(absl::StrCat("op ", QuoteClientText(plan_->op(pos_).key),
+                           " touched a chunk it did not touch when recorded"));
     }
     acquired_in_op_.insert(t.chunk);
   }
@@ -204,6 +208,14 @@ void SessionPlacement::OnStep() {
   switch (state_) {
     case PlacementState::kRecording: {
       ++recorded_steps_;
+      if (recorder_.overflowed()) {
+        // Training goes on (LRU), the trace's memory is bounded.
+        stats_.last_divergence = absl::StrCat(
+            "the warm-up step had more than ", config_.max_trace_ops,
+            " ops (max_trace_ops_per_session), ", config_.max_trace_bytes,
+            " bytes of trace (max_trace_bytes_per_session) or ", kMaxTouches,
+            " chunk touches; not planned, recording again");
+      }
       std::optional<Trace> trace = recorder_.EndStep();
       if (!recording_valid_) {
         recording_valid_ = true;

@@ -61,6 +61,12 @@ struct PlacementConfig {
   // non-model share assumed during warm-up.
   double gemini_capacity_ratio = 0.9;
   double gemini_warmup_non_model_ratio = 0.8;
+  // Bounds of a recorded warm-up step (TraceRecorder): ops, and the heap
+  // its trace may hold. A step past them is not planned from; the session
+  // runs as LRU and records again (PlacementStatsView::last_divergence
+  // says so).
+  size_t max_trace_ops = 1 << 16;
+  size_t max_trace_bytes = 16 << 20;
 };
 
 enum class PlacementState {

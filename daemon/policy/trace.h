@@ -55,13 +55,16 @@ struct Trace {
   bool Touches(size_t pos, uint64_t chunk) const;
 };
 
-// Records one step at a time. Bounded: a step with more than `max_ops` ops
-// or `max_touches` chunk touches is abandoned (EndStep returns nothing), so
-// a client cannot make the daemon keep an unbounded trace.
+// Records one step at a time. Bounded: a step with more than `max_ops` ops,
+// `max_touches` chunk touches or `max_bytes` of trace (keys included, as
+// the heap holds them) is abandoned (EndStep returns nothing), so a client
+// cannot make the daemon keep an unbounded trace: one that sends a new op
+// key with every acquire costs at most `max_bytes` per session.
 class TraceRecorder {
  public:
-  explicit TraceRecorder(size_t max_ops = 1 << 16, size_t max_touches = 1 << 22)
-      : max_ops_(max_ops), max_touches_(max_touches) {}
+  explicit TraceRecorder(size_t max_ops = 1 << 16, size_t max_touches = 1 << 22,
+                         size_t max_bytes = 16 << 20)
+      : max_ops_(max_ops), max_touches_(max_touches), max_bytes_(max_bytes) {}
 
   void BeginOp(absl::string_view key, uint64_t non_model_bytes,
                uint64_t outside_bytes);
@@ -79,11 +82,20 @@ class TraceRecorder {
 
   size_t ops() const { return trace_.ops.size(); }
   bool overflowed() const { return overflowed_; }
+  // The heap the step recorded so far holds, estimated.
+  size_t bytes() const { return bytes_; }
 
  private:
+  // Adds `n` bytes to the estimate; false (and overflowed) past max_bytes.
+  bool Charge(size_t n);
+  // Abandons the step: forgets what it recorded, ignores the rest of it.
+  void Overflow();
+
   size_t max_ops_;
   size_t max_touches_;
+  size_t max_bytes_;
   size_t touches_ = 0;
+  size_t bytes_ = 0;
   bool overflowed_ = false;
   Trace trace_;
   // Recorded placed sets -> their index in trace_.placed.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "daemon/core/memory_manager.h"
@@ -14,6 +15,10 @@ namespace tidepool {
 // Observes every RPC's latency (for metrics); may be empty.
 using RpcObserver = std::function<void(absl::string_view method, double seconds,
                                        const absl::Status& status)>;
+// The kernel's credentials of the connection grpc::ServerContext::peer()
+// names (GrpcListener::Lookup); nothing when unknown.
+using PeerLookup =
+    std::function<std::optional<PeerCredentials>(const std::string& peer)>;
 
 class GrpcService final : public v1::Tidepool::Service {
  public:
@@ -22,6 +27,10 @@ class GrpcService final : public v1::Tidepool::Service {
       : manager_(manager),
         fd_socket_path_(std::move(fd_socket_path)),
         observer_(std::move(observer)) {}
+
+  // Sessions are opened with the caller's credentials from `lookup`, for
+  // the per-process and per-user limits. Set before serving.
+  void SetPeerLookup(PeerLookup lookup) { peer_lookup_ = std::move(lookup); }
 
   grpc::Status OpenSession(grpc::ServerContext*,
                            const v1::OpenSessionRequest* request,
@@ -70,6 +79,7 @@ class GrpcService final : public v1::Tidepool::Service {
   MemoryManager* manager_;
   std::string fd_socket_path_;
   RpcObserver observer_;
+  PeerLookup peer_lookup_;
 };
 
 }  // namespace tidepool

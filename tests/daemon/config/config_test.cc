@@ -74,5 +74,87 @@ TEST(ConfigTest, BadFilesAreClearErrors) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(ConfigTest, LimitsHaveSafeDefaults) {
+  auto c = ParseConfig("", "empty.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_sessions, 1024);
+  EXPECT_EQ(c->max_sessions_per_pid, 64);
+  EXPECT_EQ(c->max_sessions_per_uid, 256);
+  EXPECT_EQ(c->max_tensors_per_session, 1u << 19);
+  EXPECT_EQ(c->max_metadata_bytes_per_session, 64ull << 20);
+  EXPECT_EQ(c->max_trace_ops_per_session, 1u << 16);
+  EXPECT_EQ(c->max_trace_bytes_per_session, 16ull << 20);
+  EXPECT_EQ(c->max_request_bytes, 64ull << 20);
+  EXPECT_EQ(c->max_streams_per_connection, 64);
+  EXPECT_EQ(c->max_rpc_threads, 128);
+}
+
+TEST(ConfigTest, ReadsEveryLimit) {
+  auto c = ParseConfig(R"(
+max_sessions = 100
+max_sessions_per_pid = 4
+max_sessions_per_uid = 8
+max_tensors_per_session = 5000
+max_metadata_bytes_per_session = "2MiB"
+max_trace_ops_per_session = 300
+max_trace_bytes_per_session = "1MiB"
+max_request_bytes = "8MiB"
+max_streams_per_connection = 16
+max_rpc_threads = 32
+)",
+                       "limits.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_sessions, 100);
+  EXPECT_EQ(c->max_sessions_per_pid, 4);
+  EXPECT_EQ(c->max_sessions_per_uid, 8);
+  EXPECT_EQ(c->max_tensors_per_session, 5000u);
+  EXPECT_EQ(c->max_metadata_bytes_per_session, 2ull << 20);
+  EXPECT_EQ(c->max_trace_ops_per_session, 300u);
+  EXPECT_EQ(c->max_trace_bytes_per_session, 1ull << 20);
+  EXPECT_EQ(c->max_request_bytes, 8ull << 20);
+  EXPECT_EQ(c->max_streams_per_connection, 16);
+  EXPECT_EQ(c->max_rpc_threads, 32);
+}
+
+TEST(ConfigTest, LimitsOutOfRangeNameTheKeyAndTheRange) {
+  auto zero = ParseConfig("max_sessions_per_pid = 0\n", "f");
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(zero.status().message().find("max_sessions_per_pid must be in 1.."),
+            absl::string_view::npos)
+      << zero.status();
+  auto text = ParseConfig("max_rpc_threads = \"many\"\n", "f");
+  EXPECT_NE(text.status().message().find("max_rpc_threads must be an integer"),
+            absl::string_view::npos)
+      << text.status();
+  // gRPC takes the request limit as an int.
+  EXPECT_FALSE(ParseConfig("max_request_bytes = \"4GiB\"\n", "f").ok());
+  EXPECT_FALSE(ParseConfig("max_request_bytes = \"4KiB\"\n", "f").ok());
+  EXPECT_TRUE(ParseConfig("max_request_bytes = \"1GiB\"\n", "f").ok());
+  EXPECT_FALSE(ParseConfig("max_rpc_threads = 2\n", "f").ok());
+  EXPECT_FALSE(ParseConfig("max_sessions_per_pids = 2\n", "f").ok());
+}
+
+// The example configuration operators install documents every limit with
+// its default.
+TEST(ConfigTest, TheShippedConfigParsesWithTheDefaultLimits) {
+  auto shipped =
+      LoadConfigFile(TIDEPOOL_SOURCE_DIR "/deploy/config/tidepoold.toml");
+  ASSERT_TRUE(shipped.ok()) << shipped.status();
+  EXPECT_TRUE(shipped->Validate().ok());
+  const DaemonConfig d;
+  EXPECT_EQ(shipped->max_sessions, d.max_sessions);
+  EXPECT_EQ(shipped->max_sessions_per_pid, d.max_sessions_per_pid);
+  EXPECT_EQ(shipped->max_sessions_per_uid, d.max_sessions_per_uid);
+  EXPECT_EQ(shipped->max_tensors_per_session, d.max_tensors_per_session);
+  EXPECT_EQ(shipped->max_metadata_bytes_per_session,
+            d.max_metadata_bytes_per_session);
+  EXPECT_EQ(shipped->max_trace_ops_per_session, d.max_trace_ops_per_session);
+  EXPECT_EQ(shipped->max_trace_bytes_per_session,
+            d.max_trace_bytes_per_session);
+  EXPECT_EQ(shipped->max_request_bytes, d.max_request_bytes);
+  EXPECT_EQ(shipped->max_streams_per_connection, d.max_streams_per_connection);
+  EXPECT_EQ(shipped->max_rpc_threads, d.max_rpc_threads);
+}
+
 }  // namespace
 }  // namespace tidepool
