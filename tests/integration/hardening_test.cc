@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -514,6 +515,100 @@ TEST(ClearErrorsTest, AnOversizeRequestIsRefusedAndTheDaemonServes) {
   EXPECT_THAT(refused.status().message(), HasSubstr("1048576"));
   // Under the limit, the same session goes on.
   EXPECT_TRUE(attacker->Register(Named(500, 1000)).ok());
+  ExpectServes(*victim);
+}
+
+int ThreadsOf(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+  }
+  return -1;
+}
+
+// A flood of RPCs that each hold their thread (closes that wait for a slow
+// link's copies to drain) from many connections at once: the daemon's
+// threads stay within max_rpc_threads of where they were, what is refused
+// is RESOURCE_EXHAUSTED, and a session still works after it.
+TEST(ClearErrorsTest, AFloodOfRpcsCannotMultiplyTheDaemonsThreads) {
+  TempDir dir;
+  const std::string config = dir.path() + "/tidepoold.toml";
+  std::ofstream(config) << "max_rpc_threads = 8\n";
+  DaemonOptions options;
+  options.extra_args = {"--config=" + config, "--sim_link_gbps=0.05"};
+  auto started = DaemonProcess::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  DaemonProcess& daemon = **started;
+  auto victim = Open(daemon);
+  ASSERT_NE(victim, nullptr);
+  const pid_t pid = daemon.process().pid();
+  const int before = ThreadsOf(pid);
+  // 14 sessions (the 64 MiB device holds 16 chunks), each with a 4 MiB
+  // load queued on the 50 MB/s link.
+  auto stub = Stub(daemon);
+  std::vector<v1::SessionRef> sessions;
+  for (int i = 0; i < 14; ++i) {
+    v1::OpenSessionResponse opened;
+    ASSERT_TRUE(RawOpen(*stub, {}, &opened).ok());
+    v1::SessionRef ref;
+    ref.set_session_id(opened.session_id());
+    ref.set_token(opened.token());
+    v1::RegisterTensorsRequest reg;
+    *reg.mutable_session() = ref;
+    auto* t = reg.add_tensors();
+    t->set_name("w");
+    t->set_dtype(v1::DTYPE_U8);
+    t->add_shape(4 << 20);
+    v1::RegisterTensorsResponse placed;
+    grpc::ClientContext c1;
+    ASSERT_TRUE(stub->RegisterTensors(&c1, reg, &placed).ok());
+    v1::AcquireRequest acq;
+    *acq.mutable_session() = ref;
+    acq.add_tensor_ids(placed.tensors(0).tensor_id());
+    acq.set_mode(v1::ACCESS_READ);
+    v1::AcquireResponse got;
+    grpc::ClientContext c2;
+    grpc::Status acquired = stub->Acquire(&c2, acq, &got);
+    ASSERT_TRUE(acquired.ok()) << acquired.error_message();
+    sessions.push_back(ref);
+  }
+  // All of them close at once, each on its own connection.
+  std::atomic<int> closed{0}, refused{0}, other{0};
+  std::atomic<bool> done{false};
+  int most = before;
+  std::thread sampler([&] {
+    while (!done) {
+      most = std::max(most, ThreadsOf(pid));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  std::vector<std::thread> flood;
+  for (const auto& ref : sessions) {
+    flood.emplace_back([&, ref] {
+      auto own = Stub(daemon);
+      v1::CloseSessionRequest close;
+      *close.mutable_session() = ref;
+      v1::CloseSessionResponse r;
+      grpc::ClientContext ctx;
+      grpc::Status s = own->CloseSession(&ctx, close, &r);
+      if (s.ok()) {
+        ++closed;
+      } else if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        ++refused;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& t : flood) t.join();
+  done = true;
+  sampler.join();
+  std::cout << "daemon threads: " << before << " before, at most " << most
+            << " during the flood; " << closed << " closed, " << refused
+            << " refused\n";
+  EXPECT_LE(most, before + 8);
+  EXPECT_EQ(other, 0);
   ExpectServes(*victim);
 }
 
