@@ -152,8 +152,15 @@ absl::Status ReservedRegion::MapAt(uint64_t offset, uint64_t bytes, int fd) {
   void* p = ::mmap(data_ + offset, bytes, PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_FIXED, fd, 0);
   if (p == MAP_FAILED) {
+    // Each piece is a mapping of its own: ENOMEM is usually the kernel's
+    // limit on mappings per process, not memory.
     return absl::ErrnoToStatus(
-        errno, absl::StrCat("mapping ", bytes, " bytes at offset ", offset));
+        errno,
+        absl::StrCat("mapping ", bytes, " bytes at offset ", offset,
+                     errno == ENOMEM ? " (each chunk is a mapping of its "
+                                       "own: raise vm.max_map_count or the "
+                                       "chunk size)"
+                                     : ""));
   }
   return absl::OkStatus();
 }

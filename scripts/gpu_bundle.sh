@@ -257,7 +257,8 @@ run() {
   fi
 }
 B=$carry_abs/bin
-sock=$(mktemp -u /tmp/tidepool-bundle-XXXXXX.sock)
+# A directory of its own: the daemon refuses a shared one such as /tmp.
+sock=$(mktemp -d /tmp/tidepool-bundle-XXXXXX)/run/tidepoold.sock
 run tidepoold 'cuda|gpu|device|driver' 20 "$B/tidepoold" --device=cuda:0 --socket="$sock" \
   --host_pool=64MiB --chunk_size=2MiB --device_pool=64MiB
 run "tidepoold --help" 'tidepoold|--socket|usage' 10 "$B/tidepoold" --help
