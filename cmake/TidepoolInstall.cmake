@@ -17,6 +17,11 @@
 
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
+# Installing and packaging never build: cpack (and `make install`) run the
+# generator's preinstall target, which otherwise builds `all` first. The
+# packaging tests run cpack in a built tree while other tests run, where a
+# rebuild would race them; `make package` builds before it packages.
+set(CMAKE_SKIP_INSTALL_ALL_DEPENDENCY ON)
 # client/CMakeLists.txt finds Gloo for its directory only; the installed
 # optimizer links the same imported target from here.
 if(NOT TARGET gloo)
@@ -107,9 +112,12 @@ set(TIDEPOOL_SOVERSION 0)
 # The public headers include Abseil's status types and string_view.
 set(_tidepool_public_deps absl::status absl::statusor absl::strings)
 
-# _tidepool_installed_pair(NAME ROOT OUTPUT_NAME STOP SHARED_DEP STATIC_DEP)
-function(_tidepool_installed_pair name root output_name stop shared_dep
-         static_dep)
+# _tidepool_installed_pair(PREFIX EXPORT ROOT OUTPUT_NAME STOP SHARED_DEP
+#                          STATIC_DEP): targets PREFIX_shared and
+# PREFIX_static, exported as tidepool::EXPORT and tidepool::EXPORT_static,
+# from the closure of ROOT; sets EXPORT_EXTERNAL.
+function(_tidepool_installed_pair name export root output_name stop
+         shared_dep static_dep)
   _tidepool_closure(${root} "${stop}" targets external)
   _tidepool_objects("${targets}" objects)
   _tidepool_install_interface("${external}" static_interface)
@@ -129,30 +137,29 @@ function(_tidepool_installed_pair name root output_name stop shared_dep
   endforeach()
   set_target_properties(${name}_shared PROPERTIES
       VERSION ${PROJECT_VERSION} SOVERSION ${TIDEPOOL_SOVERSION}
-      EXPORT_NAME ${name})
-  set_target_properties(${name}_static PROPERTIES EXPORT_NAME ${name}_static)
+      EXPORT_NAME ${export})
+  set_target_properties(${name}_static PROPERTIES
+      EXPORT_NAME ${export}_static)
   # The shared library resolves its dependencies itself: a consumer sees
   # the headers' Abseil only.
   target_link_libraries(${name}_shared PUBLIC ${_tidepool_public_deps}
                         ${shared_dep} PRIVATE ${external})
   target_link_libraries(${name}_static PUBLIC ${_tidepool_public_deps}
                         ${static_dep} ${static_interface})
-  set(${name}_EXTERNAL ${external} PARENT_SCOPE)
+  set(${export}_EXTERNAL ${external} PARENT_SCOPE)
 endfunction()
 
-_tidepool_installed_pair(tidepool tidepool tidepool "" "" "")
+# tidepool::tidepool, tidepool::tidepool_static, tidepool::optim,
+# tidepool::optim_static.
+_tidepool_installed_pair(tidepool tidepool tidepool tidepool "" "" "")
 _tidepool_closure(tidepool "" _tidepool_session_targets _unused)
-_tidepool_installed_pair(optim tidepool_optim tidepool_optim
+_tidepool_installed_pair(tidepool_optim optim tidepool_optim tidepool_optim
     "${_tidepool_session_targets}" tidepool_shared tidepool_static)
-# Exported names: tidepool::tidepool, tidepool::tidepool_static,
-# tidepool::optim, tidepool::optim_static.
-set_target_properties(optim_shared PROPERTIES EXPORT_NAME optim)
-set_target_properties(optim_static PROPERTIES EXPORT_NAME optim_static)
 
-install(TARGETS tidepool_shared optim_shared EXPORT tidepoolTargets
+install(TARGETS tidepool_shared tidepool_optim_shared EXPORT tidepoolTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT runtime
                 NAMELINK_COMPONENT dev)
-install(TARGETS tidepool_static optim_static EXPORT tidepoolTargets
+install(TARGETS tidepool_static tidepool_optim_static EXPORT tidepoolTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/client/include/tidepool
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev
@@ -311,7 +318,7 @@ install(CODE "
 # --- Documentation, copyright, changelog ----------------------------------------
 #
 # Debian wants /usr/share/doc/<package>/copyright and a changelog in every
-# package; the other installs get the same files under share/doc/tidepool*.
+# package; `cmake --install` puts the same files under share/doc/<package>.
 set(TIDEPOOL_DEB_RELEASE 1)
 set(TIDEPOOL_DEB_VERSION ${PROJECT_VERSION}-${TIDEPOOL_DEB_RELEASE})
 set(TIDEPOOL_DEB_MAINTAINER "tidepool maintainers <maintainers@tidepool.invalid>")

@@ -48,11 +48,11 @@ case "$(field "$dev_deb" Depends)" in
   *"libtidepool0 (= $(field "$runtime_deb" Version))"*) ;;
   *) fail "libtidepool-dev Depends: $(field "$dev_deb" Depends)" ;;
 esac
-dpkg-deb --ctrl-tarfile "$daemon_deb" | tar -t | grep -qx './conffiles' ||
+grep -qx './conffiles' <<<"$(dpkg-deb --ctrl-tarfile "$daemon_deb" | tar -t)" ||
   fail "tidepoold has no conffiles"
 [ "$(dpkg-deb --info "$daemon_deb" conffiles)" = /etc/tidepool/tidepoold.toml ] ||
   fail "tidepoold conffiles: $(dpkg-deb --info "$daemon_deb" conffiles)"
-dpkg-deb --info "$runtime_deb" shlibs | grep -q '^libtidepool 0 libtidepool0 (= ' ||
+grep -q '^libtidepool 0 libtidepool0 (= ' <<<"$(dpkg-deb --info "$runtime_deb" shlibs)" ||
   fail "libtidepool0 shlibs: $(dpkg-deb --info "$runtime_deb" shlibs)"
 
 if command -v lintian >/dev/null; then
@@ -81,18 +81,21 @@ dpkg_r() {
 }
 dpkg_r -i "${debs[@]}"
 for p in tidepoold libtidepool0 libtidepool-dev; do
-  dpkg --root="$r" -s "$p" | grep -qx 'Status: install ok installed' ||
+  grep -qx 'Status: install ok installed' <<<"$(dpkg --root="$r" -s "$p")" ||
     fail "$p is not installed in the scratch root"
 done
 
-# The layout docs/operations.md describes.
+# The layout docs/operations.md describes. The libraries' directory is
+# /usr/lib, or the multiarch one for a build tree configured for /usr.
+lib=usr/lib
+[ -e "$r/$lib/libtidepool.so.0" ] || lib=usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)
 for f in usr/bin/tidepoold usr/bin/tidepoolctl \
          usr/lib/systemd/system/tidepoold.service usr/lib/sysusers.d/tidepool.conf \
          etc/tidepool/tidepoold.toml usr/share/doc/tidepoold/copyright \
-         usr/share/doc/tidepoold/operations.md usr/lib/libtidepool.so.0 \
-         usr/lib/libtidepool_optim.so.0 usr/lib/libtidepool.so usr/lib/libtidepool.a \
-         usr/include/tidepool/session.h usr/lib/cmake/tidepool/tidepool-config.cmake \
-         usr/lib/pkgconfig/tidepool.pc; do
+         usr/share/doc/tidepoold/operations.md $lib/libtidepool.so.0 \
+         $lib/libtidepool_optim.so.0 $lib/libtidepool.so $lib/libtidepool.a \
+         usr/include/tidepool/session.h $lib/cmake/tidepool/tidepool-config.cmake \
+         $lib/pkgconfig/tidepool.pc; do
   [ -e "$r/$f" ] || fail "the packages did not install /$f"
 done
 grep -qx 'ExecStart=/usr/bin/tidepoold --config=/etc/tidepool/tidepoold.toml' \
@@ -123,8 +126,8 @@ grep -q sim "$scratch/status.txt" || fail "tidepoolctl status: $(cat "$scratch/s
 stop_daemon
 
 # pkg-config finds the packaged library through the .pc's own location.
-[ "$(PKG_CONFIG_PATH=$r/usr/lib/pkgconfig pkg-config --variable=libdir tidepool)" \
-   -ef "$r/usr/lib" ] || fail "tidepool.pc libdir"
+[ "$(PKG_CONFIG_PATH=$r/$lib/pkgconfig pkg-config --variable=libdir tidepool)" \
+   -ef "$r/$lib" ] || fail "tidepool.pc libdir"
 
 # Upgrade path: reinstalling keeps the edited conffile and its ownership.
 echo '# edited by the operator' >>"$r/etc/tidepool/tidepoold.toml"

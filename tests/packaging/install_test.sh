@@ -54,11 +54,11 @@ pkg_config_trainer "$root/lib/pkgconfig" "$consumer/trainer.cc" \
 
 # The shared trainers load the staged libraries; the static ones none.
 for t in "$scratch/consumer/trainer_shared" "$scratch/trainer_pc"; do
-  ldd "$t" | grep -q "libtidepool_optim.so.0 => $root/lib/" ||
+  grep -q "libtidepool_optim.so.0 => $root/lib/" <<<"$(ldd "$t")" ||
     fail "$(basename "$t") does not load the installed libtidepool_optim: $(ldd "$t" | grep tidepool)"
 done
 for t in "$scratch/consumer/trainer_static" "$scratch/trainer_pc_static"; do
-  if ldd "$t" | grep -q libtidepool; then
+  if grep -q libtidepool <<<"$(ldd "$t")"; then
     fail "$(basename "$t") links a shared libtidepool: $(ldd "$t" | grep tidepool)"
   fi
 done

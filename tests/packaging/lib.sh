@@ -2,6 +2,8 @@
 # scratch directory, never in the build tree: it installs from the build
 # tree it is given (cmake --install, cpack), which it does not rebuild.
 set -euo pipefail
+# (With pipefail, `cmd | grep -q` can fail when grep exits before cmd has
+# written everything: the tests match on captured output instead.)
 
 fail() {
   echo "FAIL: $*" >&2

@@ -24,7 +24,7 @@ stage_install "$build" "$stage" /usr/local
 "$python" -m pip install --no-deps -q --target "$scratch/site" "$scratch"/wheel/tidepool-*.whl
 # Linked, not rebuilt: the library the extension loads is the staged one.
 core=$(ls "$scratch"/site/tidepool/_core*.so)
-ldd "$core" | grep -q "libtidepool_optim.so.0 => $root/lib/" ||
+grep -q "libtidepool_optim.so.0 => $root/lib/" <<<"$(ldd "$core")" ||
   fail "_core does not load the installed library: $(ldd "$core" | grep tidepool)"
 
 small_config "$root/etc/tidepool/tidepoold.toml" "$scratch/tidepoold.toml"
