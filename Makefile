@@ -6,7 +6,7 @@ BUILD_TYPE ?= RelWithDebInfo
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CTEST_LABELS := $(if $(HAVE_GPU),,-LE gpu)
 
-.PHONY: all deps build demo test clean gpu-bundle gpu-check
+.PHONY: all deps build demo test clean gpu-bundle gpu-check test-asan test-tsan
 
 all: build
 
@@ -25,6 +25,24 @@ demo: build
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) $(CTEST_LABELS)
+
+# Sanitizers (docs/build.md): the C++ suite, the daemons that its
+# integration tests start included, under ASan + UBSan or TSan, each in its
+# own CPU-only build directory. No Python package: torch does not run
+# under these runtimes.
+ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
+test-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	  -DTIDEPOOL_SANITIZE=address,undefined >/dev/null
+	@cmake --build $(ASAN_BUILD) -j$(JOBS)
+	@cd $(ASAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE gpu
+
+test-tsan: deps
+	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	  -DTIDEPOOL_SANITIZE=thread >/dev/null
+	@cmake --build $(TSAN_BUILD) -j$(JOBS)
+	@cd $(TSAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE gpu
 
 # The GPU check (docs/build.md): gpu-bundle builds build-gpu/ (Release,
 # sm_90, Python 3.12 abi3 extension) and lays out .carry/ for the GPU test

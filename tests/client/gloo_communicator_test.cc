@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <barrier>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -179,6 +180,18 @@ TEST(GlooCommunicatorTest, ReduceScatterSumsEveryWorldAndDtype) {
           if (c.ReduceScatterSum(u8, u8 + 2, 1, DType::kU8).code() !=
               absl::StatusCode::kInvalidArgument) {
             f += "u8 accepted; ";
+          }
+          // Refused before a byte is read or written (no rank enters the
+          // collective, so none waits for the others).
+          float f32[2] = {};
+          const size_t huge = SIZE_MAX / 4;
+          if (c.ReduceScatterSum(f32, f32 + 1, huge, DType::kF32).code() !=
+              absl::StatusCode::kInvalidArgument) {
+            f += "overflowing reduce-scatter accepted; ";
+          }
+          if (c.AllGather(f32, f32 + 1, huge, DType::kF32).code() !=
+              absl::StatusCode::kInvalidArgument) {
+            f += "overflowing all-gather accepted; ";
           }
         });
     for (int r = 0; r < world; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;

@@ -10,7 +10,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import shutil
+
 import pytest
+
+# The daemon dies with the test process even when CTest kills it on its
+# timeout and no fixture's teardown runs: setpriv (util-linux) sets the
+# parent-death signal and execs tidepoold in the same process. Not
+# preexec_fn, which is unsafe in a process with threads (torch's).
+SETPRIV = shutil.which("setpriv")
+DIE_WITH_TEST = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
 
 BIN_DIR = Path(os.environ.get("TIDEPOOL_BIN_DIR", Path(__file__).parents[2] / "build" / "bin"))
 
@@ -27,7 +36,7 @@ class Daemon:
         self.socket = os.path.join(self.dir, "tidepoold.sock")
         self.log = open(os.path.join(self.dir, "tidepoold.log"), "w+")
         self.proc = subprocess.Popen(
-            [str(BIN_DIR / "tidepoold"), f"--socket={self.socket}", *flags],
+            [*DIE_WITH_TEST, str(BIN_DIR / "tidepoold"), f"--socket={self.socket}", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):

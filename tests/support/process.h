@@ -15,6 +15,10 @@ namespace tidepool::testing {
 // Where the build put tidepoold and the test clients.
 std::string BinDir();
 
+// A child of the test process. It is killed (SIGKILL) when the thread that
+// spawned it exits, which the test's main thread does only with the test:
+// a test that CTest kills on its timeout, or that crashes, leaves no
+// tidepoold or client behind, though its destructors never run.
 class ChildProcess {
  public:
   // Starts `argv[0]` (a path) with arguments; stdout/stderr are inherited.
@@ -28,11 +32,16 @@ class ChildProcess {
   int Wait();
   void Kill(int signal);
   bool Running();
+  // Whether the test signalled or waited for the child itself (it then
+  // owns the outcome).
+  bool handled() const { return handled_; }
 
  private:
   ChildProcess() = default;
+  void Reap(int status);
   pid_t pid_ = -1;
   int status_ = -1;
+  bool handled_ = false;
 };
 
 struct DaemonOptions {
@@ -47,7 +56,11 @@ class DaemonProcess {
  public:
   static absl::StatusOr<std::unique_ptr<DaemonProcess>> Start(
       const DaemonOptions& options);
-  ~DaemonProcess();  // SIGTERM, then reap; removes the socket directory
+  // SIGTERM, then reap; removes the socket directory. The test fails
+  // unless the daemon then exits with status 0, or it died during the test
+  // without the test signalling or waiting for it: in a sanitizer build
+  // (docs/build.md) that is how a report in the daemon fails the test.
+  ~DaemonProcess();
 
   const std::string& socket() const { return socket_; }
   const std::string& fd_socket() const { return fd_socket_; }

@@ -23,6 +23,7 @@
 // unacknowledged as well. gloo::alltoall waits for every send and receive.
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -66,6 +67,18 @@ void Acc16(uint16_t* x, const uint16_t* y, size_t n) {
 absl::Status Unsupported(DType dtype) {
   return absl::InvalidArgumentError(absl::StrCat(
       "communicator: unsupported dtype ", static_cast<int>(dtype)));
+}
+
+// Reduce-scatter reads and all-gather writes shard_count * world elements:
+// a count whose byte size overflows size_t is refused before any buffer is
+// touched, as an unsupported dtype is.
+absl::Status CheckShard(size_t shard_count, int world, size_t elem) {
+  if (shard_count > SIZE_MAX / static_cast<size_t>(world) / elem) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("communicator: ", shard_count, " elements of ", elem,
+                     " bytes times world ", world, " overflow"));
+  }
+  return absl::OkStatus();
 }
 
 class GlooCommunicator final : public Communicator {
@@ -141,6 +154,7 @@ class GlooCommunicator final : public Communicator {
     if (shard_count == 0) return absl::OkStatus();
     const size_t elem = DTypeSize(dtype);
     if (elem != 2 && elem != 4 && elem != 8) return Unsupported(dtype);
+    if (auto s = CheckShard(shard_count, world(), elem); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
     return Guard("all-gather", [&] {
       gloo::AllgatherOptions opts(context_);
@@ -181,6 +195,9 @@ class GlooCommunicator final : public Communicator {
   template <typename T>
   absl::Status ReduceScatter(const void* send, void* recv, size_t shard,
                              void (*acc)(T*, const T*, size_t)) {
+    if (auto s = CheckShard(shard, this->world(), sizeof(T)); !s.ok()) {
+      return s;
+    }
     const size_t world = static_cast<size_t>(this->world());
     // Gloo's byte counts are int; leave room for its rounding up.
     const size_t max_bytes = std::min<size_t>(piece_bytes_, INT_MAX / 2);

@@ -1,0 +1,31 @@
+// Linked into every executable of a sanitizer build
+// (cmake/TidepoolSanitizers.cmake). The runtimes call these hooks at start
+// for their defaults; ASAN_OPTIONS, UBSAN_OPTIONS, TSAN_OPTIONS and
+// LSAN_OPTIONS in the environment still override them.
+//
+// Why defaults and not environment variables set by the tests: a tidepoold
+// started by hand, by a test or by a Python fixture gets the same
+// behaviour. The first report ends the process with a non-zero status
+// (UBSan and TSan would otherwise print and go on, and TSan's exit status
+// 66 comes only at exit), which is what the integration tests check when
+// they stop their daemon.
+
+extern "C" {
+
+__attribute__((used, visibility("default"))) const char*
+__asan_default_options() {
+  return "halt_on_error=1:detect_leaks=1:print_summary=1:"
+         "handle_abort=1:check_initialization_order=1";
+}
+
+__attribute__((used, visibility("default"))) const char*
+__ubsan_default_options() {
+  return "halt_on_error=1:print_stacktrace=1:print_summary=1";
+}
+
+__attribute__((used, visibility("default"))) const char*
+__tsan_default_options() {
+  return "halt_on_error=1:second_deadlock_stack=1:print_summary=1";
+}
+
+}  // extern "C"
