@@ -30,11 +30,23 @@ absl::StatusOr<sockaddr_un> MakeAddress(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<UniqueFd> ListenUnix(const std::string& path, int mode) {
-  auto addr = MakeAddress(path);
+  auto final_addr = MakeAddress(path);
+  if (!final_addr.ok()) return final_addr.status();
+  // The socket is made under a name of its own in the same directory and
+  // renamed into place once it listens, so that `path` never names a
+  // socket that refuses connections (clients and tests wait for the file
+  // to appear) or one with the wrong mode. Too long a directory for such a
+  // name: made in place.
+  const size_t slash = path.rfind('/');
+  std::string made =
+      absl::StrCat(slash == std::string::npos ? "" : path.substr(0, slash + 1),
+                   ".", ::getpid(), ".", ::gettid(), ".listening");
+  if (!MakeAddress(made).ok()) made = path;
+  auto addr = MakeAddress(made);
   if (!addr.ok()) return addr.status();
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
-  ::unlink(path.c_str());
+  ::unlink(made.c_str());
   // bind() creates the file with the umask's mode (0777 under umask 000):
   // until the chmod below anyone could connect. Under 0177 it is born
   // 0600. The umask is the process's, so this races other threads that
@@ -44,12 +56,19 @@ absl::StatusOr<UniqueFd> ListenUnix(const std::string& path, int mode) {
       ::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr));
   const int bind_errno = errno;
   ::umask(saved);
-  if (bound != 0) return absl::ErrnoToStatus(bind_errno, "bind " + path);
-  if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
-    return absl::ErrnoToStatus(errno, "chmod " + path);
+  if (bound != 0) return absl::ErrnoToStatus(bind_errno, "bind " + made);
+  absl::Status status;
+  if (::chmod(made.c_str(), static_cast<mode_t>(mode)) != 0) {
+    status = absl::ErrnoToStatus(errno, "chmod " + made);
+  } else if (::listen(fd.get(), 64) != 0) {
+    status = absl::ErrnoToStatus(errno, "listen " + path);
+  } else if (made != path && ::rename(made.c_str(), path.c_str()) != 0) {
+    // Replaces a stale socket file atomically.
+    status = absl::ErrnoToStatus(errno, "rename to " + path);
   }
-  if (::listen(fd.get(), 64) != 0) {
-    return absl::ErrnoToStatus(errno, "listen " + path);
+  if (!status.ok()) {
+    ::unlink(made.c_str());
+    return status;
   }
   return fd;
 }
