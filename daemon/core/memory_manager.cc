@@ -632,11 +632,11 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
     if (candidates.empty()) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "device ", devices_[session.device]->description().name,
-          " cannot hold this request: a chunk of ", bytes, " bytes (a slot of ",
-          rounded, ") needs room, ", dev.allocator->used(), " of ",
+          " cannot hold this request: a chunk of ", bytes, " bytes (slot ",
+          rounded, ") needs room; ", dev.allocator->used(), " of ",
           dev.allocator->capacity(),
-          " bytes are in use by chunks that are being computed on; release "
-          "tensors or acquire fewer at once"));
+          " bytes are held by chunks being computed on: release tensors or "
+          "acquire fewer at once"));
     }
     const size_t victim = dev.eviction->ChooseVictim(candidates);
     Evict(chunks_.at(candidates[victim].chunk_id),

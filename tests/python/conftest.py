@@ -33,7 +33,8 @@ class Daemon:
 
     def __init__(self, *flags: str) -> None:
         self.dir = tempfile.mkdtemp(prefix="tidepool-pytest-")
-        self.socket = os.path.join(self.dir, "tidepoold.sock")
+        # The daemon owns its socket directory (and refuses a shared one).
+        self.socket = os.path.join(self.dir, "run", "tidepoold.sock")
         self.log = open(os.path.join(self.dir, "tidepoold.log"), "w+")
         self.proc = subprocess.Popen(
             [*DIE_WITH_TEST, str(BIN_DIR / "tidepoold"), f"--socket={self.socket}", *flags],
