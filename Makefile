@@ -6,7 +6,8 @@ BUILD_TYPE ?= RelWithDebInfo
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CTEST_LABELS := $(if $(HAVE_GPU),,-LE gpu)
 
-.PHONY: all deps build demo test clean gpu-bundle gpu-check test-asan test-tsan
+.PHONY: all deps build demo test clean gpu-bundle gpu-check test-asan test-tsan \
+	fuzz
 
 all: build
 
@@ -43,6 +44,22 @@ test-tsan: deps
 	  -DTIDEPOOL_SANITIZE=thread >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)
 	@cd $(TSAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE gpu
+
+# libFuzzer targets (docs/build.md, "Fuzzing"): a clang build (ASan +
+# UBSan) of what the targets of fuzz/ link, the daemon's libraries, in its
+# own build directory; each target runs FUZZ_SECONDS as a CTest test.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 25
+fuzz:
+	@scripts/setup.sh fuzz
+	@cxx=$$(command -v clang++-14 || command -v clang++) && \
+	  cc=$$(command -v clang-14 || command -v clang) && \
+	  cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	    -DCMAKE_C_COMPILER=$$cc -DCMAKE_CXX_COMPILER=$$cxx \
+	    -DTIDEPOOL_SANITIZE=address,undefined -DTIDEPOOL_FUZZ=ON \
+	    -DTIDEPOOL_FUZZ_SECONDS=$(FUZZ_SECONDS) >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target tidepool_fuzzers
+	@cd $(FUZZ_BUILD) && ctest --output-on-failure -j$(JOBS) -L fuzz
 
 # The GPU check (docs/build.md): gpu-bundle builds build-gpu/ (Release,
 # sm_90, Python 3.12 abi3 extension) and lays out .carry/ for the GPU test

@@ -12,6 +12,10 @@ packages=(
   libgloo-dev prometheus python3-yaml python3-dev python3-venv
   prometheus-cpp-dev nlohmann-json3-dev libcurl4-openssl-dev libyaml-cpp-dev
 )
+# `setup.sh fuzz` (make fuzz): clang and its libFuzzer as well.
+if [ "${1:-}" = fuzz ]; then
+  packages+=(clang-14 libclang-rt-14-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
