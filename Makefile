@@ -29,21 +29,22 @@ test: build
 
 # Sanitizers (docs/build.md): the C++ suite, the daemons that its
 # integration tests start included, under ASan + UBSan or TSan, each in its
-# own CPU-only build directory. No Python package: torch does not run
-# under these runtimes.
+# own CPU-only build directory. No Python package (torch does not run
+# under these runtimes) and no packaging tests (an instrumented build is
+# not what gets packaged, and their consumers link uninstrumented).
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 test-asan: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -DTIDEPOOL_SANITIZE=address,undefined >/dev/null
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
-	@cd $(ASAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE gpu
+	@cd $(ASAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE 'gpu|packaging'
 
 test-tsan: deps
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -DTIDEPOOL_SANITIZE=thread >/dev/null
 	@cmake --build $(TSAN_BUILD) -j$(JOBS)
-	@cd $(TSAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE gpu
+	@cd $(TSAN_BUILD) && ctest --output-on-failure -j$(JOBS) -LE 'gpu|packaging'
 
 # libFuzzer targets (docs/build.md, "Fuzzing"): a clang build (ASan +
 # UBSan) of what the targets of fuzz/ link, the daemon's libraries, in its
