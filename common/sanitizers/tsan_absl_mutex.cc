@@ -65,6 +65,32 @@ Fn Real(const char* rest, bool const_member = false) {
   return reinterpret_cast<Fn>(fn);
 }
 
+// Locks taken inside gRPC or Abseil are annotated too (gRPC hands its
+// objects between threads under them), but TSan's check of the lock as an
+// atomic access to the mutex is skipped there: gRPC also hands objects
+// over in ways TSan cannot see, and the first lock of a mutex inside one
+// would look like a race with its allocation. Code of the executable is
+// instrumented and checked as usual.
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
+extern "C" char __executable_start[];
+extern "C" char etext[];
+
+class IgnoreLibraryAccess {
+ public:
+  explicit IgnoreLibraryAccess(const void* caller)
+      : on_(caller < static_cast<const void*>(__executable_start) ||
+            caller >= static_cast<const void*>(etext)) {
+    if (on_) __tsan_ignore_thread_begin();
+  }
+  ~IgnoreLibraryAccess() {
+    if (on_) __tsan_ignore_thread_end();
+  }
+
+ private:
+  const bool on_;
+};
+
 }  // namespace
 
 namespace absl {
@@ -80,6 +106,7 @@ constexpr intptr_t kMuWriterBit = 0x0008;
 
 void Mutex::Lock() {
   static const auto real = Real<void (*)(Mutex*)>("5Mutex4LockEv");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, 0);
   real(this);
   __tsan_mutex_post_lock(this, 0, 0);
@@ -87,6 +114,7 @@ void Mutex::Lock() {
 
 void Mutex::Unlock() {
   static const auto real = Real<void (*)(Mutex*)>("5Mutex6UnlockEv");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   // Abseil may evaluate waiters' conditions here: the annotation ignores
   // accesses until post_unlock.
   __tsan_mutex_pre_unlock(this, 0);
@@ -96,6 +124,7 @@ void Mutex::Unlock() {
 
 bool Mutex::TryLock() {
   static const auto real = Real<bool (*)(Mutex*)>("5Mutex7TryLockEv");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
   const bool locked = real(this);
   __tsan_mutex_post_lock(
@@ -106,6 +135,7 @@ bool Mutex::TryLock() {
 
 void Mutex::ReaderLock() {
   static const auto real = Real<void (*)(Mutex*)>("5Mutex10ReaderLockEv");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   real(this);
   __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
@@ -113,6 +143,7 @@ void Mutex::ReaderLock() {
 
 void Mutex::ReaderUnlock() {
   static const auto real = Real<void (*)(Mutex*)>("5Mutex12ReaderUnlockEv");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
   real(this);
   __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
@@ -120,6 +151,7 @@ void Mutex::ReaderUnlock() {
 
 bool Mutex::ReaderTryLock() {
   static const auto real = Real<bool (*)(Mutex*)>("5Mutex13ReaderTryLockEv");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   const unsigned flags = __tsan_mutex_read_lock | __tsan_mutex_try_lock;
   __tsan_mutex_pre_lock(this, flags);
   const bool locked = real(this);
@@ -134,6 +166,7 @@ bool Mutex::ReaderTryLock() {
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real = Real<void (*)(Mutex*, const Condition&)>(
       "5Mutex8LockWhenERKNS0_9ConditionE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, 0);
   real(this, cond);
   __tsan_mutex_post_lock(this, 0, 0);
@@ -142,6 +175,7 @@ void Mutex::LockWhen(const Condition& cond) {
 void Mutex::ReaderLockWhen(const Condition& cond) {
   static const auto real = Real<void (*)(Mutex*, const Condition&)>(
       "5Mutex14ReaderLockWhenERKNS0_9ConditionE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   real(this, cond);
   __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
@@ -150,6 +184,7 @@ void Mutex::ReaderLockWhen(const Condition& cond) {
 bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time deadline) {
   static const auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, 0);
   const bool res = real(this, cond, deadline);
   __tsan_mutex_post_lock(this, 0, 0);
@@ -160,6 +195,7 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
                                        absl::Time deadline) {
   static const auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   const bool res = real(this, cond, deadline);
   __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
@@ -171,6 +207,7 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
 void Mutex::Await(const Condition& cond) {
   static const auto real = Real<void (*)(Mutex*, const Condition&)>(
       "5Mutex5AwaitERKNS0_9ConditionE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   const unsigned flags =
       (mu_.load(std::memory_order_relaxed) & kMuWriterBit) != 0
           ? 0
@@ -185,6 +222,7 @@ void Mutex::Await(const Condition& cond) {
 bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   static const auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   const unsigned flags =
       (mu_.load(std::memory_order_relaxed) & kMuWriterBit) != 0
           ? 0
@@ -207,6 +245,7 @@ Mutex::~Mutex() {
 void CondVar::Wait(Mutex* mu) {
   static const auto real =
       Real<void (*)(CondVar*, Mutex*)>("7CondVar4WaitEPNS0_5MutexE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   const unsigned flags =
       (mu->mu_.load(std::memory_order_relaxed) & kMuWriterBit) != 0
           ? 0
@@ -221,6 +260,7 @@ void CondVar::Wait(Mutex* mu) {
 bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
   static const auto real = Real<bool (*)(CondVar*, Mutex*, absl::Time)>(
       "7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
+  const IgnoreLibraryAccess ignore(__builtin_return_address(0));
   const unsigned flags =
       (mu->mu_.load(std::memory_order_relaxed) & kMuWriterBit) != 0
           ? 0
