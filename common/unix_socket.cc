@@ -127,6 +127,25 @@ absl::Status SendMessage(int fd, const void* data, size_t size,
   return absl::OkStatus();
 }
 
+bool TakeReceivedFds(msghdr* msg, std::vector<UniqueFd>* fds, size_t max_fds) {
+  bool closed = false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(msg); c != nullptr; c = CMSG_NXTHDR(msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int received;
+      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      UniqueFd owned(received);
+      if (fds != nullptr && fds->size() < max_fds) {
+        fds->push_back(std::move(owned));
+      } else {
+        closed = true;  // `owned` closes it
+      }
+    }
+  }
+  return closed;
+}
+
 absl::Status ReceiveMessage(int fd, void* data, size_t size,
                             std::vector<UniqueFd>* fds, size_t max_fds) {
   auto* p = static_cast<char*>(data);
@@ -145,21 +164,7 @@ absl::Status ReceiveMessage(int fd, void* data, size_t size,
       if (errno == EINTR) continue;
       return absl::ErrnoToStatus(errno, "recvmsg");
     }
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr;
-         c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int received;
-        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        UniqueFd owned(received);
-        if (fds != nullptr && fds->size() < max_fds) {
-          fds->push_back(std::move(owned));
-        } else {
-          too_many = true;  // `owned` closes it
-        }
-      }
-    }
+    too_many |= TakeReceivedFds(&msg, fds, max_fds);
     if (n == 0) {
       return absl::UnavailableError("peer closed the connection");
     }

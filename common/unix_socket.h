@@ -2,6 +2,7 @@
 // descriptors attached (SCM_RIGHTS), and the peer's credentials.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -27,6 +28,10 @@ absl::StatusOr<PeerCredentials> GetPeerCredentials(int fd);
 // Sends exactly `size` bytes with `fds` attached to the first byte.
 absl::Status SendMessage(int fd, const void* data, size_t size,
                          const std::vector<int>& fds = {});
+
+// Takes the fds that a recvmsg() delivered in `msg`: up to `max_fds` into
+// `fds` (none when it is null), closing the rest. True when any was closed.
+bool TakeReceivedFds(msghdr* msg, std::vector<UniqueFd>* fds, size_t max_fds);
 
 // Receives exactly `size` bytes and any fds that came with them (at most
 // `max_fds`; extra ones are closed and the call fails).

@@ -139,7 +139,7 @@ struct HotPathCompletion {
   uint32_t reserved;
   uint64_t ready_sequence;
   uint64_t map_generation;  // as AcquireResponse.map_generation
-  char message[320];  // long enough for every error the manager returns
+  char message[320];        // long enough for every error the manager returns
   uint64_t offsets[kHotPathMaxTensors];  // into the pool the op names
   uint64_t sizes[kHotPathMaxTensors];
 };

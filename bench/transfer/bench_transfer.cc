@@ -108,8 +108,8 @@ struct SweepResult {
 
 // Registers `count` chunks of `chunk` bytes (twice the pool) and sweeps
 // them read-only, in GB/s.
-absl::StatusOr<SweepResult> Sweep(tidepool::Session& s, bool cuda, uint64_t chunk,
-                             int count) {
+absl::StatusOr<SweepResult> Sweep(tidepool::Session& s, bool cuda,
+                                  uint64_t chunk, int count) {
   std::vector<tidepool::TensorSpec> specs;
   for (int i = 0; i < count; ++i) {
     specs.push_back({absl::StrCat("c", i),
@@ -153,8 +153,8 @@ absl::StatusOr<SweepResult> Sweep(tidepool::Session& s, bool cuda, uint64_t chun
 
 // Acquire+release pairs of one resident chunk: p50 and p99 in microseconds.
 absl::StatusOr<std::pair<double, double>> PairLatency(tidepool::Session& s) {
-  auto t = s.Register({{"resident", tidepool::DType::kU8, {1 << 20},
-                        tidepool::Group::kParam}});
+  auto t = s.Register(
+      {{"resident", tidepool::DType::kU8, {1 << 20}, tidepool::Group::kParam}});
   if (!t.ok()) return t.status();
   const uint64_t id = (*t)[0].id;
   std::vector<double> us;

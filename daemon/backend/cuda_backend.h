@@ -1,10 +1,11 @@
 // The cuda backend: the device pool is one CUDA VMM allocation exported as a
 // POSIX fd (clients import and map it; slots are not yet separate
 // allocations, so on cuda the device pool is not isolated between sessions
-// the way the host homes are: docs/operations.md, Security), copies run on two daemon-owned
-// streams (host->device and device->host use separate copy engines), and
-// ordering across processes uses interprocess events: clients wait on the
-// arrival event; the daemon's streams wait on each client's release event.
+// the way the host homes are: docs/operations.md, Security), copies run on two
+// daemon-owned streams (host->device and device->host use separate copy
+// engines), and ordering across processes uses interprocess events: clients
+// wait on the arrival event; the daemon's streams wait on each client's release
+// event.
 #pragma once
 
 #include <cuda.h>

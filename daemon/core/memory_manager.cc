@@ -36,34 +36,6 @@ bool TokensEqual(const Token& a, const Token& b) {
 
 }  // namespace
 
-absl::string_view ReclaimReasonName(ReclaimReason reason) {
-  switch (reason) {
-    case ReclaimReason::kClosed:
-      return "closed";
-    case ReclaimReason::kDisconnected:
-      return "disconnected";
-    case ReclaimReason::kAttachTimeout:
-      return "attach_timeout";
-  }
-  return "unknown";
-}
-
-absl::string_view ResidencyEventKindName(ResidencyEventKind kind) {
-  switch (kind) {
-    case ResidencyEventKind::kCreated:
-      return "created";
-    case ResidencyEventKind::kLoaded:
-      return "loaded";
-    case ResidencyEventKind::kEvicted:
-      return "evicted";
-    case ResidencyEventKind::kAcquired:
-      return "acquired";
-    case ResidencyEventKind::kReleased:
-      return "released";
-  }
-  return "unknown";
-}
-
 MemoryManager::MemoryManager(
     ManagerOptions options, HostPool host_pool,
     std::vector<std::unique_ptr<DeviceBackend>> devices)
@@ -295,16 +267,15 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
     // A fresh memfd of its own: zero-filled, and mapped by this session's
     // client alone.
     auto fd = host_pool_.Back(*offset, rounded);
-    absl::Status pinned =
-        fd.ok() ? devices_[session.device]->PinHost(host_pool_.data() + *offset,
-                                                    rounded)
-                : fd.status();
+    absl::Status pinned = fd.ok() ? devices_[session.device]->PinHost(
+                                        host_pool_.data() + *offset, rounded)
+                                  : fd.status();
     if (!pinned.ok()) {
       if (fd.ok()) host_pool_.Withdraw(*offset, rounded).IgnoreError();
       host_allocator_.Free(*offset).IgnoreError();
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "could not back a host home of ", rounded, " bytes: ",
-          pinned.message()));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("could not back a host home of ", rounded,
+                       " bytes: ", pinned.message()));
     }
     Grant(session, /*device=*/false, *offset, rounded,
           std::make_shared<UniqueFd>(std::move(*fd)));
@@ -323,7 +294,8 @@ void MemoryManager::DestroyChunk(uint64_t chunk_id) {
   auto it = chunks_.find(chunk_id);
   if (it == chunks_.end()) return;
   Chunk& c = it->second;
-  if (c.device_offset) FreeSlot(c.device, c.session_id, *c.device_offset, c.bytes);
+  if (c.device_offset)
+    FreeSlot(c.device, c.session_id, *c.device_offset, c.bytes);
   if (c.host_offset) {
     uint8_t* home = host_pool_.data() + *c.host_offset;
     devices_[c.device]->UnpinHost(home);
@@ -356,9 +328,9 @@ absl::StatusOr<uint64_t> MemoryManager::PlaceSlot(Session& owner,
       backend.BackSlot(*offset, rounded, owner.id, batch);
   if (!fd.ok()) {
     alloc.Free(*offset).IgnoreError();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "could not back a device slot of ", rounded, " bytes: ",
-        fd.status().message()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("could not back a device slot of ", rounded,
+                     " bytes: ", fd.status().message()));
   }
   if (*fd != nullptr) {
     Grant(owner, /*device=*/true, *offset, rounded, std::move(*fd));
@@ -375,11 +347,12 @@ void MemoryManager::FreeSlot(size_t device, uint64_t owner, uint64_t offset,
 
 void MemoryManager::Grant(Session& session, bool device, uint64_t offset,
                           uint64_t bytes, std::shared_ptr<UniqueFd> fd) {
-  session.grants.push_back(MappingGrant{.device = device,
-                                        .offset = offset,
-                                        .bytes = bytes,
-                                        .generation = ++session.grant_generation,
-                                        .fd = std::move(fd)});
+  session.grants.push_back(
+      MappingGrant{.device = device,
+                   .offset = offset,
+                   .bytes = bytes,
+                   .generation = ++session.grant_generation,
+                   .fd = std::move(fd)});
 }
 
 std::vector<MappingGrant> MemoryManager::TakeGrants(uint64_t session_id,
@@ -792,354 +765,6 @@ absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
   return seq;
 }
 
-absl::StatusOr<AcquireResult> MemoryManager::Acquire(
-    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode, const OpContext* op) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (tensor_ids.size() > options_.max_tensors_per_request) {
-    return absl::InvalidArgumentError("too many tensors in one request");
-  }
-  if (op != nullptr && op->key.size() > options_.max_op_key_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "op key longer than ", options_.max_op_key_bytes, " bytes"));
-  }
-  // Keys come back in traces and divergence reasons (proto strings).
-  if (op != nullptr) TP_RETURN_IF_ERROR(CheckUtf8("op key", op->key));
-  absl::MutexLock lock(&mu_);
-  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
-  return AcquireOnDevice(*session, tensor_ids, mode, op, /*sequenced=*/true);
-}
-
-absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
-    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode, const OpContext* op, bool sequenced) {
-  Session* session = &session_ref;
-  // Check the whole request before changing anything.
-  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
-                      CheckAcquire(*session, tensor_ids, /*on_host=*/false));
-  CopyBatch batch;
-  if (session->placement && sequenced) {
-    std::vector<SessionPlacement::Touch> touches;
-    touches.reserve(needed.size());
-    for (uint64_t cid : needed) {
-      touches.push_back(
-          {cid, chunks_.at(cid).bytes, mode == AccessMode::kReadWrite});
-    }
-    DeviceBackend& backend = *devices_[session->device];
-    auto outside = [&]() -> uint64_t {
-      // On sim the pool is the whole card; on cuda the framework's memory
-      // lies outside the pool: what the driver has free plus what the
-      // framework holds.
-      if (backend.description().backend == "sim") return 0;
-      absl::StatusOr<uint64_t> free = backend.DriverFreeBytes();
-      if (!free.ok()) return 0;
-      const uint64_t non_model = op != nullptr ? op->non_model_bytes : 0;
-      return *free > ~0ull - non_model ? ~0ull : *free + non_model;
-    };
-    if (session->placement->OnAcquire(op, outside, touches)) {
-      EnforceLimit(*session, needed, batch);
-    }
-  }
-  std::vector<uint64_t> loaded;
-  absl::Status status;
-  for (uint64_t cid : needed) {
-    Chunk& c = chunks_.at(cid);
-    if (c.device_offset) continue;
-    status = MakeRoom(*session, c.bytes, needed, batch);
-    if (!status.ok()) break;
-    auto offset = PlaceSlot(*session, c.bytes, batch);
-    if (!offset.ok()) {
-      status = offset.status();
-      break;
-    }
-    c.device_offset = *offset;
-    c.dirty = false;
-    batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
-    session->stats.device_bytes +=
-        device_state_[session->device].allocator->RoundUp(c.bytes);
-    session->stats.peak_device_bytes =
-        std::max(session->stats.peak_device_bytes, session->stats.device_bytes);
-    loaded.push_back(cid);
-  }
-  if (!status.ok()) {
-    // Undo the loads of this request; evictions already planned still run.
-    for (uint64_t cid : loaded) {
-      Chunk& c = chunks_.at(cid);
-      FreeSlot(session->device, session->id, *c.device_offset, c.bytes);
-      session->stats.device_bytes -=
-          device_state_[session->device].allocator->RoundUp(c.bytes);
-      c.device_offset.reset();
-    }
-    batch.to_device.clear();
-    // Slot backings chosen on the way must be installed even so: their
-    // owner may be handed them again.
-    if (!batch.to_host.empty() || !batch.installs.empty()) {
-      SubmitBatch(session->device, std::move(batch)).IgnoreError();
-    }
-    return status;
-  }
-  if (!batch.to_device.empty() || !batch.to_host.empty()) {
-    for (const auto& op : batch.to_device) {
-      session->stats.bytes_to_device += op.bytes;
-    }
-    TP_ASSIGN_OR_RETURN(const uint64_t seq,
-                        SubmitBatch(session->device, std::move(batch)));
-    for (uint64_t cid : loaded) chunks_.at(cid).arrival_sequence = seq;
-  }
-  AcquireResult result;
-  result.ready_sequence = 0;
-  result.map_generation = session->grant_generation;
-  const uint64_t tick = ++tick_;
-  for (uint64_t t : tensor_ids) {
-    Tensor& tensor = session->tensors.at(t);
-    Chunk& c = chunks_.at(tensor.chunk_id);
-    tensor.state = TensorState::kCompute;
-    ++c.compute_count;
-    c.last_use_tick = tick;
-    if (mode == AccessMode::kReadWrite && c.host_offset) c.dirty = true;
-    result.ready_sequence = std::max(result.ready_sequence, c.arrival_sequence);
-    result.tensors.push_back(
-        {t, *c.device_offset + tensor.offset, tensor.bytes});
-  }
-  for (uint64_t cid : needed) {
-    Chunk& c = chunks_.at(cid);
-    if (std::find(loaded.begin(), loaded.end(), cid) != loaded.end()) {
-      RecordEvent(c, ResidencyEventKind::kLoaded);
-    }
-    RecordEvent(c, ResidencyEventKind::kAcquired);
-    if (c.prefetched) {
-      c.prefetched = false;
-      const bool arrived =
-          devices_[session->device]->CompletedSequence() >= c.arrival_sequence;
-      ++(arrived ? session->stats.prefetch_hits : session->stats.prefetch_late);
-      observer().OnPrefetch(session->device, arrived ? PrefetchOutcome::kHit
-                                                     : PrefetchOutcome::kLate);
-    }
-  }
-  ++session->stats.acquires;
-  RunPrefetch(*session);
-  return result;
-}
-
-absl::StatusOr<std::vector<uint64_t>> MemoryManager::CheckAcquire(
-    const Session& session, const std::vector<uint64_t>& tensor_ids,
-    bool on_host) const {
-  std::vector<uint64_t> needed;
-  std::set<uint64_t> seen;
-  for (uint64_t t : tensor_ids) {
-    auto it = session.tensors.find(t);
-    if (it == session.tensors.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("tensor ", t, " is not registered in this session"));
-    }
-    if (!seen.insert(t).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", t, " appears twice in one acquire"));
-    }
-    absl::Status legal =
-        CheckTransition(it->second.state, TensorState::kCompute);
-    if (!legal.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("tensor ", t, " ", QuoteClientText(it->second.name),
-                       ": ", legal.message()));
-    }
-    const Chunk& c = chunks_.at(it->second.chunk_id);
-    // A chunk is computed on in one place at a time, or the host and device
-    // copies would diverge.
-    const int other_side =
-        on_host ? c.compute_count - c.host_compute_count : c.host_compute_count;
-    if (other_side > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " ", QuoteClientText(it->second.name),
-          ": its chunk is in use on the ", on_host ? "device" : "host",
-          "; release those tensors first"));
-    }
-    if (on_host && !c.host_offset) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t, " ", QuoteClientText(it->second.name),
-          " lives only on the device (policy cuda) and has no host copy"));
-    }
-    if (std::find(needed.begin(), needed.end(), c.id) == needed.end()) {
-      needed.push_back(c.id);
-    }
-  }
-  return needed;
-}
-
-absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
-    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (tensor_ids.size() > options_.max_tensors_per_request) {
-    return absl::InvalidArgumentError("too many tensors in one request");
-  }
-  absl::MutexLock lock(&mu_);
-  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
-  return AcquireInHostHome(*session, tensor_ids, mode);
-}
-
-absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
-    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (tensor_ids.size() > options_.max_tensors_per_request) {
-    return absl::InvalidArgumentError("too many tensors in one request");
-  }
-  absl::MutexLock lock(&mu_);
-  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
-  std::vector<SessionPlacement::Touch> touches;
-  bool host_homes = true;
-  bool resident = true;  // every chunk has a device copy, none in host use
-  for (uint64_t t : tensor_ids) {
-    auto it = session->tensors.find(t);
-    if (it == session->tensors.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("tensor ", t, " is not registered in this session"));
-    }
-    const Chunk& c = chunks_.at(it->second.chunk_id);
-    host_homes = host_homes && c.host_offset.has_value();
-    resident =
-        resident && c.device_offset.has_value() && c.host_compute_count == 0;
-    if (std::none_of(touches.begin(), touches.end(),
-                     [&](const auto& touch) { return touch.chunk == c.id; })) {
-      touches.push_back({c.id, c.bytes, mode == AccessMode::kReadWrite});
-    }
-  }
-  // cuda: nowhere else to go; cpu: where the chunks are now.
-  bool on_device = !host_homes || resident;
-  if (host_homes && session->placement) {
-    on_device = session->placement->OnPlacedAcquire(touches, resident);
-  }
-  absl::StatusOr<AcquireResult> result;
-  if (on_device) {
-    result = AcquireOnDevice(*session, tensor_ids, mode, nullptr,
-                             /*sequenced=*/false);
-    // The device is full (other sessions' COMPUTE chunks): the host homes
-    // still serve, as under `cpu`.
-    if (!result.ok() && host_homes &&
-        result.status().code() == absl::StatusCode::kResourceExhausted) {
-      on_device = false;
-    }
-  }
-  if (!on_device) result = AcquireInHostHome(*session, tensor_ids, mode);
-  if (!result.ok()) return result;
-  result->on_host = !on_device;
-  if (session->placement) {
-    session->placement->OnPlacedServed(touches, on_device);
-  }
-  observer().OnPlacedUpdate(session->device, on_device);
-  return result;
-}
-
-absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
-    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode) {
-  Session* session = &session_ref;
-  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
-                      CheckAcquire(*session, tensor_ids, /*on_host=*/true));
-  CopyBatch batch;
-  for (uint64_t cid : needed) {
-    Chunk& c = chunks_.at(cid);
-    if (!c.device_offset) continue;
-    if (mode == AccessMode::kReadWrite) {
-      // The host home is about to change: drop the device copy (after
-      // writing it back if it is the newer one).
-      Evict(c, EvictionCause::kHostAccess, batch);
-    } else if (c.dirty) {
-      QueueWriteBack(c, *session, batch);
-    }
-  }
-  if (!batch.to_host.empty()) {
-    TP_RETURN_IF_ERROR(SubmitBatch(session->device, std::move(batch)).status());
-  }
-  AcquireResult result;
-  result.ready_sequence = 0;
-  result.map_generation = session->grant_generation;
-  result.on_host = true;
-  const uint64_t tick = ++tick_;
-  for (uint64_t t : tensor_ids) {
-    Tensor& tensor = session->tensors.at(t);
-    Chunk& c = chunks_.at(tensor.chunk_id);
-    tensor.state = TensorState::kCompute;
-    tensor.on_host = true;
-    ++c.compute_count;
-    ++c.host_compute_count;
-    c.last_use_tick = tick;
-    result.ready_sequence =
-        std::max(result.ready_sequence, c.host_ready_sequence);
-    result.tensors.push_back({t, *c.host_offset + tensor.offset, tensor.bytes});
-  }
-  for (uint64_t cid : needed) {
-    RecordEvent(chunks_.at(cid), ResidencyEventKind::kAcquired);
-  }
-  ++session->stats.acquires;
-  return result;
-}
-
-absl::Status MemoryManager::Release(uint64_t id, const Token& token,
-                                    const std::vector<uint64_t>& tensor_ids,
-                                    TensorState target) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (target != TensorState::kHold && target != TensorState::kHoldAfterBwd &&
-      target != TensorState::kFree) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("release target must be HOLD, HOLD_AFTER_BWD or FREE, "
-                     "not ",
-                     TensorStateName(target)));
-  }
-  absl::MutexLock lock(&mu_);
-  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
-  std::set<uint64_t> seen;
-  for (uint64_t t : tensor_ids) {
-    auto it = session->tensors.find(t);
-    if (it == session->tensors.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("tensor ", t, " is not registered in this session"));
-    }
-    if (!seen.insert(t).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", t, " appears twice in one release"));
-    }
-    absl::Status legal = CheckTransition(it->second.state, target);
-    if (!legal.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("tensor ", t, " ", QuoteClientText(it->second.name),
-                       ": ", legal.message()));
-    }
-  }
-  const uint64_t tick = ++tick_;
-  std::vector<uint64_t> released;  // chunks, in first-release order
-  for (uint64_t t : tensor_ids) {
-    Tensor& tensor = session->tensors.at(t);
-    Chunk& c = chunks_.at(tensor.chunk_id);
-    if (std::find(released.begin(), released.end(), c.id) == released.end()) {
-      released.push_back(c.id);
-    }
-    if (tensor.state == TensorState::kCompute) --c.compute_count;
-    if (tensor.on_host) {
-      --c.host_compute_count;
-      tensor.on_host = false;
-    }
-    tensor.state = target;
-    c.last_use_tick = tick;
-    if (target == TensorState::kFree) {
-      // A chunk whose tensors are all FREE holds nothing worth keeping:
-      // evicting it must not cost a write-back.
-      bool all_free = true;
-      for (uint64_t other : c.tensors) {
-        all_free &= session->tensors.at(other).state == TensorState::kFree;
-      }
-      if (all_free) c.dirty = false;
-    }
-  }
-  for (uint64_t cid : released) {
-    RecordEvent(chunks_.at(cid), ResidencyEventKind::kReleased);
-  }
-  // Released chunks may make room for what the plan needs next.
-  RunPrefetch(*session);
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::optional<PlacementStatsView>> MemoryManager::MarkStep(
     uint64_t id, const Token& token) {
   absl::MutexLock lock(&mu_);
@@ -1243,232 +868,6 @@ void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
   absl::MutexLock lock(&mu_);
   for (uint64_t c : chunk_ids) DestroyChunk(c);
   devices_[device]->ForgetOwner(id);
-}
-
-TensorState MemoryManager::ChunkState(const Chunk& chunk,
-                                      const Session& session) {
-  auto rank = [](TensorState s) {
-    switch (s) {
-      case TensorState::kCompute:
-        return 4;
-      case TensorState::kReadyForReduce:
-        return 3;
-      case TensorState::kHoldAfterBwd:
-        return 2;
-      case TensorState::kHold:
-        return 1;
-      case TensorState::kFree:
-        return 0;
-    }
-    return 0;
-  };
-  TensorState best = TensorState::kFree;
-  for (uint64_t t : chunk.tensors) {
-    const TensorState s = session.tensors.at(t).state;
-    if (rank(s) > rank(best)) best = s;
-  }
-  return best;
-}
-
-ManagerSnapshot MemoryManager::Snapshot() const {
-  absl::MutexLock lock(&mu_);
-  ManagerSnapshot snap;
-  snap.host_pool = {host_allocator_.capacity(), host_allocator_.used(),
-                    host_allocator_.peak()};
-  snap.devices.resize(devices_.size());
-  for (size_t d = 0; d < devices_.size(); ++d) {
-    const auto& a = *device_state_[d].allocator;
-    snap.devices[d].pool = {a.capacity(), a.used(), a.peak()};
-  }
-  for (const auto& [id, session] : sessions_) {
-    auto& dev = snap.devices[session.device];
-    ++dev.sessions[session.policy];
-    for (uint64_t c : session.chunks) {
-      const Chunk& chunk = chunks_.at(c);
-      const int state = static_cast<int>(ChunkState(chunk, session));
-      dev.chunk_bytes[chunk.device_offset ? 1 : 0][state] += chunk.bytes;
-    }
-  }
-  return snap;
-}
-
-size_t MemoryManager::session_count() const {
-  absl::MutexLock lock(&mu_);
-  return sessions_.size();
-}
-
-uint64_t MemoryManager::metadata_bytes() const {
-  absl::MutexLock lock(&mu_);
-  uint64_t total = 0;
-  for (const auto& [id, s] : sessions_) total += s.stats.metadata_bytes;
-  return total;
-}
-
-uint64_t MemoryManager::TensorMetadataBytes(size_t name_bytes) {
-  // As glibc's malloc hands it out: 8 bytes of header, 16-byte granules,
-  // 32 bytes at least.
-  auto heap = [](uint64_t n) {
-    return std::max<uint64_t>(32, (n + 8 + 15) / 16 * 16);
-  };
-  // The tensor's node in its session's map (the tree's three links and
-  // colour, its key and the Tensor), its id in its chunk's list (a vector:
-  // up to twice that while it grows), and the name's own allocation when
-  // it is too long for std::string's inline buffer (15 bytes).
-  constexpr uint64_t kNode = 32 + sizeof(std::pair<const uint64_t, Tensor>);
-  uint64_t bytes = heap(kNode) + 2 * sizeof(uint64_t);
-  if (name_bytes > 15) bytes += heap(name_bytes + 1);
-  return bytes;
-}
-
-PoolStatsView MemoryManager::host_pool_stats() const {
-  absl::MutexLock lock(&mu_);
-  return {host_allocator_.capacity(), host_allocator_.used(),
-          host_allocator_.peak()};
-}
-
-PoolStatsView MemoryManager::device_pool_stats(size_t device) const {
-  absl::MutexLock lock(&mu_);
-  const auto& a = *device_state_.at(device).allocator;
-  return {a.capacity(), a.used(), a.peak()};
-}
-
-void MemoryManager::RecordEvent(const Chunk& chunk, ResidencyEventKind kind,
-                                bool dirty) {
-  const size_t capacity = options_.residency_event_capacity;
-  if (capacity == 0) return;
-  ResidencyEventView e{.sequence = events_recorded_,
-                       .time = absl::Now(),
-                       .session_id = chunk.session_id,
-                       .chunk_id = chunk.id,
-                       .kind = kind,
-                       .on_device = chunk.device_offset.has_value(),
-                       .dirty = dirty};
-  if (events_.size() < capacity) {
-    events_.push_back(e);
-  } else {
-    events_[events_recorded_ % capacity] = e;
-  }
-  ++events_recorded_;
-}
-
-ChunkDetailView MemoryManager::Detail(const Chunk& chunk,
-                                      const Session& session) const {
-  ChunkDetailView d{.chunk = View(chunk),
-                    .state = ChunkState(chunk, session),
-                    .computing = chunk.compute_count > 0};
-  d.tensors.reserve(chunk.tensors.size());
-  for (uint64_t t : chunk.tensors) {
-    d.tensors.push_back(session.tensors.at(t).name);
-  }
-  return d;
-}
-
-std::vector<SessionInfoView> MemoryManager::ListSessions() const {
-  absl::MutexLock lock(&mu_);
-  std::vector<SessionInfoView> out;
-  out.reserve(sessions_.size());
-  for (const auto& [id, s] : sessions_) {
-    out.push_back(SessionInfoView{.id = id,
-                                  .pid = s.pid,
-                                  .client_name = s.client_name,
-                                  .policy = s.policy,
-                                  .device = s.device,
-                                  .attached = s.attached,
-                                  .opened_at = s.opened_at,
-                                  .device_quota = s.device_quota,
-                                  .host_quota = s.host_quota,
-                                  .stats = s.stats});
-  }
-  return out;
-}
-
-absl::StatusOr<std::vector<ChunkDetailView>> MemoryManager::SessionChunks(
-    uint64_t id) const {
-  absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("no session ", id));
-  }
-  std::vector<ChunkDetailView> out;
-  out.reserve(it->second.chunks.size());
-  for (uint64_t c : it->second.chunks) {
-    out.push_back(Detail(chunks_.at(c), it->second));
-  }
-  return out;
-}
-
-absl::StatusOr<TraceView> MemoryManager::RecordedTrace(uint64_t id) const {
-  absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("no session ", id));
-  }
-  const Session& session = it->second;
-  if (session.policy != Policy::kAuto || !session.placement) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session ", id, " has policy ", PolicyName(session.policy),
-                     ", which records no trace (only auto does)"));
-  }
-  TraceView view;
-  view.policy = session.policy;
-  view.stats = session.placement->stats();
-  if (const Plan* plan = session.placement->plan()) {
-    view.measured_capacity = plan->measured_capacity();
-    for (size_t pos = 0; pos < plan->size(); ++pos) {
-      const TraceOp& op = plan->op(pos);
-      view.ops.push_back({op.key, op.chunks, op.written, op.non_model_bytes,
-                          plan->Budget(pos)});
-    }
-    for (const PlacedSet& set : plan->trace().placed) {
-      view.updates.push_back({set.chunks, plan->PlacedOnDevice(set.chunks)});
-    }
-  }
-  return view;
-}
-
-absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
-                                                     size_t max_events) const {
-  absl::MutexLock lock(&mu_);
-  TimelineView view;
-  auto it = sessions_.find(id);
-  if (it != sessions_.end()) {
-    for (uint64_t c : it->second.chunks) {
-      view.chunks.push_back(Detail(chunks_.at(c), it->second));
-    }
-  }
-  // Oldest first: the ring starts at the slot that is overwritten next.
-  const size_t n = events_.size();
-  // (n > 0 implies a capacity of at least n.)
-  const size_t start =
-      n == 0 || n < options_.residency_event_capacity
-          ? 0
-          : events_recorded_ % options_.residency_event_capacity;
-  for (size_t i = 0; i < n; ++i) {
-    const ResidencyEventView& e = events_[(start + i) % n];
-    if (e.session_id == id) view.events.push_back(e);
-  }
-  if (it == sessions_.end() && view.events.empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("no session ", id, " (and no recorded events of it)"));
-  }
-  // Events of a session older than the ring's oldest were overwritten when
-  // the ring is full and the session's ids predate it.
-  if (n == options_.residency_event_capacity && n > 0 && events_recorded_ > n &&
-      !view.events.empty() &&
-      view.events.front().kind != ResidencyEventKind::kCreated) {
-    view.truncated = true;
-  }
-  if (max_events != 0 && view.events.size() > max_events) {
-    view.events.erase(view.events.begin(),
-                      view.events.end() - static_cast<ptrdiff_t>(max_events));
-    view.truncated = true;
-  }
-  return view;
-}
-
-uint64_t MemoryManager::residency_events_recorded() const {
-  absl::MutexLock lock(&mu_);
-  return events_recorded_;
 }
 
 }  // namespace tidepool

@@ -260,16 +260,7 @@ bool FdServer::OnReadable(Conn& conn) {
     const ssize_t n =
         ::recvmsg(conn.fd.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     // Nothing a client sends carries descriptors: close any that came.
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c != nullptr;
-         c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int received;
-        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        ::close(received);
-      }
-    }
+    if (n >= 0) TakeReceivedFds(&msg, nullptr, 0);
     if (n == 0) {  // the peer closed
       if (!conn.attached && conn.got > 0) {
         SendError(conn.fd.get(),

@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "proto/tidepool.grpc.pb.h"
 #include "tests/support/process.h"
+#include "tests/support/temp_dir.h"
 #include "tidepool/session.h"
 
 namespace tidepool {
@@ -31,20 +32,9 @@ using testing::DaemonOptions;
 using testing::DaemonProcess;
 using ::testing::HasSubstr;
 
-class TempDir {
+class TempDir : public testing::TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/tidepool-hardening-XXXXXX";
-    if (::mkdtemp(tmpl) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : testing::TempDir("tidepool-hardening") {}
 };
 
 // A daemon on the sim backend with `toml` as its config file.

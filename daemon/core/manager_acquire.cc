@@ -1,0 +1,362 @@
+// MemoryManager: acquire and release, on the device and in the host homes.
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/client_text.h"
+#include "common/status_macros.h"
+#include "daemon/core/memory_manager.h"
+
+namespace tidepool {
+
+absl::StatusOr<AcquireResult> MemoryManager::Acquire(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode, const OpContext* op) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  if (op != nullptr && op->key.size() > options_.max_op_key_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "op key longer than ", options_.max_op_key_bytes, " bytes"));
+  }
+  // Keys come back in traces and divergence reasons (proto strings).
+  if (op != nullptr) TP_RETURN_IF_ERROR(CheckUtf8("op key", op->key));
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  return AcquireOnDevice(*session, tensor_ids, mode, op, /*sequenced=*/true);
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
+    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode, const OpContext* op, bool sequenced) {
+  Session* session = &session_ref;
+  // Check the whole request before changing anything.
+  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
+                      CheckAcquire(*session, tensor_ids, /*on_host=*/false));
+  CopyBatch batch;
+  if (session->placement && sequenced) {
+    std::vector<SessionPlacement::Touch> touches;
+    touches.reserve(needed.size());
+    for (uint64_t cid : needed) {
+      touches.push_back(
+          {cid, chunks_.at(cid).bytes, mode == AccessMode::kReadWrite});
+    }
+    DeviceBackend& backend = *devices_[session->device];
+    auto outside = [&]() -> uint64_t {
+      // On sim the pool is the whole card; on cuda the framework's memory
+      // lies outside the pool: what the driver has free plus what the
+      // framework holds.
+      if (backend.description().backend == "sim") return 0;
+      absl::StatusOr<uint64_t> free = backend.DriverFreeBytes();
+      if (!free.ok()) return 0;
+      const uint64_t non_model = op != nullptr ? op->non_model_bytes : 0;
+      return *free > ~0ull - non_model ? ~0ull : *free + non_model;
+    };
+    if (session->placement->OnAcquire(op, outside, touches)) {
+      EnforceLimit(*session, needed, batch);
+    }
+  }
+  std::vector<uint64_t> loaded;
+  absl::Status status;
+  for (uint64_t cid : needed) {
+    Chunk& c = chunks_.at(cid);
+    if (c.device_offset) continue;
+    status = MakeRoom(*session, c.bytes, needed, batch);
+    if (!status.ok()) break;
+    auto offset = PlaceSlot(*session, c.bytes, batch);
+    if (!offset.ok()) {
+      status = offset.status();
+      break;
+    }
+    c.device_offset = *offset;
+    c.dirty = false;
+    batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
+    session->stats.device_bytes +=
+        device_state_[session->device].allocator->RoundUp(c.bytes);
+    session->stats.peak_device_bytes =
+        std::max(session->stats.peak_device_bytes, session->stats.device_bytes);
+    loaded.push_back(cid);
+  }
+  if (!status.ok()) {
+    // Undo the loads of this request; evictions already planned still run.
+    for (uint64_t cid : loaded) {
+      Chunk& c = chunks_.at(cid);
+      FreeSlot(session->device, session->id, *c.device_offset, c.bytes);
+      session->stats.device_bytes -=
+          device_state_[session->device].allocator->RoundUp(c.bytes);
+      c.device_offset.reset();
+    }
+    batch.to_device.clear();
+    // Slot backings chosen on the way must be installed even so: their
+    // owner may be handed them again.
+    if (!batch.to_host.empty() || !batch.installs.empty()) {
+      SubmitBatch(session->device, std::move(batch)).IgnoreError();
+    }
+    return status;
+  }
+  if (!batch.to_device.empty() || !batch.to_host.empty()) {
+    for (const auto& op : batch.to_device) {
+      session->stats.bytes_to_device += op.bytes;
+    }
+    TP_ASSIGN_OR_RETURN(const uint64_t seq,
+                        SubmitBatch(session->device, std::move(batch)));
+    for (uint64_t cid : loaded) chunks_.at(cid).arrival_sequence = seq;
+  }
+  AcquireResult result;
+  result.ready_sequence = 0;
+  result.map_generation = session->grant_generation;
+  const uint64_t tick = ++tick_;
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session->tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    tensor.state = TensorState::kCompute;
+    ++c.compute_count;
+    c.last_use_tick = tick;
+    if (mode == AccessMode::kReadWrite && c.host_offset) c.dirty = true;
+    result.ready_sequence = std::max(result.ready_sequence, c.arrival_sequence);
+    result.tensors.push_back(
+        {t, *c.device_offset + tensor.offset, tensor.bytes});
+  }
+  for (uint64_t cid : needed) {
+    Chunk& c = chunks_.at(cid);
+    if (std::find(loaded.begin(), loaded.end(), cid) != loaded.end()) {
+      RecordEvent(c, ResidencyEventKind::kLoaded);
+    }
+    RecordEvent(c, ResidencyEventKind::kAcquired);
+    if (c.prefetched) {
+      c.prefetched = false;
+      const bool arrived =
+          devices_[session->device]->CompletedSequence() >= c.arrival_sequence;
+      ++(arrived ? session->stats.prefetch_hits : session->stats.prefetch_late);
+      observer().OnPrefetch(session->device, arrived ? PrefetchOutcome::kHit
+                                                     : PrefetchOutcome::kLate);
+    }
+  }
+  ++session->stats.acquires;
+  RunPrefetch(*session);
+  return result;
+}
+
+absl::StatusOr<std::vector<uint64_t>> MemoryManager::CheckAcquire(
+    const Session& session, const std::vector<uint64_t>& tensor_ids,
+    bool on_host) const {
+  std::vector<uint64_t> needed;
+  std::set<uint64_t> seen;
+  for (uint64_t t : tensor_ids) {
+    auto it = session.tensors.find(t);
+    if (it == session.tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t, " appears twice in one acquire"));
+    }
+    absl::Status legal =
+        CheckTransition(it->second.state, TensorState::kCompute);
+    if (!legal.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor ", t, " ", QuoteClientText(it->second.name),
+                       ": ", legal.message()));
+    }
+    const Chunk& c = chunks_.at(it->second.chunk_id);
+    // A chunk is computed on in one place at a time, or the host and device
+    // copies would diverge.
+    const int other_side =
+        on_host ? c.compute_count - c.host_compute_count : c.host_compute_count;
+    if (other_side > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " ", QuoteClientText(it->second.name),
+          ": its chunk is in use on the ", on_host ? "device" : "host",
+          "; release those tensors first"));
+    }
+    if (on_host && !c.host_offset) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t, " ", QuoteClientText(it->second.name),
+          " lives only on the device (policy cuda) and has no host copy"));
+    }
+    if (std::find(needed.begin(), needed.end(), c.id) == needed.end()) {
+      needed.push_back(c.id);
+    }
+  }
+  return needed;
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  return AcquireInHostHome(*session, tensor_ids, mode);
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  std::vector<SessionPlacement::Touch> touches;
+  bool host_homes = true;
+  bool resident = true;  // every chunk has a device copy, none in host use
+  for (uint64_t t : tensor_ids) {
+    auto it = session->tensors.find(t);
+    if (it == session->tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    const Chunk& c = chunks_.at(it->second.chunk_id);
+    host_homes = host_homes && c.host_offset.has_value();
+    resident =
+        resident && c.device_offset.has_value() && c.host_compute_count == 0;
+    if (std::none_of(touches.begin(), touches.end(),
+                     [&](const auto& touch) { return touch.chunk == c.id; })) {
+      touches.push_back({c.id, c.bytes, mode == AccessMode::kReadWrite});
+    }
+  }
+  // cuda: nowhere else to go; cpu: where the chunks are now.
+  bool on_device = !host_homes || resident;
+  if (host_homes && session->placement) {
+    on_device = session->placement->OnPlacedAcquire(touches, resident);
+  }
+  absl::StatusOr<AcquireResult> result;
+  if (on_device) {
+    result = AcquireOnDevice(*session, tensor_ids, mode, nullptr,
+                             /*sequenced=*/false);
+    // The device is full (other sessions' COMPUTE chunks): the host homes
+    // still serve, as under `cpu`.
+    if (!result.ok() && host_homes &&
+        result.status().code() == absl::StatusCode::kResourceExhausted) {
+      on_device = false;
+    }
+  }
+  if (!on_device) result = AcquireInHostHome(*session, tensor_ids, mode);
+  if (!result.ok()) return result;
+  result->on_host = !on_device;
+  if (session->placement) {
+    session->placement->OnPlacedServed(touches, on_device);
+  }
+  observer().OnPlacedUpdate(session->device, on_device);
+  return result;
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
+    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) {
+  Session* session = &session_ref;
+  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
+                      CheckAcquire(*session, tensor_ids, /*on_host=*/true));
+  CopyBatch batch;
+  for (uint64_t cid : needed) {
+    Chunk& c = chunks_.at(cid);
+    if (!c.device_offset) continue;
+    if (mode == AccessMode::kReadWrite) {
+      // The host home is about to change: drop the device copy (after
+      // writing it back if it is the newer one).
+      Evict(c, EvictionCause::kHostAccess, batch);
+    } else if (c.dirty) {
+      QueueWriteBack(c, *session, batch);
+    }
+  }
+  if (!batch.to_host.empty()) {
+    TP_RETURN_IF_ERROR(SubmitBatch(session->device, std::move(batch)).status());
+  }
+  AcquireResult result;
+  result.ready_sequence = 0;
+  result.map_generation = session->grant_generation;
+  result.on_host = true;
+  const uint64_t tick = ++tick_;
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session->tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    tensor.state = TensorState::kCompute;
+    tensor.on_host = true;
+    ++c.compute_count;
+    ++c.host_compute_count;
+    c.last_use_tick = tick;
+    result.ready_sequence =
+        std::max(result.ready_sequence, c.host_ready_sequence);
+    result.tensors.push_back({t, *c.host_offset + tensor.offset, tensor.bytes});
+  }
+  for (uint64_t cid : needed) {
+    RecordEvent(chunks_.at(cid), ResidencyEventKind::kAcquired);
+  }
+  ++session->stats.acquires;
+  return result;
+}
+
+absl::Status MemoryManager::Release(uint64_t id, const Token& token,
+                                    const std::vector<uint64_t>& tensor_ids,
+                                    TensorState target) {
+  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (target != TensorState::kHold && target != TensorState::kHoldAfterBwd &&
+      target != TensorState::kFree) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("release target must be HOLD, HOLD_AFTER_BWD or FREE, "
+                     "not ",
+                     TensorStateName(target)));
+  }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  std::set<uint64_t> seen;
+  for (uint64_t t : tensor_ids) {
+    auto it = session->tensors.find(t);
+    if (it == session->tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t, " appears twice in one release"));
+    }
+    absl::Status legal = CheckTransition(it->second.state, target);
+    if (!legal.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor ", t, " ", QuoteClientText(it->second.name),
+                       ": ", legal.message()));
+    }
+  }
+  const uint64_t tick = ++tick_;
+  std::vector<uint64_t> released;  // chunks, in first-release order
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session->tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    if (std::find(released.begin(), released.end(), c.id) == released.end()) {
+      released.push_back(c.id);
+    }
+    if (tensor.state == TensorState::kCompute) --c.compute_count;
+    if (tensor.on_host) {
+      --c.host_compute_count;
+      tensor.on_host = false;
+    }
+    tensor.state = target;
+    c.last_use_tick = tick;
+    if (target == TensorState::kFree) {
+      // A chunk whose tensors are all FREE holds nothing worth keeping:
+      // evicting it must not cost a write-back.
+      bool all_free = true;
+      for (uint64_t other : c.tensors) {
+        all_free &= session->tensors.at(other).state == TensorState::kFree;
+      }
+      if (all_free) c.dirty = false;
+    }
+  }
+  for (uint64_t cid : released) {
+    RecordEvent(chunks_.at(cid), ResidencyEventKind::kReleased);
+  }
+  // Released chunks may make room for what the plan needs next.
+  RunPrefetch(*session);
+  return absl::OkStatus();
+}
+
+}  // namespace tidepool

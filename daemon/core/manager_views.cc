@@ -1,0 +1,269 @@
+// MemoryManager: what it shows of itself: snapshots for metrics, admin
+// views for tidepoolctl, and the residency log.
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/client_text.h"
+#include "common/status_macros.h"
+#include "daemon/core/memory_manager.h"
+
+namespace tidepool {
+
+absl::string_view ReclaimReasonName(ReclaimReason reason) {
+  switch (reason) {
+    case ReclaimReason::kClosed:
+      return "closed";
+    case ReclaimReason::kDisconnected:
+      return "disconnected";
+    case ReclaimReason::kAttachTimeout:
+      return "attach_timeout";
+  }
+  return "unknown";
+}
+
+absl::string_view ResidencyEventKindName(ResidencyEventKind kind) {
+  switch (kind) {
+    case ResidencyEventKind::kCreated:
+      return "created";
+    case ResidencyEventKind::kLoaded:
+      return "loaded";
+    case ResidencyEventKind::kEvicted:
+      return "evicted";
+    case ResidencyEventKind::kAcquired:
+      return "acquired";
+    case ResidencyEventKind::kReleased:
+      return "released";
+  }
+  return "unknown";
+}
+
+TensorState MemoryManager::ChunkState(const Chunk& chunk,
+                                      const Session& session) {
+  auto rank = [](TensorState s) {
+    switch (s) {
+      case TensorState::kCompute:
+        return 4;
+      case TensorState::kReadyForReduce:
+        return 3;
+      case TensorState::kHoldAfterBwd:
+        return 2;
+      case TensorState::kHold:
+        return 1;
+      case TensorState::kFree:
+        return 0;
+    }
+    return 0;
+  };
+  TensorState best = TensorState::kFree;
+  for (uint64_t t : chunk.tensors) {
+    const TensorState s = session.tensors.at(t).state;
+    if (rank(s) > rank(best)) best = s;
+  }
+  return best;
+}
+
+ManagerSnapshot MemoryManager::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  ManagerSnapshot snap;
+  snap.host_pool = {host_allocator_.capacity(), host_allocator_.used(),
+                    host_allocator_.peak()};
+  snap.devices.resize(devices_.size());
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    const auto& a = *device_state_[d].allocator;
+    snap.devices[d].pool = {a.capacity(), a.used(), a.peak()};
+  }
+  for (const auto& [id, session] : sessions_) {
+    auto& dev = snap.devices[session.device];
+    ++dev.sessions[session.policy];
+    for (uint64_t c : session.chunks) {
+      const Chunk& chunk = chunks_.at(c);
+      const int state = static_cast<int>(ChunkState(chunk, session));
+      dev.chunk_bytes[chunk.device_offset ? 1 : 0][state] += chunk.bytes;
+    }
+  }
+  return snap;
+}
+
+size_t MemoryManager::session_count() const {
+  absl::MutexLock lock(&mu_);
+  return sessions_.size();
+}
+
+uint64_t MemoryManager::metadata_bytes() const {
+  absl::MutexLock lock(&mu_);
+  uint64_t total = 0;
+  for (const auto& [id, s] : sessions_) total += s.stats.metadata_bytes;
+  return total;
+}
+
+uint64_t MemoryManager::TensorMetadataBytes(size_t name_bytes) {
+  // As glibc's malloc hands it out: 8 bytes of header, 16-byte granules,
+  // 32 bytes at least.
+  auto heap = [](uint64_t n) {
+    return std::max<uint64_t>(32, (n + 8 + 15) / 16 * 16);
+  };
+  // The tensor's node in its session's map (the tree's three links and
+  // colour, its key and the Tensor), its id in its chunk's list (a vector:
+  // up to twice that while it grows), and the name's own allocation when
+  // it is too long for std::string's inline buffer (15 bytes).
+  constexpr uint64_t kNode = 32 + sizeof(std::pair<const uint64_t, Tensor>);
+  uint64_t bytes = heap(kNode) + 2 * sizeof(uint64_t);
+  if (name_bytes > 15) bytes += heap(name_bytes + 1);
+  return bytes;
+}
+
+PoolStatsView MemoryManager::host_pool_stats() const {
+  absl::MutexLock lock(&mu_);
+  return {host_allocator_.capacity(), host_allocator_.used(),
+          host_allocator_.peak()};
+}
+
+PoolStatsView MemoryManager::device_pool_stats(size_t device) const {
+  absl::MutexLock lock(&mu_);
+  const auto& a = *device_state_.at(device).allocator;
+  return {a.capacity(), a.used(), a.peak()};
+}
+
+void MemoryManager::RecordEvent(const Chunk& chunk, ResidencyEventKind kind,
+                                bool dirty) {
+  const size_t capacity = options_.residency_event_capacity;
+  if (capacity == 0) return;
+  ResidencyEventView e{.sequence = events_recorded_,
+                       .time = absl::Now(),
+                       .session_id = chunk.session_id,
+                       .chunk_id = chunk.id,
+                       .kind = kind,
+                       .on_device = chunk.device_offset.has_value(),
+                       .dirty = dirty};
+  if (events_.size() < capacity) {
+    events_.push_back(e);
+  } else {
+    events_[events_recorded_ % capacity] = e;
+  }
+  ++events_recorded_;
+}
+
+ChunkDetailView MemoryManager::Detail(const Chunk& chunk,
+                                      const Session& session) const {
+  ChunkDetailView d{.chunk = View(chunk),
+                    .state = ChunkState(chunk, session),
+                    .computing = chunk.compute_count > 0};
+  d.tensors.reserve(chunk.tensors.size());
+  for (uint64_t t : chunk.tensors) {
+    d.tensors.push_back(session.tensors.at(t).name);
+  }
+  return d;
+}
+
+std::vector<SessionInfoView> MemoryManager::ListSessions() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<SessionInfoView> out;
+  out.reserve(sessions_.size());
+  for (const auto& [id, s] : sessions_) {
+    out.push_back(SessionInfoView{.id = id,
+                                  .pid = s.pid,
+                                  .client_name = s.client_name,
+                                  .policy = s.policy,
+                                  .device = s.device,
+                                  .attached = s.attached,
+                                  .opened_at = s.opened_at,
+                                  .device_quota = s.device_quota,
+                                  .host_quota = s.host_quota,
+                                  .stats = s.stats});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ChunkDetailView>> MemoryManager::SessionChunks(
+    uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("no session ", id));
+  }
+  std::vector<ChunkDetailView> out;
+  out.reserve(it->second.chunks.size());
+  for (uint64_t c : it->second.chunks) {
+    out.push_back(Detail(chunks_.at(c), it->second));
+  }
+  return out;
+}
+
+absl::StatusOr<TraceView> MemoryManager::RecordedTrace(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("no session ", id));
+  }
+  const Session& session = it->second;
+  if (session.policy != Policy::kAuto || !session.placement) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", id, " has policy ", PolicyName(session.policy),
+                     ", which records no trace (only auto does)"));
+  }
+  TraceView view;
+  view.policy = session.policy;
+  view.stats = session.placement->stats();
+  if (const Plan* plan = session.placement->plan()) {
+    view.measured_capacity = plan->measured_capacity();
+    for (size_t pos = 0; pos < plan->size(); ++pos) {
+      const TraceOp& op = plan->op(pos);
+      view.ops.push_back({op.key, op.chunks, op.written, op.non_model_bytes,
+                          plan->Budget(pos)});
+    }
+    for (const PlacedSet& set : plan->trace().placed) {
+      view.updates.push_back({set.chunks, plan->PlacedOnDevice(set.chunks)});
+    }
+  }
+  return view;
+}
+
+absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
+                                                     size_t max_events) const {
+  absl::MutexLock lock(&mu_);
+  TimelineView view;
+  auto it = sessions_.find(id);
+  if (it != sessions_.end()) {
+    for (uint64_t c : it->second.chunks) {
+      view.chunks.push_back(Detail(chunks_.at(c), it->second));
+    }
+  }
+  // Oldest first: the ring starts at the slot that is overwritten next.
+  const size_t n = events_.size();
+  // (n > 0 implies a capacity of at least n.)
+  const size_t start =
+      n == 0 || n < options_.residency_event_capacity
+          ? 0
+          : events_recorded_ % options_.residency_event_capacity;
+  for (size_t i = 0; i < n; ++i) {
+    const ResidencyEventView& e = events_[(start + i) % n];
+    if (e.session_id == id) view.events.push_back(e);
+  }
+  if (it == sessions_.end() && view.events.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("no session ", id, " (and no recorded events of it)"));
+  }
+  // Events of a session older than the ring's oldest were overwritten when
+  // the ring is full and the session's ids predate it.
+  if (n == options_.residency_event_capacity && n > 0 && events_recorded_ > n &&
+      !view.events.empty() &&
+      view.events.front().kind != ResidencyEventKind::kCreated) {
+    view.truncated = true;
+  }
+  if (max_events != 0 && view.events.size() > max_events) {
+    view.events.erase(view.events.begin(),
+                      view.events.end() - static_cast<ptrdiff_t>(max_events));
+    view.truncated = true;
+  }
+  return view;
+}
+
+uint64_t MemoryManager::residency_events_recorded() const {
+  absl::MutexLock lock(&mu_);
+  return events_recorded_;
+}
+
+}  // namespace tidepool
