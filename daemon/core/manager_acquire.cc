@@ -79,6 +79,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
     session->stats.peak_device_bytes =
         std::max(session->stats.peak_device_bytes, session->stats.device_bytes);
     loaded.push_back(cid);
+    Reindex(c);  // pinned by this request until it is done
   }
   if (!status.ok()) {
     // Undo the loads of this request; evictions already planned still run.
@@ -88,6 +89,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
       session->stats.device_bytes -=
           device_state_[session->device].allocator->RoundUp(c.bytes);
       c.device_offset.reset();
+      Reindex(c);
     }
     batch.to_device.clear();
     // Slot backings chosen on the way must be installed even so: their
@@ -112,6 +114,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
   for (uint64_t t : tensor_ids) {
     Tensor& tensor = session->tensors.at(t);
     Chunk& c = chunks_.at(tensor.chunk_id);
+    CountTransition(c, tensor.state, TensorState::kCompute);
     tensor.state = TensorState::kCompute;
     ++c.compute_count;
     c.last_use_tick = tick;
@@ -122,6 +125,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
   }
   for (uint64_t cid : needed) {
     Chunk& c = chunks_.at(cid);
+    Reindex(c);
     if (std::find(loaded.begin(), loaded.end(), cid) != loaded.end()) {
       RecordEvent(c, ResidencyEventKind::kLoaded);
     }
@@ -279,6 +283,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
   for (uint64_t t : tensor_ids) {
     Tensor& tensor = session->tensors.at(t);
     Chunk& c = chunks_.at(tensor.chunk_id);
+    CountTransition(c, tensor.state, TensorState::kCompute);
     tensor.state = TensorState::kCompute;
     tensor.on_host = true;
     ++c.compute_count;
@@ -289,6 +294,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
     result.tensors.push_back({t, *c.host_offset + tensor.offset, tensor.bytes});
   }
   for (uint64_t cid : needed) {
+    Reindex(chunks_.at(cid));
     RecordEvent(chunks_.at(cid), ResidencyEventKind::kAcquired);
   }
   ++session->stats.acquires;
@@ -339,19 +345,15 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
       --c.host_compute_count;
       tensor.on_host = false;
     }
+    CountTransition(c, tensor.state, target);
     tensor.state = target;
     c.last_use_tick = tick;
-    if (target == TensorState::kFree) {
-      // A chunk whose tensors are all FREE holds nothing worth keeping:
-      // evicting it must not cost a write-back.
-      bool all_free = true;
-      for (uint64_t other : c.tensors) {
-        all_free &= session->tensors.at(other).state == TensorState::kFree;
-      }
-      if (all_free) c.dirty = false;
-    }
+    // A chunk whose tensors are all FREE holds nothing worth keeping:
+    // evicting it must not cost a write-back.
+    if (target == TensorState::kFree && c.busy_tensors == 0) c.dirty = false;
   }
   for (uint64_t cid : released) {
+    Reindex(chunks_.at(cid));
     RecordEvent(chunks_.at(cid), ResidencyEventKind::kReleased);
   }
   // Released chunks may make room for what the plan needs next.

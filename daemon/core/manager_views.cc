@@ -99,6 +99,81 @@ uint64_t MemoryManager::metadata_bytes() const {
   return total;
 }
 
+absl::Status MemoryManager::CheckIndexes() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<size_t> device_candidates(device_state_.size(), 0);
+  std::map<uint64_t, size_t> session_candidates;
+  std::map<uint64_t, size_t> session_resident;
+  for (const auto& [cid, c] : chunks_) {
+    auto s = sessions_.find(c.session_id);
+    const bool candidate =
+        c.device_offset && c.compute_count == 0 && c.host_offset;
+    std::optional<std::pair<uint64_t, bool>> indexed;
+    device_state_[c.device].evictable.ForEach(
+        [&](uint64_t chunk, uint64_t tick, bool dirty) {
+          if (chunk == cid) indexed.emplace(tick, dirty);
+          return !indexed;
+        });
+    if (candidate != indexed.has_value()) {
+      return absl::InternalError(
+          absl::StrCat("chunk ", cid, (candidate ? " may" : " may not"),
+                       " be evicted but the device index says otherwise"));
+    }
+    if (indexed &&
+        (indexed->first != c.last_use_tick || indexed->second != c.dirty)) {
+      return absl::InternalError(
+          absl::StrCat("chunk ", cid, ": stale eviction key"));
+    }
+    if (candidate) ++device_candidates[c.device];
+    if (s == sessions_.end()) continue;  // being reclaimed
+    const Session& session = s->second;
+    if (candidate != session.evictable.Contains(cid)) {
+      return absl::InternalError(
+          absl::StrCat("chunk ", cid, ": session eviction index differs"));
+    }
+    if (c.device_offset.has_value() != session.resident.contains(cid)) {
+      return absl::InternalError(
+          absl::StrCat("chunk ", cid, ": session residency index differs"));
+    }
+    session_candidates[session.id] += candidate;
+    session_resident[session.id] += c.device_offset.has_value();
+    int busy = 0;
+    for (uint64_t t : c.tensors) {
+      busy += session.tensors.at(t).state != TensorState::kFree;
+    }
+    if (busy != c.busy_tensors) {
+      return absl::InternalError(
+          absl::StrCat("chunk ", cid, ": ", c.busy_tensors,
+                       " busy tensors counted, ", busy, " found"));
+    }
+  }
+  std::map<uint64_t, int> slab_homes;
+  for (const auto& [cid, c] : chunks_) {
+    if (c.host_slab) ++slab_homes[*c.host_slab];
+  }
+  for (const auto& [offset, slab] : host_slabs_) {
+    if (slab_homes[offset] != slab.homes) {
+      return absl::InternalError(
+          absl::StrCat("host slab at ", offset, " counts ", slab.homes,
+                       " homes, ", slab_homes[offset], " chunks live in it"));
+    }
+  }
+  for (size_t d = 0; d < device_state_.size(); ++d) {
+    if (device_state_[d].evictable.size() != device_candidates[d]) {
+      return absl::InternalError(absl::StrCat(
+          "device ", d, " index holds chunks that are not candidates"));
+    }
+  }
+  for (const auto& [id, session] : sessions_) {
+    if (session.evictable.size() != session_candidates[id] ||
+        session.resident.size() != session_resident[id]) {
+      return absl::InternalError(
+          absl::StrCat("session ", id, " indexes hold unknown chunks"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 uint64_t MemoryManager::TensorMetadataBytes(size_t name_bytes) {
   // As glibc's malloc hands it out: 8 bytes of header, 16-byte granules,
   // 32 bytes at least.

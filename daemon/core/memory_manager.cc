@@ -45,11 +45,9 @@ MemoryManager::MemoryManager(
       host_allocator_(host_pool_.size(), kHostAlignment) {
   for (const auto& d : devices_) {
     const auto& desc = d->description();
-    device_state_.push_back(
-        Device{std::make_unique<RangeAllocator>(
-                   desc.capacity_bytes,
-                   std::max<uint64_t>(desc.granularity, kHostAlignment)),
-               std::make_unique<LruEvictionPolicy>()});
+    device_state_.push_back(Device{std::make_unique<RangeAllocator>(
+        desc.capacity_bytes,
+        std::max<uint64_t>(desc.granularity, kHostAlignment))});
   }
 }
 
@@ -212,9 +210,78 @@ ChunkView MemoryManager::View(const Chunk& c) {
       c.dirty, c.host_offset, c.device_offset};
 }
 
-absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
-                                                    Group group, uint64_t bytes,
-                                                    CopyBatch& batch) {
+std::vector<std::optional<MemoryManager::HostHome>>
+MemoryManager::PlanHostHomes(Session& session,
+                             const std::vector<TensorSpec>& specs,
+                             const std::vector<uint64_t>& sizes) {
+  std::vector<std::optional<HostHome>> homes;
+  if (session.policy == Policy::kCuda) return homes;
+  // The chunks this request will create, as the packer will create them.
+  ChunkPacker packer = session.packer;
+  std::vector<uint64_t> chunk_bytes;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const int group = static_cast<int>(specs[i].group);
+    ChunkPacker::Slot slot = packer.Place(group, sizes[i]);
+    if (!slot.new_chunk) continue;
+    chunk_bytes.push_back(host_allocator_.RoundUp(slot.chunk_bytes));
+    if (slot.appendable) packer.SetOpenChunk(group, chunk_bytes.size());
+  }
+  homes.resize(chunk_bytes.size());
+  // Slabs of consecutive chunks, each at most kMaxSlabBytes (so that a
+  // fragmented pool still finds room); a lone chunk needs no slab.
+  constexpr uint64_t kMaxSlabBytes = 1ull << 30;
+  size_t first = 0;
+  while (first < chunk_bytes.size()) {
+    size_t end = first;
+    uint64_t bytes = 0;
+    while (end < chunk_bytes.size() &&
+           (end == first || bytes + chunk_bytes[end] <= kMaxSlabBytes)) {
+      bytes += chunk_bytes[end++];
+    }
+    const size_t count = end - first;
+    const size_t begin = first;
+    first = end;
+    if (count < 2) continue;
+    absl::StatusOr<uint64_t> offset = host_allocator_.Allocate(bytes);
+    if (!offset.ok()) continue;  // homes of their own, or a clear error
+    absl::StatusOr<UniqueFd> fd = host_pool_.Back(*offset, bytes);
+    absl::Status pinned = fd.ok() ? devices_[session.device]->PinHost(
+                                        host_pool_.data() + *offset, bytes)
+                                  : fd.status();
+    if (!pinned.ok()) {
+      if (fd.ok()) host_pool_.Withdraw(*offset, bytes).IgnoreError();
+      host_allocator_.Free(*offset).IgnoreError();
+      continue;
+    }
+    Grant(session, /*device=*/false, *offset, bytes,
+          std::make_shared<UniqueFd>(std::move(*fd)));
+    host_slabs_[*offset] = HostSlab{.bytes = bytes,
+                                    .device = session.device,
+                                    .homes = static_cast<int>(count)};
+    uint64_t at = *offset;
+    for (size_t k = begin; k < end; ++k) {
+      homes[k] = HostHome{.slab = *offset, .offset = at};
+      at += chunk_bytes[k];
+    }
+  }
+  return homes;
+}
+
+void MemoryManager::ReleaseSlabHome(uint64_t slab) {
+  auto it = host_slabs_.find(slab);
+  if (it == host_slabs_.end() || --it->second.homes > 0) return;
+  devices_[it->second.device]->UnpinHost(host_pool_.data() + slab);
+  // Its pages are freed, so nothing of it survives in a mapping that its
+  // (possibly still running) client keeps.
+  absl::Status s = host_pool_.Withdraw(slab, it->second.bytes);
+  if (!s.ok()) LOG(ERROR) << "host slab at " << slab << ": " << s;
+  host_allocator_.Free(slab).IgnoreError();
+  host_slabs_.erase(it);
+}
+
+absl::StatusOr<uint64_t> MemoryManager::CreateChunk(
+    Session& session, Group group, uint64_t bytes, CopyBatch& batch,
+    std::optional<HostHome> home) {
   Chunk chunk{.id = next_chunk_id_,
               .session_id = session.id,
               .device = session.device,
@@ -257,6 +324,14 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
           session.stats.host_bytes, " of ", session.host_quota,
           " bytes used)"));
     }
+    if (home) {
+      chunk.host_offset = home->offset;
+      chunk.host_slab = home->slab;
+      session.stats.host_bytes += rounded;
+    }
+  }
+  if (!chunk.host_offset && session.policy != Policy::kCuda) {
+    const uint64_t rounded = host_allocator_.RoundUp(bytes);
     auto offset = host_allocator_.Allocate(bytes);
     if (!offset.ok()) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -286,7 +361,7 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(Session& session,
   session.chunks.push_back(chunk.id);
   ++session.stats.chunks;
   const uint64_t id = chunk.id;
-  chunks_.emplace(id, std::move(chunk));
+  Reindex(chunks_.emplace(id, std::move(chunk)).first->second);
   return id;
 }
 
@@ -294,9 +369,16 @@ void MemoryManager::DestroyChunk(uint64_t chunk_id) {
   auto it = chunks_.find(chunk_id);
   if (it == chunks_.end()) return;
   Chunk& c = it->second;
+  device_state_[c.device].evictable.Erase(c.id);
+  if (auto s = sessions_.find(c.session_id); s != sessions_.end()) {
+    s->second.evictable.Erase(c.id);
+    s->second.resident.erase(c.id);
+  }
   if (c.device_offset)
     FreeSlot(c.device, c.session_id, *c.device_offset, c.bytes);
-  if (c.host_offset) {
+  if (c.host_slab) {
+    ReleaseSlabHome(*c.host_slab);
+  } else if (c.host_offset) {
     uint8_t* home = host_pool_.data() + *c.host_offset;
     devices_[c.device]->UnpinHost(home);
     // Its pages are freed, so nothing of it survives in a mapping that
@@ -445,6 +527,8 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   const ChunkPacker saved_packer = session->packer;
   std::vector<uint64_t> new_chunks;
   std::vector<uint64_t> new_tensors;
+  const std::vector<std::optional<HostHome>> homes =
+      PlanHostHomes(*session, specs, sizes);
   CopyBatch batch;
   RegisterResult result;
   absl::Status status;
@@ -454,7 +538,9 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
     ChunkPacker::Slot slot = session->packer.Place(group, sizes[i]);
     uint64_t chunk_id;
     if (slot.new_chunk) {
-      auto created = CreateChunk(*session, t.group, slot.chunk_bytes, batch);
+      const size_t k = new_chunks.size();
+      auto created = CreateChunk(*session, t.group, slot.chunk_bytes, batch,
+                                 k < homes.size() ? homes[k] : std::nullopt);
       if (!created.ok()) {
         status = absl::Status(created.status().code(),
                               absl::StrCat("tensor ", QuoteClientText(t.name),
@@ -497,6 +583,10 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
       session->chunks.pop_back();
       DestroyChunk(c);
     }
+    // Homes planned for chunks the failure left uncreated.
+    for (size_t k = new_chunks.size(); k < homes.size(); ++k) {
+      if (homes[k]) ReleaseSlabHome(homes[k]->slab);
+    }
     session->packer = saved_packer;
     return status;
   }
@@ -517,252 +607,6 @@ absl::StatusOr<RegisterResult> MemoryManager::Register(
   for (uint64_t c : new_chunks)
     result.new_chunks.push_back(View(chunks_.at(c)));
   return result;
-}
-
-void MemoryManager::QueueWriteBack(Chunk& chunk, Session& owner,
-                                   CopyBatch& batch) {
-  batch.to_host.push_back(
-      CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
-  batch.written_back.push_back(chunk.id);
-  batch.wait_sessions.push_back(owner.id);
-  owner.stats.bytes_to_host += chunk.bytes;
-  chunk.dirty = false;
-}
-
-void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
-  Session& owner = sessions_.at(chunk.session_id);
-  Device& dev = device_state_[owner.device];
-  const uint64_t rounded = dev.allocator->RoundUp(chunk.bytes);
-  // Gemini-like sessions (bench only) write every eviction back.
-  const bool write_back = chunk.dirty || (owner.placement != nullptr &&
-                                          owner.placement->force_write_back());
-  if (write_back) {
-    QueueWriteBack(chunk, owner, batch);
-  } else {
-    ++owner.stats.clean_evictions;
-  }
-  ++owner.stats.evictions;
-  if (chunk.prefetched) {
-    chunk.prefetched = false;
-    ++owner.stats.prefetch_wasted;
-    observer().OnPrefetch(owner.device, PrefetchOutcome::kWasted);
-  }
-  observer().OnEviction(owner.device, cause, !write_back);
-  batch.wait_sessions.push_back(owner.id);
-  FreeSlot(owner.device, owner.id, *chunk.device_offset, chunk.bytes);
-  chunk.device_offset.reset();
-  RecordEvent(chunk, ResidencyEventKind::kEvicted, write_back);
-  chunk.dirty = false;
-  owner.stats.device_bytes -= rounded;
-}
-
-absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
-                                     const std::vector<uint64_t>& pinned,
-                                     CopyBatch& batch) {
-  Device& dev = device_state_[session.device];
-  const uint64_t rounded = dev.allocator->RoundUp(bytes);
-  auto over_quota = [&] {
-    return session.device_quota != 0 &&
-           session.stats.device_bytes + rounded > session.device_quota;
-  };
-  if (session.device_quota != 0 && rounded > session.device_quota) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("a chunk of ", bytes, " bytes (a slot of ", rounded,
-                     ") exceeds the session's device quota of ",
-                     session.device_quota, " bytes"));
-  }
-  // auto/static: the placement's own limit (soft) and victim choice among
-  // the session's own chunks come first.
-  SessionPlacement* placement = session.placement.get();
-  const uint64_t limit = placement != nullptr ? placement->Limit() : ~0ull;
-  auto over_limit = [&] {
-    return session.stats.device_bytes + rounded > limit;
-  };
-  std::vector<EvictionCandidate> candidates;
-  while (placement != nullptr &&
-         (over_quota() || over_limit() || !dev.allocator->CanAllocate(bytes))) {
-    candidates = OwnCandidates(session, pinned);
-    if (candidates.empty()) break;
-    const bool quota = over_quota();
-    Evict(chunks_.at(candidates[placement->ChooseVictim(candidates)].chunk_id),
-          quota ? EvictionCause::kQuota : EvictionCause::kCapacity, batch);
-  }
-  while (over_quota() || !dev.allocator->CanAllocate(bytes)) {
-    // Over quota, only the session's own chunks may go.
-    const bool own_only = over_quota();
-    candidates.clear();
-    for (auto& [cid, c] : chunks_) {
-      if (!c.device_offset || c.compute_count > 0 || !c.host_offset) continue;
-      if (std::find(pinned.begin(), pinned.end(), cid) != pinned.end()) {
-        continue;
-      }
-      const Session& owner = sessions_.at(c.session_id);
-      if (owner.device != session.device) continue;
-      if (own_only && c.session_id != session.id) continue;
-      candidates.push_back(
-          {cid, c.session_id, c.bytes, c.dirty, c.last_use_tick});
-    }
-    if (candidates.empty()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "device ", devices_[session.device]->description().name,
-          " cannot hold this request: a chunk of ", bytes, " bytes (slot ",
-          rounded, ") needs room; ", dev.allocator->used(), " of ",
-          dev.allocator->capacity(),
-          " bytes are held by chunks being computed on: release tensors or "
-          "acquire fewer at once"));
-    }
-    const size_t victim = dev.eviction->ChooseVictim(candidates);
-    Evict(chunks_.at(candidates[victim].chunk_id),
-          own_only ? EvictionCause::kQuota : EvictionCause::kCapacity, batch);
-  }
-  return absl::OkStatus();
-}
-
-std::vector<EvictionCandidate> MemoryManager::OwnCandidates(
-    const Session& session, const std::vector<uint64_t>& pinned) const {
-  std::vector<EvictionCandidate> out;
-  for (uint64_t cid : session.chunks) {
-    const Chunk& c = chunks_.at(cid);
-    if (!c.device_offset || c.compute_count > 0 || !c.host_offset) continue;
-    if (std::find(pinned.begin(), pinned.end(), cid) != pinned.end()) continue;
-    out.push_back({cid, c.session_id, c.bytes, c.dirty, c.last_use_tick});
-  }
-  return out;
-}
-
-void MemoryManager::EnforceLimit(Session& session,
-                                 const std::vector<uint64_t>& pinned,
-                                 CopyBatch& batch) {
-  SessionPlacement* placement = session.placement.get();
-  if (placement == nullptr) return;
-  const uint64_t limit = placement->Limit();
-  while (session.stats.device_bytes > limit) {
-    std::vector<EvictionCandidate> candidates = OwnCandidates(session, pinned);
-    if (candidates.empty()) return;
-    Evict(chunks_.at(candidates[placement->ChooseVictim(candidates)].chunk_id),
-          EvictionCause::kCapacity, batch);
-  }
-}
-
-void MemoryManager::RunPrefetch(Session& session) {
-  SessionPlacement* placement = session.placement.get();
-  if (placement == nullptr) return;
-  RangeAllocator& alloc = *device_state_[session.device].allocator;
-  // Write back, while the step goes on, what a host update will take next
-  // (a gradient no op needs again this step): the update then finds it
-  // clean and drops the device copy without waiting for the link.
-  CopyBatch ahead;
-  std::vector<ResidentChunk> resident;
-  for (uint64_t cid : session.chunks) {
-    Chunk& c = chunks_.at(cid);
-    if (!c.device_offset) continue;
-    if (c.dirty && c.compute_count == 0 && c.host_offset &&
-        placement->WriteBackAhead(cid)) {
-      QueueWriteBack(c, session, ahead);
-    }
-    resident.push_back(ResidentChunk{
-        .chunk = cid,
-        .bytes = alloc.RoundUp(c.bytes),
-        .dirty = c.dirty,
-        .evictable = c.compute_count == 0 && c.host_offset.has_value(),
-        .last_use_tick = c.last_use_tick});
-  }
-  if (!ahead.to_host.empty()) {
-    absl::Status s = SubmitBatch(session.device, std::move(ahead)).status();
-    if (!s.ok()) {
-      LOG(ERROR) << "session " << session.id
-                 << ": write-back not submitted: " << s;
-    }
-  }
-  const std::vector<PrefetchAction> actions =
-      placement->Prefetch(std::move(resident), session.stats.device_bytes);
-  if (actions.empty()) return;
-  CopyBatch batch;
-  std::vector<uint64_t> loaded;
-  for (const PrefetchAction& a : actions) {
-    // The plan names chunks by id: check each is still this session's and
-    // in the state the plan assumed.
-    auto it = chunks_.find(a.chunk);
-    // A chunk being computed on in its host home must not get a device copy
-    // that its writes would make stale.
-    if (it == chunks_.end() || it->second.session_id != session.id ||
-        it->second.device_offset || !it->second.host_offset ||
-        it->second.host_compute_count > 0) {
-      continue;
-    }
-    Chunk& c = it->second;
-    bool victims_ok = true;
-    for (uint64_t v : a.victims) {
-      auto vit = chunks_.find(v);
-      if (vit == chunks_.end() || vit->second.session_id != session.id ||
-          !vit->second.device_offset || vit->second.compute_count > 0 ||
-          !vit->second.host_offset) {
-        victims_ok = false;
-        break;
-      }
-      Evict(vit->second, EvictionCause::kCapacity, batch);
-    }
-    if (!victims_ok) break;
-    const uint64_t rounded = alloc.RoundUp(c.bytes);
-    if (session.device_quota != 0 &&
-        session.stats.device_bytes + rounded > session.device_quota) {
-      break;
-    }
-    if (!alloc.CanAllocate(c.bytes)) break;  // other sessions hold the room
-    auto offset = PlaceSlot(session, c.bytes, batch);
-    if (!offset.ok()) break;
-    c.device_offset = *offset;
-    c.dirty = false;
-    c.prefetched = true;
-    batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
-    session.stats.device_bytes += rounded;
-    session.stats.peak_device_bytes =
-        std::max(session.stats.peak_device_bytes, session.stats.device_bytes);
-    session.stats.bytes_to_device += c.bytes;
-    session.stats.prefetch_bytes += c.bytes;
-    ++session.stats.prefetches;
-    loaded.push_back(c.id);
-  }
-  if (batch.to_device.empty() && batch.to_host.empty()) return;
-  absl::StatusOr<uint64_t> seq = SubmitBatch(session.device, std::move(batch));
-  if (!seq.ok()) {
-    LOG(ERROR) << "session " << session.id
-               << ": prefetch not submitted: " << seq.status();
-    for (uint64_t cid : loaded) {
-      Chunk& c = chunks_.at(cid);
-      FreeSlot(session.device, session.id, *c.device_offset, c.bytes);
-      session.stats.device_bytes -= alloc.RoundUp(c.bytes);
-      c.device_offset.reset();
-      c.prefetched = false;
-    }
-    return;
-  }
-  for (uint64_t cid : loaded) {
-    Chunk& c = chunks_.at(cid);
-    c.arrival_sequence = *seq;
-    RecordEvent(c, ResidencyEventKind::kLoaded);
-  }
-}
-
-absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
-                                                    CopyBatch batch) {
-  auto& wait = batch.wait_sessions;
-  std::sort(wait.begin(), wait.end());
-  wait.erase(std::unique(wait.begin(), wait.end()), wait.end());
-  const std::vector<uint64_t> written_back = std::move(batch.written_back);
-  absl::StatusOr<uint64_t> seq = devices_[device]->Submit(std::move(batch));
-  for (uint64_t cid : written_back) {
-    auto it = chunks_.find(cid);
-    if (it == chunks_.end()) continue;
-    if (seq.ok()) {
-      // Host readers of the chunk (AcquireOnHost) wait for its bytes.
-      it->second.host_ready_sequence =
-          std::max(it->second.host_ready_sequence, *seq);
-    } else if (it->second.device_offset) {
-      it->second.dirty = true;  // the newer bytes are still on the device
-    }
-  }
-  return seq;
 }
 
 absl::StatusOr<std::optional<PlacementStatsView>> MemoryManager::MarkStep(
@@ -856,7 +700,10 @@ void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
     // already submitted for them have finished.
     observer().OnSessionReclaimed(device, it->second.policy, reason);
     sessions_.erase(it);
-    for (uint64_t c : chunk_ids) chunks_.at(c).compute_count = 1 << 30;
+    for (uint64_t c : chunk_ids) {
+      chunks_.at(c).compute_count = 1 << 30;
+      device_state_[device].evictable.Erase(c);
+    }
     LOG(INFO) << "session " << id << " reclaimed (" << ReclaimReasonName(reason)
               << "): " << chunk_ids.size() << " chunks";
   }

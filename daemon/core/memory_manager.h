@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include "daemon/backend/device_backend.h"
 #include "daemon/memory/host_pool.h"
 #include "daemon/memory/range_allocator.h"
+#include "daemon/policy/eviction_index.h"
 #include "daemon/policy/eviction_policy.h"
 #include "daemon/policy/placement.h"
 #include "daemon/registry/chunk_packer.h"
@@ -363,6 +365,10 @@ class MemoryManager {
   // Daemon-wide views for metrics and tests.
   ManagerSnapshot Snapshot() const;
   size_t session_count() const;
+  // Compares the incremental indexes (residency, eviction order, busy
+  // tensors, host slabs' homes) with a scan of every chunk; INTERNAL naming the
+  // first difference. O(n): for tests.
+  absl::Status CheckIndexes() const;
   // Tensor metadata of all open sessions, in bytes (0 once all closed).
   uint64_t metadata_bytes() const;
   // The daemon's heap a registered tensor with a name of `name_bytes`
@@ -406,6 +412,7 @@ class MemoryManager {
     Group group;
     uint64_t bytes;
     std::optional<uint64_t> host_offset;    // absent: device-only (cuda)
+    std::optional<uint64_t> host_slab;      // the slab its home is part of
     std::optional<uint64_t> device_offset;  // present: resident
     bool dirty = false;  // the device copy is newer than the host home
     int compute_count = 0;
@@ -415,6 +422,7 @@ class MemoryManager {
     uint64_t arrival_sequence = 0;  // the load that brought it in
     bool prefetched = false;        // loaded ahead of use, not yet acquired
     std::vector<uint64_t> tensors;
+    int busy_tensors = 0;  // of `tensors`, those not FREE
   };
   struct Session {
     uint64_t id;
@@ -431,6 +439,10 @@ class MemoryManager {
     ChunkPacker packer;
     std::map<uint64_t, Tensor> tensors;
     std::vector<uint64_t> chunks;  // registration order
+    // Its chunks with a device copy, and of those the ones that may be
+    // evicted now (Reindex keeps both).
+    std::set<uint64_t> resident;
+    EvictionIndex evictable;
     SessionStatsView stats;
     // auto and static: the session's placement state; null otherwise.
     std::unique_ptr<SessionPlacement> placement;
@@ -440,7 +452,9 @@ class MemoryManager {
   };
   struct Device {
     std::unique_ptr<RangeAllocator> allocator;
-    std::unique_ptr<EvictionPolicy> eviction;
+    // Every session's chunks on this device that may be evicted now, in
+    // the order LruEvictionPolicy picks them.
+    EvictionIndex evictable;
   };
 
   absl::StatusOr<Session*> Authenticate(uint64_t id, const Token& token)
@@ -468,6 +482,12 @@ class MemoryManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings the chunk's entries in its session's and its device's indexes
+  // (resident, evictable) up to date after its residency, use count, last
+  // use or dirtiness changed. O(log n).
+  void Reindex(const Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A tensor of `chunk` goes from `from` to `to` (busy_tensors).
+  static void CountTransition(Chunk& chunk, TensorState from, TensorState to);
   // Adds a copy of the chunk's device bytes to its host home to `batch`;
   // the chunk is clean after it, and SubmitBatch makes host readers wait.
   void QueueWriteBack(Chunk& chunk, Session& owner, CopyBatch& batch)
@@ -482,9 +502,28 @@ class MemoryManager {
                     CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Starts the loads the placement wants ahead of use (auto, planned).
   void RunPrefetch(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A host home carved out of a slab (HostSlab).
+  struct HostHome {
+    uint64_t slab;
+    uint64_t offset;
+  };
+  // `home`: where the chunk's host home is, in a slab PlanHostHomes made;
+  // absent: a home of its own.
   absl::StatusOr<uint64_t> CreateChunk(Session& session, Group group,
-                                       uint64_t bytes, CopyBatch& batch)
+                                       uint64_t bytes, CopyBatch& batch,
+                                       std::optional<HostHome> home)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Host homes for the chunks a Register of `sizes` will create, in order,
+  // packed into slabs: one memfd, one pin and one mapping for many homes,
+  // so that neither the daemon nor the client spends a mapping (the kernel
+  // allows 65530 per process) and a descriptor per chunk. An entry is
+  // absent where no slab could be had (the chunk gets a home of its own).
+  std::vector<std::optional<HostHome>> PlanHostHomes(
+      Session& session, const std::vector<TensorSpec>& specs,
+      const std::vector<uint64_t>& sizes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A chunk of the slab is gone (or was never made): the last one frees
+  // the slab's pages and range.
+  void ReleaseSlabHome(uint64_t slab) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DestroyChunk(uint64_t chunk_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A device slot for a chunk of `owner`: allocated (a slot parked for the
   // owner first), backed, and granted to the owner's client when new.
@@ -520,6 +559,15 @@ class MemoryManager {
   std::vector<Device> device_state_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Chunk> chunks_ ABSL_GUARDED_BY(mu_);
+  // Host slabs by offset: several chunks' homes of one session, made by one
+  // Register, backed by one memfd. They live as long as their chunks, which
+  // all go together (the session's end, or the Register's undo).
+  struct HostSlab {
+    uint64_t bytes = 0;
+    size_t device = 0;  // pinned for this device's copies
+    int homes = 0;      // chunks planned in it and not yet destroyed
+  };
+  std::map<uint64_t, HostSlab> host_slabs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_chunk_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_tensor_id_ ABSL_GUARDED_BY(mu_) = 1;

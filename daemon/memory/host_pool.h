@@ -1,8 +1,8 @@
 // The node's pinned host memory pool, in which every chunk has its host home.
 //
-// The pool is address space reserved once in the daemon. Each host home is
-// backed by a memfd of its own, mapped at the home's offset when the chunk is
-// created; the fd goes to the session's client (which maps it at the same
+// The pool is address space reserved once in the daemon. Each backed range
+// (a slab of one session's host homes) is a memfd of its own, mapped at its
+// offset when its chunks are created; the fd goes to the session's client (which maps it at the same
 // offset of its own reservation) and to no one else, so a client can reach
 // its own homes only. Destroying the home punches its pages out of the memfd,
 // so nothing of it outlives the chunk, whoever still maps it.

@@ -8,18 +8,28 @@ namespace tidepool {
 
 RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t alignment)
     : capacity_(capacity & ~(alignment - 1)), alignment_(alignment) {
-  if (capacity_ > 0) free_.emplace(0, capacity_);
+  if (capacity_ > 0) AddFree(0, capacity_);
+}
+
+void RangeAllocator::AddFree(uint64_t offset, uint64_t size) {
+  free_.emplace(offset, size);
+  by_size_.emplace(size, offset);
+}
+
+void RangeAllocator::EraseFree(std::map<uint64_t, uint64_t>::iterator it) {
+  by_size_.erase({it->second, it->first});
+  free_.erase(it);
 }
 
 absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
   if (size == 0) return absl::InvalidArgumentError("allocation of 0 bytes");
   const uint64_t rounded = RoundUp(size);
-  for (auto it = free_.begin(); it != free_.end(); ++it) {
-    if (it->second < rounded) continue;
-    const uint64_t offset = it->first;
-    const uint64_t rest = it->second - rounded;
-    free_.erase(it);
-    if (rest > 0) free_.emplace(offset + rounded, rest);
+  auto fit = by_size_.lower_bound({rounded, 0});
+  if (fit != by_size_.end()) {
+    const uint64_t offset = fit->second;
+    const uint64_t rest = fit->first - rounded;
+    EraseFree(free_.find(offset));
+    if (rest > 0) AddFree(offset + rounded, rest);
     allocated_.emplace(offset, rounded);
     used_ += rounded;
     peak_ = std::max(peak_, used_);
@@ -39,10 +49,10 @@ bool RangeAllocator::AllocateAt(uint64_t offset, uint64_t size) {
   const uint64_t start = it->first;
   const uint64_t length = it->second;
   if (offset + rounded > start + length) return false;
-  free_.erase(it);
-  if (offset > start) free_.emplace(start, offset - start);
+  EraseFree(it);
+  if (offset > start) AddFree(start, offset - start);
   if (offset + rounded < start + length) {
-    free_.emplace(offset + rounded, start + length - offset - rounded);
+    AddFree(offset + rounded, start + length - offset - rounded);
   }
   allocated_.emplace(offset, rounded);
   used_ += rounded;
@@ -63,17 +73,19 @@ absl::Status RangeAllocator::Free(uint64_t offset) {
   auto next = free_.lower_bound(start);
   if (next != free_.end() && next->first == start + size) {
     size += next->second;
-    next = free_.erase(next);
+    auto after = std::next(next);
+    EraseFree(next);
+    next = after;
   }
   if (next != free_.begin()) {
     auto prev = std::prev(next);
     if (prev->first + prev->second == start) {
       start = prev->first;
       size += prev->second;
-      free_.erase(prev);
+      EraseFree(prev);
     }
   }
-  free_.emplace(start, size);
+  AddFree(start, size);
   return absl::OkStatus();
 }
 
@@ -82,9 +94,7 @@ bool RangeAllocator::CanAllocate(uint64_t size) const {
 }
 
 uint64_t RangeAllocator::largest_free() const {
-  uint64_t best = 0;
-  for (const auto& [offset, size] : free_) best = std::max(best, size);
-  return best;
+  return by_size_.empty() ? 0 : by_size_.rbegin()->first;
 }
 
 }  // namespace tidepool

@@ -1,10 +1,14 @@
-// First-fit allocator of offsets in a fixed-size region, with coalescing.
+// Best-fit allocator of offsets in a fixed-size region, with coalescing.
 // Both pools hand out chunk homes and slots with it; it knows nothing about
-// what lives in them. Not thread-safe: its owner holds the lock.
+// what lives in them. Free ranges are indexed by offset (to coalesce) and by
+// size (to pick), so every operation is O(log n) in the number of ranges.
+// Not thread-safe: its owner holds the lock.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <set>
+#include <utility>
 
 #include "absl/status/statusor.h"
 
@@ -16,7 +20,8 @@ class RangeAllocator {
   // it.
   RangeAllocator(uint64_t capacity, uint64_t alignment);
 
-  // The lowest free offset with room for `size` bytes, or RESOURCE_EXHAUSTED.
+  // The smallest free range with room for `size` bytes (the lowest such
+  // offset on a tie), or RESOURCE_EXHAUSTED.
   absl::StatusOr<uint64_t> Allocate(uint64_t size);
   // Allocates exactly [offset, offset + size) if it is free (a slot reused
   // where its backing already is); false otherwise.
@@ -41,8 +46,13 @@ class RangeAllocator {
   uint64_t alignment_;
   uint64_t used_ = 0;
   uint64_t peak_ = 0;
-  std::map<uint64_t, uint64_t> free_;       // offset -> size
-  std::map<uint64_t, uint64_t> allocated_;  // offset -> size
+  void AddFree(uint64_t offset, uint64_t size);
+  // Removes the free range at `it` from both indexes.
+  void EraseFree(std::map<uint64_t, uint64_t>::iterator it);
+
+  std::map<uint64_t, uint64_t> free_;                // offset -> size
+  std::set<std::pair<uint64_t, uint64_t>> by_size_;  // (size, offset)
+  std::map<uint64_t, uint64_t> allocated_;           // offset -> size
 };
 
 }  // namespace tidepool

@@ -60,6 +60,27 @@ TEST(RangeAllocatorTest, RandomWorkloadNeverOverlapsAndBalances) {
   }
 }
 
+TEST(RangeAllocatorTest, TakesTheSmallestRangeThatFitsAndKnowsTheLargest) {
+  RangeAllocator a(32 << 20, 1 << 20);
+  // Free ranges of 4, 1 and 2 MiB (in address order) between taken ones.
+  std::vector<uint64_t> taken;
+  for (uint64_t mib : {4, 1, 1, 1, 2, 1}) {
+    taken.push_back(*a.Allocate(mib << 20));
+  }
+  ASSERT_TRUE(a.Free(taken[0]).ok());      // [0, 4)
+  ASSERT_TRUE(a.Free(taken[2]).ok());      // [5, 6)
+  ASSERT_TRUE(a.Free(taken[4]).ok());      // [7, 9)
+  EXPECT_EQ(a.largest_free(), 22u << 20);  // the tail [10, 32)
+  // A first fit would split the 4 MiB range; the best fit keeps it whole.
+  EXPECT_EQ(*a.Allocate(2 << 20), 7u << 20);
+  EXPECT_EQ(*a.Allocate(1 << 20), 5u << 20);
+  EXPECT_EQ(*a.Allocate(3 << 20), 0u);
+  EXPECT_EQ(*a.Allocate(22 << 20), 10u << 20);
+  EXPECT_EQ(a.largest_free(), 1u << 20);  // [3, 4)
+  EXPECT_FALSE(a.CanAllocate(2 << 20));
+  EXPECT_TRUE(a.CanAllocate(1 << 20));
+}
+
 TEST(RangeAllocatorTest, AllocateAtTakesExactlyAFreeRange) {
   RangeAllocator a(16 << 20, 1 << 20);
   ASSERT_TRUE(a.AllocateAt(4 << 20, 2 << 20));  // from the middle of free
@@ -68,7 +89,7 @@ TEST(RangeAllocatorTest, AllocateAtTakesExactlyAFreeRange) {
   EXPECT_FALSE(a.AllocateAt(3 << 20, 2 << 20));   // overlaps it
   EXPECT_FALSE(a.AllocateAt(15 << 20, 2 << 20));  // past the end
   EXPECT_FALSE(a.AllocateAt(1, 1 << 20));         // unaligned
-  // First fit sees the two pieces left on either side.
+  // The two pieces left on either side are found.
   EXPECT_EQ(*a.Allocate(4 << 20), 0u);
   EXPECT_EQ(*a.Allocate(1 << 20), 6u << 20);
   ASSERT_TRUE(a.Free(4 << 20).ok());

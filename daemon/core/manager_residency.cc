@@ -1,0 +1,290 @@
+// MemoryManager: residency. Evictions (the victim from the indexes, or the
+// session's placement), write-backs, the indexes that keep every request
+// O(log n) in the number of chunks, and the prefetches a plan asks for.
+#include <glog/logging.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/core/memory_manager.h"
+
+namespace tidepool {
+
+void MemoryManager::QueueWriteBack(Chunk& chunk, Session& owner,
+                                   CopyBatch& batch) {
+  batch.to_host.push_back(
+      CopyOp{*chunk.host_offset, *chunk.device_offset, chunk.bytes});
+  batch.written_back.push_back(chunk.id);
+  batch.wait_sessions.push_back(owner.id);
+  owner.stats.bytes_to_host += chunk.bytes;
+  chunk.dirty = false;
+  Reindex(chunk);
+}
+
+void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
+  Session& owner = sessions_.at(chunk.session_id);
+  Device& dev = device_state_[owner.device];
+  const uint64_t rounded = dev.allocator->RoundUp(chunk.bytes);
+  // Gemini-like sessions (bench only) write every eviction back.
+  const bool write_back = chunk.dirty || (owner.placement != nullptr &&
+                                          owner.placement->force_write_back());
+  if (write_back) {
+    QueueWriteBack(chunk, owner, batch);
+  } else {
+    ++owner.stats.clean_evictions;
+  }
+  ++owner.stats.evictions;
+  if (chunk.prefetched) {
+    chunk.prefetched = false;
+    ++owner.stats.prefetch_wasted;
+    observer().OnPrefetch(owner.device, PrefetchOutcome::kWasted);
+  }
+  observer().OnEviction(owner.device, cause, !write_back);
+  batch.wait_sessions.push_back(owner.id);
+  FreeSlot(owner.device, owner.id, *chunk.device_offset, chunk.bytes);
+  chunk.device_offset.reset();
+  RecordEvent(chunk, ResidencyEventKind::kEvicted, write_back);
+  chunk.dirty = false;
+  owner.stats.device_bytes -= rounded;
+  Reindex(chunk);
+}
+
+void MemoryManager::Reindex(const Chunk& c) {
+  Device& dev = device_state_[c.device];
+  auto s = sessions_.find(c.session_id);
+  Session* owner = s != sessions_.end() ? &s->second : nullptr;
+  // What MakeRoom may evict: resident, not computed on, with a host home
+  // to go back to.
+  if (c.device_offset && c.compute_count == 0 && c.host_offset) {
+    dev.evictable.Set(c.id, c.last_use_tick, c.dirty);
+    if (owner != nullptr) owner->evictable.Set(c.id, c.last_use_tick, c.dirty);
+  } else {
+    dev.evictable.Erase(c.id);
+    if (owner != nullptr) owner->evictable.Erase(c.id);
+  }
+  if (owner != nullptr) {
+    if (c.device_offset) {
+      owner->resident.insert(c.id);
+    } else {
+      owner->resident.erase(c.id);
+    }
+  }
+}
+
+void MemoryManager::CountTransition(Chunk& chunk, TensorState from,
+                                    TensorState to) {
+  const bool was_busy = from != TensorState::kFree;
+  const bool busy = to != TensorState::kFree;
+  chunk.busy_tensors += static_cast<int>(busy) - static_cast<int>(was_busy);
+}
+
+absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
+                                     const std::vector<uint64_t>& pinned,
+                                     CopyBatch& batch) {
+  Device& dev = device_state_[session.device];
+  const uint64_t rounded = dev.allocator->RoundUp(bytes);
+  auto over_quota = [&] {
+    return session.device_quota != 0 &&
+           session.stats.device_bytes + rounded > session.device_quota;
+  };
+  if (session.device_quota != 0 && rounded > session.device_quota) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a chunk of ", bytes, " bytes (a slot of ", rounded,
+                     ") exceeds the session's device quota of ",
+                     session.device_quota, " bytes"));
+  }
+  // auto/static: the placement's own limit (soft) and victim choice among
+  // the session's own chunks come first.
+  SessionPlacement* placement = session.placement.get();
+  const uint64_t limit = placement != nullptr ? placement->Limit() : ~0ull;
+  auto over_limit = [&] {
+    return session.stats.device_bytes + rounded > limit;
+  };
+  std::vector<EvictionCandidate> candidates;
+  while (placement != nullptr &&
+         (over_quota() || over_limit() || !dev.allocator->CanAllocate(bytes))) {
+    candidates = OwnCandidates(session, pinned);
+    if (candidates.empty()) break;
+    const bool quota = over_quota();
+    Evict(chunks_.at(candidates[placement->ChooseVictim(candidates)].chunk_id),
+          quota ? EvictionCause::kQuota : EvictionCause::kCapacity, batch);
+  }
+  auto is_pinned = [&](uint64_t cid) {
+    return std::find(pinned.begin(), pinned.end(), cid) != pinned.end();
+  };
+  while (over_quota() || !dev.allocator->CanAllocate(bytes)) {
+    // Over quota, only the session's own chunks may go; otherwise any
+    // session's on this device, least recently used first
+    // (LruEvictionPolicy's rule, kept in order by the index).
+    const bool own_only = over_quota();
+    const std::optional<uint64_t> victim =
+        (own_only ? session.evictable : dev.evictable).First(is_pinned);
+    if (!victim) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "device ", devices_[session.device]->description().name,
+          " cannot hold this request: a chunk of ", bytes, " bytes (slot ",
+          rounded, ") needs room; ", dev.allocator->used(), " of ",
+          dev.allocator->capacity(),
+          " bytes are held by chunks being computed on: release tensors or "
+          "acquire fewer at once"));
+    }
+    Evict(chunks_.at(*victim),
+          own_only ? EvictionCause::kQuota : EvictionCause::kCapacity, batch);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<EvictionCandidate> MemoryManager::OwnCandidates(
+    const Session& session, const std::vector<uint64_t>& pinned) const {
+  std::vector<EvictionCandidate> out;
+  out.reserve(session.evictable.size());
+  session.evictable.ForEach([&](uint64_t cid, uint64_t tick, bool dirty) {
+    if (std::find(pinned.begin(), pinned.end(), cid) == pinned.end()) {
+      out.push_back({cid, session.id, chunks_.at(cid).bytes, dirty, tick});
+    }
+    return true;
+  });
+  return out;
+}
+
+void MemoryManager::EnforceLimit(Session& session,
+                                 const std::vector<uint64_t>& pinned,
+                                 CopyBatch& batch) {
+  SessionPlacement* placement = session.placement.get();
+  if (placement == nullptr) return;
+  const uint64_t limit = placement->Limit();
+  while (session.stats.device_bytes > limit) {
+    std::vector<EvictionCandidate> candidates = OwnCandidates(session, pinned);
+    if (candidates.empty()) return;
+    Evict(chunks_.at(candidates[placement->ChooseVictim(candidates)].chunk_id),
+          EvictionCause::kCapacity, batch);
+  }
+}
+
+void MemoryManager::RunPrefetch(Session& session) {
+  SessionPlacement* placement = session.placement.get();
+  // Both the write-backs ahead and the prefetches follow a plan: a session
+  // without one costs nothing here.
+  if (placement == nullptr || !placement->position()) return;
+  RangeAllocator& alloc = *device_state_[session.device].allocator;
+  // Write back, while the step goes on, what a host update will take next
+  // (a gradient no op needs again this step): the update then finds it
+  // clean and drops the device copy without waiting for the link.
+  CopyBatch ahead;
+  std::vector<ResidentChunk> resident;
+  resident.reserve(session.resident.size());
+  for (uint64_t cid : session.resident) {
+    Chunk& c = chunks_.at(cid);
+    if (c.dirty && c.compute_count == 0 && c.host_offset &&
+        placement->WriteBackAhead(cid)) {
+      QueueWriteBack(c, session, ahead);
+    }
+    resident.push_back(ResidentChunk{
+        .chunk = cid,
+        .bytes = alloc.RoundUp(c.bytes),
+        .dirty = c.dirty,
+        .evictable = c.compute_count == 0 && c.host_offset.has_value(),
+        .last_use_tick = c.last_use_tick});
+  }
+  if (!ahead.to_host.empty()) {
+    absl::Status s = SubmitBatch(session.device, std::move(ahead)).status();
+    if (!s.ok()) {
+      LOG(ERROR) << "session " << session.id
+                 << ": write-back not submitted: " << s;
+    }
+  }
+  const std::vector<PrefetchAction> actions =
+      placement->Prefetch(std::move(resident), session.stats.device_bytes);
+  if (actions.empty()) return;
+  CopyBatch batch;
+  std::vector<uint64_t> loaded;
+  for (const PrefetchAction& a : actions) {
+    // The plan names chunks by id: check each is still this session's and
+    // in the state the plan assumed.
+    auto it = chunks_.find(a.chunk);
+    // A chunk being computed on in its host home must not get a device copy
+    // that its writes would make stale.
+    if (it == chunks_.end() || it->second.session_id != session.id ||
+        it->second.device_offset || !it->second.host_offset ||
+        it->second.host_compute_count > 0) {
+      continue;
+    }
+    Chunk& c = it->second;
+    bool victims_ok = true;
+    for (uint64_t v : a.victims) {
+      auto vit = chunks_.find(v);
+      if (vit == chunks_.end() || vit->second.session_id != session.id ||
+          !vit->second.device_offset || vit->second.compute_count > 0 ||
+          !vit->second.host_offset) {
+        victims_ok = false;
+        break;
+      }
+      Evict(vit->second, EvictionCause::kCapacity, batch);
+    }
+    if (!victims_ok) break;
+    const uint64_t rounded = alloc.RoundUp(c.bytes);
+    if (session.device_quota != 0 &&
+        session.stats.device_bytes + rounded > session.device_quota) {
+      break;
+    }
+    if (!alloc.CanAllocate(c.bytes)) break;  // other sessions hold the room
+    auto offset = PlaceSlot(session, c.bytes, batch);
+    if (!offset.ok()) break;
+    c.device_offset = *offset;
+    c.dirty = false;
+    c.prefetched = true;
+    batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
+    session.stats.device_bytes += rounded;
+    session.stats.peak_device_bytes =
+        std::max(session.stats.peak_device_bytes, session.stats.device_bytes);
+    session.stats.bytes_to_device += c.bytes;
+    session.stats.prefetch_bytes += c.bytes;
+    ++session.stats.prefetches;
+    loaded.push_back(c.id);
+    Reindex(c);
+  }
+  if (batch.to_device.empty() && batch.to_host.empty()) return;
+  absl::StatusOr<uint64_t> seq = SubmitBatch(session.device, std::move(batch));
+  if (!seq.ok()) {
+    LOG(ERROR) << "session " << session.id
+               << ": prefetch not submitted: " << seq.status();
+    for (uint64_t cid : loaded) {
+      Chunk& c = chunks_.at(cid);
+      FreeSlot(session.device, session.id, *c.device_offset, c.bytes);
+      session.stats.device_bytes -= alloc.RoundUp(c.bytes);
+      c.device_offset.reset();
+      c.prefetched = false;
+      Reindex(c);
+    }
+    return;
+  }
+  for (uint64_t cid : loaded) {
+    Chunk& c = chunks_.at(cid);
+    c.arrival_sequence = *seq;
+    RecordEvent(c, ResidencyEventKind::kLoaded);
+  }
+}
+
+absl::StatusOr<uint64_t> MemoryManager::SubmitBatch(size_t device,
+                                                    CopyBatch batch) {
+  auto& wait = batch.wait_sessions;
+  std::sort(wait.begin(), wait.end());
+  wait.erase(std::unique(wait.begin(), wait.end()), wait.end());
+  const std::vector<uint64_t> written_back = std::move(batch.written_back);
+  absl::StatusOr<uint64_t> seq = devices_[device]->Submit(std::move(batch));
+  for (uint64_t cid : written_back) {
+    auto it = chunks_.find(cid);
+    if (it == chunks_.end()) continue;
+    if (seq.ok()) {
+      // Host readers of the chunk (AcquireOnHost) wait for its bytes.
+      it->second.host_ready_sequence =
+          std::max(it->second.host_ready_sequence, *seq);
+    } else if (it->second.device_offset) {
+      it->second.dirty = true;  // the newer bytes are still on the device
+      Reindex(it->second);
+    }
+  }
+  return seq;
+}
+
+}  // namespace tidepool
