@@ -53,6 +53,8 @@ ABSL_FLAG(double, seconds, 1.5, "timed seconds per row and path");
 ABSL_FLAG(int, chunk_kib, 64, "session chunk size in KiB (64 is the least)");
 ABSL_FLAG(int, setup_seconds, 30,
           "how long a row's sessions may take to register and warm up");
+ABSL_FLAG(std::string, daemon_args, "",
+          "extra tidepoold flags, comma-separated");
 ABSL_FLAG(bool, quick, false,
           "chunks 10,1000, sessions 1,4, 0.4 s a row (a smoke run)");
 // The worker's side, set by the parent.
@@ -329,6 +331,12 @@ absl::StatusOr<Row> RunRow(int chunks, int sessions, bool hot_path) {
       1024, (uint64_t(sessions) * chunks * chunk >> 20) * 5 / 4 + 256);
   options.host_pool = absl::StrCat(host_mib, "MiB");
   options.chunk_size = "64MiB";
+  if (!absl::GetFlag(FLAGS_daemon_args).empty()) {
+    for (absl::string_view arg :
+         absl::StrSplit(absl::GetFlag(FLAGS_daemon_args), ',')) {
+      options.extra_args.emplace_back(arg);
+    }
+  }
   auto daemon = tidepool::testing::DaemonProcess::Start(options);
   if (!daemon.ok()) return daemon.status();
   const pid_t daemon_pid = (*daemon)->process().pid();
@@ -471,6 +479,10 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(files.rlim_max),
       ReadIntFile("/proc/sys/vm/max_map_count"),
       ::sysconf(_SC_NPROCESSORS_ONLN));
+  if (!absl::GetFlag(FLAGS_daemon_args).empty()) {
+    std::printf("tidepoold flags: %s\n",
+                absl::GetFlag(FLAGS_daemon_args).c_str());
+  }
   std::printf("%8s %8s %5s %10s %10s %11s %13s %9s %6s\n", "chunks", "sessions",
               "path", "p50 us", "p99 us", "pairs/s", "daemon us/pr", "p50/hot",
               "load");
