@@ -42,6 +42,9 @@ ABSL_FLAG(std::string, sim_capacity, "1GiB",
           "capacity of the sim device (with --device=sim or auto without GPU)");
 ABSL_FLAG(double, sim_link_gbps, 0,
           "sim device: modelled link bandwidth in GB/s, 0 = unthrottled");
+ABSL_FLAG(int, sim_copy_workers, 0,
+          "sim device: threads copying a batch at once (1-16); 0 = the "
+          "config's, else as many as cores, at most 4");
 ABSL_FLAG(std::string, device_pool, "",
           "cuda device pool size; default: free memory minus 2GiB");
 ABSL_FLAG(std::string, default_policy, "", "cuda | cpu (default cpu)");
@@ -90,6 +93,9 @@ absl::StatusOr<DaemonConfig> BuildConfig() {
     if (sim && d.pool_bytes == 0) d.pool_bytes = sim_capacity;
     if (absl::GetFlag(FLAGS_sim_link_gbps) > 0) {
       d.sim_link_gbps = absl::GetFlag(FLAGS_sim_link_gbps);
+    }
+    if (absl::GetFlag(FLAGS_sim_copy_workers) > 0) {
+      d.sim_copy_workers = absl::GetFlag(FLAGS_sim_copy_workers);
     }
     if (!sim && !absl::GetFlag(FLAGS_device_pool).empty()) {
       TP_ASSIGN_OR_RETURN(d.pool_bytes,

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ ABSL_FLAG(std::string, sizes_mib, "4,16,64,256", "chunk sizes in MiB");
 ABSL_FLAG(int, pool_mib, 1024, "device pool in MiB");
 ABSL_FLAG(int, sweeps, 3, "sweeps over all chunks (best is reported)");
 ABSL_FLAG(std::string, device, "auto", "auto | sim | cuda:<n>");
+ABSL_FLAG(std::string, daemon_args, "",
+          "extra tidepoold flags, comma-separated (e.g. "
+          "--sim_copy_workers=1, to compare copy workers in one run)");
 
 namespace {
 
@@ -170,6 +174,14 @@ absl::StatusOr<std::pair<double, double>> PairLatency(tidepool::Session& s) {
   return std::make_pair(us[us.size() / 2], us[us.size() * 99 / 100]);
 }
 
+// The first field of /proc/loadavg, printed beside every row.
+std::string Load() {
+  std::ifstream f("/proc/loadavg");
+  std::string first;
+  f >> first;
+  return first;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,9 +194,13 @@ int main(int argc, char** argv) {
       cuda ? "cuda" : "sim", absl::GetFlag(FLAGS_pool_mib),
       cuda ? "cudaMemcpyAsync from cudaMallocHost memory"
            : "memcpy between shared mappings");
-  std::printf("%10s %8s %12s %12s %12s %8s %8s %12s\n", "chunk", "chunks",
+  if (!absl::GetFlag(FLAGS_daemon_args).empty()) {
+    std::printf("tidepoold flags: %s\n",
+                absl::GetFlag(FLAGS_daemon_args).c_str());
+  }
+  std::printf("%10s %8s %12s %12s %12s %8s %8s %12s %6s\n", "chunk", "chunks",
               "hot GB/s", "gRPC GB/s", "raw GB/s", "hot/raw", "gRPC/raw",
-              "1st sweep");
+              "1st sweep", "load");
   std::pair<double, double> latency[2] = {{0, 0}, {0, 0}};
   int first_mib = 0;
   for (absl::string_view size_text :
@@ -206,6 +222,12 @@ int main(int argc, char** argv) {
     if (cuda) {
       options.extra_args = {
           absl::StrCat("--device_pool=", absl::GetFlag(FLAGS_pool_mib), "MiB")};
+    }
+    if (!absl::GetFlag(FLAGS_daemon_args).empty()) {
+      for (absl::string_view arg :
+           absl::StrSplit(absl::GetFlag(FLAGS_daemon_args), ',')) {
+        options.extra_args.emplace_back(arg);
+      }
     }
     auto daemon = tidepool::testing::DaemonProcess::Start(options);
     if (!daemon.ok()) {
@@ -243,10 +265,11 @@ int main(int argc, char** argv) {
     // "1st sweep": the hot path's first pass, where every slot is new
     // (a fresh memfd, mapped by the daemon and delivered to the client),
     // against its later passes, where parked slots are reused.
-    std::printf("%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%% %11.1f%%\n",
-                mib, count, gbps[0].best_gbps, gbps[1].best_gbps, raw,
-                100 * gbps[0].best_gbps / raw, 100 * gbps[1].best_gbps / raw,
-                100 * gbps[0].first_gbps / gbps[0].best_gbps);
+    std::printf(
+        "%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%% %11.1f%% %6s\n", mib,
+        count, gbps[0].best_gbps, gbps[1].best_gbps, raw,
+        100 * gbps[0].best_gbps / raw, 100 * gbps[1].best_gbps / raw,
+        100 * gbps[0].first_gbps / gbps[0].best_gbps, Load().c_str());
     std::fflush(stdout);
   }
   if (latency[0].first > 0) {

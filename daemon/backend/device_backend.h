@@ -155,6 +155,8 @@ struct BackendOptions {
   uint64_t pool_bytes = 0;  // sim: required; cuda: 0 = free - reserve
   uint64_t reserve_bytes = 2ull << 30;
   double sim_link_gbps = 0;  // sim: modelled link bandwidth, 0 = unthrottled
+  // sim: threads copying a batch at once, 1..16; 0 = cores, at most 4.
+  int sim_copy_workers = 0;
   int sim_index = 0;
 };
 

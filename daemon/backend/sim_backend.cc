@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <new>
@@ -16,6 +17,14 @@ namespace {
 // to 64 KiB (the smallest chunk a session may ask for), not a VMM granule.
 constexpr uint64_t kSimGranularity = 64ull << 10;
 constexpr uint64_t kControlPageBytes = 4096;
+// Copy workers when the config leaves it open: more memcpy threads than
+// cores only contend, and past a few the memory bus is the limit.
+constexpr int kDefaultCopyWorkers = 4;
+constexpr int kMaxCopyWorkers = 16;
+// A copy is split into pieces of at least this much: below it, handing a
+// piece to another worker costs about what copying it does.
+constexpr uint64_t kMinPieceBytes = 1ull << 20;
+constexpr uint64_t kPageBytes = 4096;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SimBackend>> SimBackend::Create(
@@ -27,6 +36,12 @@ absl::StatusOr<std::unique_ptr<SimBackend>> SimBackend::Create(
   }
   if (options.sim_link_gbps < 0) {
     return absl::InvalidArgumentError("sim_link_gbps must be >= 0");
+  }
+  if (options.sim_copy_workers < 0 ||
+      options.sim_copy_workers > kMaxCopyWorkers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sim_copy_workers must be 0 (default) to ",
+                     kMaxCopyWorkers, ", got ", options.sim_copy_workers));
   }
   std::unique_ptr<SimBackend> b(new SimBackend());
   const uint64_t capacity = options.pool_bytes & ~(kSimGranularity - 1);
@@ -53,7 +68,19 @@ absl::StatusOr<std::unique_ptr<SimBackend>> SimBackend::Create(
   page->version = 1;
   page->arrived_sequence.store(0);
   page->arrived_wake.store(0);
-  b->worker_ = std::thread([raw = b.get()] { raw->WorkerLoop(); });
+  int workers = options.sim_copy_workers;
+  if (workers == 0) {
+    workers = std::clamp(static_cast<int>(std::thread::hardware_concurrency()),
+                         1, kDefaultCopyWorkers);
+  }
+  // A modelled link carries one copy at a time, in order: each copy then
+  // takes its bytes / bandwidth, as before there were several workers.
+  if (b->link_bytes_per_second_ > 0) workers = 1;
+  b->copy_workers_ = workers;
+  for (int i = 1; i < workers; ++i) {
+    b->copiers_.emplace_back([raw = b.get()] { raw->CopierLoop(); });
+  }
+  b->sequencer_ = std::thread([raw = b.get()] { raw->SequencerLoop(); });
   return b;
 }
 
@@ -62,7 +89,12 @@ SimBackend::~SimBackend() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  if (worker_.joinable()) worker_.join();
+  if (sequencer_.joinable()) sequencer_.join();
+  {
+    absl::MutexLock lock(&phase_mu_);
+    copiers_stop_ = true;
+  }
+  for (auto& t : copiers_) t.join();
 }
 
 absl::StatusOr<uint64_t> SimBackend::Submit(CopyBatch batch) {
@@ -196,30 +228,134 @@ void SimBackend::ForgetOwner(uint64_t owner) {
   }
 }
 
-void SimBackend::Copy(uint8_t* dst, const uint8_t* src, uint64_t bytes,
-                      bool to_device) {
-  const auto start = std::chrono::steady_clock::now();
-  if (src == nullptr) {
-    std::memset(dst, 0, bytes);
+void SimBackend::RunPiece(const Piece& piece) {
+  if (piece.src == nullptr) {
+    std::memset(piece.dst, 0, piece.bytes);
   } else {
-    std::memcpy(dst, src, bytes);
-  }
-  if (link_bytes_per_second_ > 0) {
-    // Model the link: the copy takes at least bytes / bandwidth.
-    const auto budget = std::chrono::duration<double>(
-        static_cast<double>(bytes) / link_bytes_per_second_);
-    std::this_thread::sleep_until(
-        start + std::chrono::duration_cast<std::chrono::nanoseconds>(budget));
-  }
-  if (copy_observer_ && src != nullptr) {
-    copy_observer_(
-        to_device, bytes,
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-            .count());
+    std::memcpy(piece.dst, piece.src, piece.bytes);
   }
 }
 
-void SimBackend::WorkerLoop() {
+void SimBackend::Throttle(Clock::time_point start, uint64_t bytes) const {
+  if (link_bytes_per_second_ <= 0) return;
+  // Model the link: the copy takes at least bytes / bandwidth.
+  const auto budget = std::chrono::duration<double>(static_cast<double>(bytes) /
+                                                    link_bytes_per_second_);
+  std::this_thread::sleep_until(
+      start + std::chrono::duration_cast<std::chrono::nanoseconds>(budget));
+}
+
+void SimBackend::RunPhase(const std::vector<CopyOp>& to_host,
+                          const std::vector<CopyOp>& zero_device,
+                          const std::vector<CopyOp>& to_device) {
+  // The copies of one phase go to distinct ranges (write-backs to their
+  // chunks' host homes; zero fills and loads to slots placed for them), so
+  // their pieces may run in any order and at once.
+  std::vector<Piece> pieces;
+  std::vector<OpTiming> timings;
+  auto add = [&](const std::vector<CopyOp>& ops, bool to_dev, bool zero) {
+    for (const CopyOp& op : ops) {
+      if (op.bytes == 0) continue;
+      uint8_t* dst =
+          to_dev ? device_.data() + op.device_offset : host_ + op.host_offset;
+      const uint8_t* src = zero     ? nullptr
+                           : to_dev ? host_ + op.host_offset
+                                    : device_.data() + op.device_offset;
+      const uint64_t n =
+          std::clamp<uint64_t>(op.bytes / kMinPieceBytes, 1, copy_workers_);
+      const uint64_t piece =
+          ((op.bytes + n - 1) / n + kPageBytes - 1) & ~(kPageBytes - 1);
+      timings.push_back(OpTiming{op.bytes, to_dev, zero});
+      for (uint64_t done = 0; done < op.bytes; done += piece) {
+        pieces.push_back(Piece{dst + done, src ? src + done : nullptr,
+                               std::min(piece, op.bytes - done),
+                               timings.size() - 1});
+      }
+    }
+  };
+  add(to_host, /*to_dev=*/false, /*zero=*/false);
+  add(zero_device, /*to_dev=*/true, /*zero=*/true);
+  add(to_device, /*to_dev=*/true, /*zero=*/false);
+  if (pieces.empty()) return;
+
+  if (copy_workers_ == 1 || pieces.size() == 1) {
+    // Nothing to share (or a modelled link, one copy at a time): the
+    // sequencer copies alone, waking no one. One piece per copy here.
+    for (const Piece& p : pieces) {
+      OpTiming& t = timings[p.op];
+      t.start = Clock::now();
+      RunPiece(p);
+      Throttle(t.start, p.bytes);
+      t.end = Clock::now();
+    }
+  } else {
+    {
+      absl::MutexLock lock(&phase_mu_);
+      pieces_ = std::move(pieces);
+      timings_ = std::move(timings);
+      next_piece_ = 0;
+      pieces_left_ = pieces_.size();
+    }
+    // Every worker, the sequencer included, takes pieces until none is
+    // left; then the sequencer waits for the last ones in flight.
+    for (;;) {
+      Piece p;
+      {
+        absl::MutexLock lock(&phase_mu_);
+        if (next_piece_ >= pieces_.size()) break;
+        p = pieces_[next_piece_++];
+      }
+      RunSharedPiece(p);
+    }
+    absl::MutexLock lock(&phase_mu_);
+    phase_mu_.Await(absl::Condition(
+        +[](SimBackend* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->phase_mu_) {
+          return b->pieces_left_ == 0;
+        },
+        this));
+    timings = std::move(timings_);
+    timings_.clear();
+    pieces_.clear();
+    next_piece_ = 0;
+  }
+  if (!copy_observer_) return;
+  for (const OpTiming& t : timings) {
+    if (t.zero) continue;
+    copy_observer_(t.to_device, t.bytes,
+                   std::chrono::duration<double>(t.end - t.start).count());
+  }
+}
+
+void SimBackend::RunSharedPiece(const Piece& piece) {
+  const auto start = Clock::now();
+  RunPiece(piece);
+  const auto end = Clock::now();
+  absl::MutexLock lock(&phase_mu_);
+  OpTiming& t = timings_[piece.op];
+  t.start = std::min(t.start, start);
+  t.end = std::max(t.end, end);
+  --pieces_left_;
+}
+
+void SimBackend::CopierLoop() {
+  for (;;) {
+    Piece p;
+    {
+      absl::MutexLock lock(&phase_mu_);
+      phase_mu_.Await(absl::Condition(
+          +[](SimBackend* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->phase_mu_) {
+            return b->copiers_stop_ || b->next_piece_ < b->pieces_.size();
+          },
+          this));
+      if (next_piece_ >= pieces_.size()) return;  // stopping
+      p = pieces_[next_piece_++];
+    }
+    RunSharedPiece(p);
+  }
+}
+
+void SimBackend::SequencerLoop() {
+  static const std::vector<CopyOp> kNone;
   for (;;) {
     std::pair<uint64_t, CopyBatch> item;
     {
@@ -233,13 +369,12 @@ void SimBackend::WorkerLoop() {
       item = std::move(queue_.front());
       queue_.pop_front();
     }
-    // One worker runs batches in order, so write-backs always precede the
-    // loads submitted after them.
+    // Batches run one at a time, in order, and each phase ends before the
+    // next begins: write-backs always precede the installs (which withdraw
+    // the backings they read) and the loads submitted after them, and a
+    // batch has landed in full when its sequence is published.
     const CopyBatch& batch = item.second;
-    for (const auto& op : batch.to_host) {
-      Copy(host_ + op.host_offset, device_.data() + op.device_offset, op.bytes,
-           /*to_device=*/false);
-    }
+    RunPhase(batch.to_host, kNone, kNone);
     for (const auto& install : batch.installs) {
       for (const auto& [offset, bytes] : install.retire) {
         absl::Status s = device_.Withdraw(offset, bytes);
@@ -249,14 +384,7 @@ void SimBackend::WorkerLoop() {
                                      install.fd->get());
       if (!s.ok()) LOG(ERROR) << "sim slot installation: " << s;
     }
-    for (const auto& op : batch.zero_device) {
-      Copy(device_.data() + op.device_offset, nullptr, op.bytes,
-           /*to_device=*/true);
-    }
-    for (const auto& op : batch.to_device) {
-      Copy(device_.data() + op.device_offset, host_ + op.host_offset, op.bytes,
-           /*to_device=*/true);
-    }
+    RunPhase(kNone, batch.zero_device, batch.to_device);
     {
       absl::MutexLock lock(&mu_);
       completed_ = item.first;

@@ -133,6 +133,10 @@ absl::Status ParseDevice(const toml::table& table, size_t index,
       TP_ASSIGN_OR_RETURN(out->reserve_bytes, SizeValue(node, where));
     } else if (key == "sim_link_gbps") {
       TP_ASSIGN_OR_RETURN(out->sim_link_gbps, NumberValue(node, where));
+    } else if (key == "sim_copy_workers") {
+      TP_ASSIGN_OR_RETURN(const uint64_t workers,
+                          BoundedValue(node, where, 0, 16, false));
+      out->sim_copy_workers = static_cast<int>(workers);
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown key ", where));
     }
@@ -274,6 +278,9 @@ absl::Status DaemonConfig::Validate() const {
     }
     if (d.sim_link_gbps < 0) {
       return absl::InvalidArgumentError("sim_link_gbps must be >= 0");
+    }
+    if (d.sim_copy_workers < 0 || d.sim_copy_workers > 16) {
+      return absl::InvalidArgumentError("sim_copy_workers must be in 0..16");
     }
   }
   if (default_policy != "cpu" && default_policy != "cuda" &&

@@ -34,6 +34,7 @@ name = "sim0"
 backend = "sim"
 pool_bytes = "1GiB"
 sim_link_gbps = 25
+sim_copy_workers = 3
 
 [[device]]
 name = "cuda:1"
@@ -52,6 +53,8 @@ reserve_bytes = "1GiB"
   EXPECT_EQ(c->devices[0].backend, "sim");
   EXPECT_EQ(c->devices[0].pool_bytes, 1ull << 30);
   EXPECT_DOUBLE_EQ(c->devices[0].sim_link_gbps, 25);
+  EXPECT_EQ(c->devices[0].sim_copy_workers, 3);
+  EXPECT_EQ(c->devices[1].sim_copy_workers, 0);  // the default
   EXPECT_EQ(c->devices[1].name, "cuda:1");
   EXPECT_EQ(c->devices[1].reserve_bytes, 1ull << 30);
   EXPECT_TRUE(c->Validate().ok());
@@ -67,6 +70,7 @@ TEST(ConfigTest, BadFilesAreClearErrors) {
   EXPECT_NE(syntax.status().message().find("f.toml"), absl::string_view::npos);
   EXPECT_FALSE(ParseConfig("host_pool_bytes = true\n", "f").ok());
   EXPECT_FALSE(ParseConfig("[[device]]\nbogus = 1\n", "f").ok());
+  EXPECT_FALSE(ParseConfig("[[device]]\nsim_copy_workers = 17\n", "f").ok());
   auto policy = ParseConfig("default_policy = \"fast\"\n", "f");
   ASSERT_TRUE(policy.ok());
   EXPECT_FALSE(policy->Validate().ok());
