@@ -45,6 +45,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "tests/support/process.h"
+#include "tidepool/policy.h"
 #include "tidepool/session.h"
 
 ABSL_FLAG(std::string, chunks, "10,1000,100000", "chunks per session");
@@ -62,6 +63,8 @@ ABSL_FLAG(bool, worker, false, "internal: run as one session's worker");
 ABSL_FLAG(std::string, socket, "", "internal: the daemon's socket");
 ABSL_FLAG(bool, hot_path, true, "internal: the worker's path");
 ABSL_FLAG(int, worker_chunks, 0, "internal: chunks to register");
+ABSL_FLAG(std::string, policy, "cpu",
+          "the sessions' policy (cpu, auto, static, cuda)");
 
 namespace {
 
@@ -108,7 +111,13 @@ int WorkerMain() {
   const int count = absl::GetFlag(FLAGS_worker_chunks);
   tidepool::SessionOptions so;
   so.socket = absl::GetFlag(FLAGS_socket);
-  so.policy = tidepool::Policy::kCpu;
+  absl::StatusOr<tidepool::Policy> policy =
+      tidepool::ParsePolicy(absl::GetFlag(FLAGS_policy));
+  if (!policy.ok()) {
+    WorkerFail("policy", policy.status());
+    return 1;
+  }
+  so.policy = *policy;
   so.hot_path = absl::GetFlag(FLAGS_hot_path);
   so.chunk_size_bytes = chunk;
   so.client_name = "bench_latency";
@@ -350,6 +359,7 @@ absl::StatusOr<Row> RunRow(int chunks, int sessions, bool hot_path) {
          absl::StrCat("--hot_path=", hot_path ? "true" : "false"),
          absl::StrCat("--worker_chunks=", chunks),
          absl::StrCat("--chunk_kib=", absl::GetFlag(FLAGS_chunk_kib)),
+         absl::StrCat("--policy=", absl::GetFlag(FLAGS_policy)),
          absl::StrCat("--seconds=", absl::GetFlag(FLAGS_seconds))});
     if (!w.ok()) return w.status();
     workers.push_back(std::move(*w));
@@ -469,12 +479,14 @@ int main(int argc, char** argv) {
   rlimit files{};
   ::getrlimit(RLIMIT_NOFILE, &files);
   std::printf(
-      "bench/latency: sim backend, resident acquire+release pairs of one "
-      "%d KiB tensor per session, %.1f s per row and path, every session a "
+      "bench/latency: sim backend, policy %s, resident acquire+release "
+      "pairs of one %d KiB tensor per session, %.1f s per row and path, "
+      "every session a "
       "process; hot path vs gRPC (the baseline) on a fresh tidepoold each\n"
       "limits: open files %llu (soft) %llu (hard), vm.max_map_count %d; "
       "%ld cores\n",
-      absl::GetFlag(FLAGS_chunk_kib), absl::GetFlag(FLAGS_seconds),
+      absl::GetFlag(FLAGS_policy).c_str(), absl::GetFlag(FLAGS_chunk_kib),
+      absl::GetFlag(FLAGS_seconds),
       static_cast<unsigned long long>(files.rlim_cur),
       static_cast<unsigned long long>(files.rlim_max),
       ReadIntFile("/proc/sys/vm/max_map_count"),
