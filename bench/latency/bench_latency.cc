@@ -63,6 +63,9 @@ ABSL_FLAG(bool, worker, false, "internal: run as one session's worker");
 ABSL_FLAG(std::string, socket, "", "internal: the daemon's socket");
 ABSL_FLAG(bool, hot_path, true, "internal: the worker's path");
 ABSL_FLAG(int, worker_chunks, 0, "internal: chunks to register");
+ABSL_FLAG(bool, evicting, false,
+          "every acquire must evict: each session cycles through up to 64 "
+          "of its tensors on a device of 8 chunks per session");
 ABSL_FLAG(std::string, policy, "cpu",
           "the sessions' policy (cpu, auto, static, cuda)");
 
@@ -128,7 +131,11 @@ int WorkerMain() {
   }
   // One tensor a chunk; registered in batches to stay well inside the
   // daemon's request size.
-  uint64_t resident = 0;
+  // The tensors the timed pairs go through: one (resident), or up to 64
+  // in turn (--evicting: the device holds 8 per session, so every acquire
+  // evicts the least recently used and loads).
+  std::vector<uint64_t> cycle;
+  const size_t cycle_length = absl::GetFlag(FLAGS_evicting) ? 64 : 1;
   constexpr int kBatch = 8192;
   for (int first = 0; first < count; first += kBatch) {
     std::vector<tidepool::TensorSpec> specs;
@@ -145,17 +152,21 @@ int WorkerMain() {
                  t.status());
       return 1;
     }
-    if (first == 0) resident = (*t)[0].id;
+    for (size_t k = 0; k < t->size() && cycle.size() < cycle_length; ++k) {
+      cycle.push_back((*t)[k].id);
+    }
   }
   auto stats = (*s)->Stats();
   if (!stats.ok()) {
     WorkerFail("stats", stats.status());
     return 1;
   }
+  size_t next = 0;
   auto pair = [&]() -> absl::Status {
-    auto got = (*s)->Acquire({&resident, 1}, tidepool::AccessMode::kRead);
+    const uint64_t tensor = cycle[next++ % cycle.size()];
+    auto got = (*s)->Acquire({&tensor, 1}, tidepool::AccessMode::kRead);
     if (!got.ok()) return got.status();
-    return (*s)->Release({&resident, 1}, tidepool::TensorState::kHold);
+    return (*s)->Release({&tensor, 1}, tidepool::TensorState::kHold);
   };
   // The first pair loads the chunk; a few more warm both sides' caches.
   const auto warm_until = Clock::now() + std::chrono::milliseconds(100);
@@ -334,7 +345,10 @@ absl::StatusOr<Row> RunRow(int chunks, int sessions, bool hot_path) {
   const uint64_t chunk = uint64_t(absl::GetFlag(FLAGS_chunk_kib)) << 10;
   tidepool::testing::DaemonOptions options;
   options.device = "sim";
-  options.sim_capacity = "256MiB";
+  options.sim_capacity =
+      absl::GetFlag(FLAGS_evicting)
+          ? absl::StrCat(8 * sessions * absl::GetFlag(FLAGS_chunk_kib), "KiB")
+          : "256MiB";
   // Room for every home; a memfd's untouched pages cost no memory.
   const uint64_t host_mib = std::max<uint64_t>(
       1024, (uint64_t(sessions) * chunks * chunk >> 20) * 5 / 4 + 256);
@@ -360,6 +374,7 @@ absl::StatusOr<Row> RunRow(int chunks, int sessions, bool hot_path) {
          absl::StrCat("--worker_chunks=", chunks),
          absl::StrCat("--chunk_kib=", absl::GetFlag(FLAGS_chunk_kib)),
          absl::StrCat("--policy=", absl::GetFlag(FLAGS_policy)),
+         absl::StrCat("--evicting=", absl::GetFlag(FLAGS_evicting)),
          absl::StrCat("--seconds=", absl::GetFlag(FLAGS_seconds))});
     if (!w.ok()) return w.status();
     workers.push_back(std::move(*w));
@@ -479,14 +494,16 @@ int main(int argc, char** argv) {
   rlimit files{};
   ::getrlimit(RLIMIT_NOFILE, &files);
   std::printf(
-      "bench/latency: sim backend, policy %s, resident acquire+release "
-      "pairs of one %d KiB tensor per session, %.1f s per row and path, "
+      "bench/latency: sim backend, policy %s, %s acquire+release "
+      "pairs of %d KiB tensors, %.1f s per row and path, "
       "every session a "
       "process; hot path vs gRPC (the baseline) on a fresh tidepoold each\n"
       "limits: open files %llu (soft) %llu (hard), vm.max_map_count %d; "
       "%ld cores\n",
-      absl::GetFlag(FLAGS_policy).c_str(), absl::GetFlag(FLAGS_chunk_kib),
-      absl::GetFlag(FLAGS_seconds),
+      absl::GetFlag(FLAGS_policy).c_str(),
+      absl::GetFlag(FLAGS_evicting) ? "evicting (each acquire evicts one)"
+                                    : "resident",
+      absl::GetFlag(FLAGS_chunk_kib), absl::GetFlag(FLAGS_seconds),
       static_cast<unsigned long long>(files.rlim_cur),
       static_cast<unsigned long long>(files.rlim_max),
       ReadIntFile("/proc/sys/vm/max_map_count"),
