@@ -2,9 +2,12 @@
 // sizes and access order generated from their published configurations)
 // against a real tidepoold on the sim backend with a modelled 25 GB/s link,
 // and compares placement policies at device capacities of 25/50/75% of the
-// model state: bytes moved each way, stall time and step time, next to
-// offline Belady's bytes and the lower bound max(compute, time to move
-// Belady's bytes).
+// model state: bytes moved each way, stall time and step time, next to a
+// proven lower bound of the bytes of each run's own touches (the bench
+// exits 1 if a run moves fewer: LowerBoundBytes in daemon/policy) and the
+// step-time bounds (device compute, CPU Adam, bound bytes / link, and the
+// critical path backward -> update -> upload -> next forward); each row
+// also compares auto with the best other policy.
 //
 //   bench_policy                      # every model, 25/50/75%
 //   bench_policy --models=opt-1.3b --capacities=25 --steps=2
@@ -44,10 +47,14 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -55,6 +62,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/policy/workload.h"
 #include "daemon/policy/planner.h"
 #include "tests/support/process.h"
 #include "tidepool/session.h"
@@ -66,16 +74,6 @@ ABSL_FLAG(std::string, capacities, "25,50,75",
           "device capacities, % of the model state");
 ABSL_FLAG(std::string, policies, "auto,static,gemini,lru", "policies to run");
 ABSL_FLAG(double, link_gbps, 25, "modelled host<->device link, GB/s");
-ABSL_FLAG(double, tflops, 400, "modelled compute rate, TFLOP/s (bf16)");
-ABSL_FLAG(double, hbm_gbps, 2000, "modelled device memory bandwidth (Adam)");
-ABSL_FLAG(double, cpu_adam_gparams, 4.7,
-          "CPU AdamW rate, Gparam/s (bench/adam on the H100 machine's "
-          "16-core Xeon)");
-ABSL_FLAG(std::string, optimizer, "hybrid",
-          "hybrid: placed updates (GPU or CPU Adam, overlapped with "
-          "backward); device: GPU Adam ops after backward");
-ABSL_FLAG(int, batch, 8, "micro-batch size");
-ABSL_FLAG(int, seq, 1024, "sequence length");
 ABSL_FLAG(double, margin, 0.05, "auto/lru safety margin (of capacity)");
 ABSL_FLAG(int, scaled_state_mib, 768, "model state after scaling, MiB");
 ABSL_FLAG(double, dilation, 4, "time dilation of the replay");
@@ -86,288 +84,14 @@ ABSL_FLAG(int, steps, 2, "measured steps");
 namespace tidepool {
 namespace {
 
+using namespace policy_bench;  // NOLINT: the bench's own workload
+
 constexpr uint64_t kMiB = 1 << 20;
-constexpr uint64_t kGranularity = 2 * kMiB;  // sim slot size
-
-struct ModelConfig {
-  std::string name;
-  int layers, hidden, ffn, vocab, positions;
-  bool llama;  // SwiGLU, RMSNorm, no biases, untied head
-};
-
-const std::vector<ModelConfig>& Models() {
-  static const std::vector<ModelConfig> models = {
-      {"gpt2-xl", 48, 1600, 6400, 50257, 1024, false},
-      {"opt-1.3b", 24, 2048, 8192, 50272, 2050, false},
-      {"opt-2.7b", 32, 2560, 10240, 50272, 2050, false},
-      {"opt-6.7b", 32, 4096, 16384, 50272, 2050, false},
-      {"opt-13b", 40, 5120, 20480, 50272, 2050, false},
-      {"llama2-7b", 32, 4096, 11008, 32000, 0, true},
-      {"llama2-13b", 40, 5120, 13824, 32000, 0, true},
-  };
-  return models;
-}
-
-// One model part (embedding, a layer, the head): its parameter tensors.
-struct Part {
-  std::string name;
-  std::vector<std::pair<std::string, uint64_t>> params;  // name, elements
-  uint64_t elements = 0;
-};
-
-std::vector<Part> Parts(const ModelConfig& m) {
-  const uint64_t h = m.hidden, f = m.ffn;
-  std::vector<Part> parts;
-  Part embed{"embed"};
-  embed.params.push_back({"wte", uint64_t(m.vocab) * h});
-  if (m.positions > 0)
-    embed.params.push_back({"wpe", uint64_t(m.positions) * h});
-  parts.push_back(embed);
-  for (int l = 0; l < m.layers; ++l) {
-    Part p{"layer" + std::to_string(l)};
-    for (const char* w : {"q", "k", "v", "o"}) {
-      p.params.push_back({absl::StrCat("attn.", w), h * h});
-      if (!m.llama) p.params.push_back({absl::StrCat("attn.", w, ".b"), h});
-    }
-    if (m.llama) {
-      p.params.push_back({"mlp.gate", h * f});
-      p.params.push_back({"mlp.up", h * f});
-      p.params.push_back({"mlp.down", f * h});
-      p.params.push_back({"norm1", h});
-      p.params.push_back({"norm2", h});
-    } else {
-      p.params.push_back({"mlp.fc1", h * f});
-      p.params.push_back({"mlp.fc1.b", f});
-      p.params.push_back({"mlp.fc2", f * h});
-      p.params.push_back({"mlp.fc2.b", h});
-      p.params.push_back({"ln1", 2 * h});
-      p.params.push_back({"ln2", 2 * h});
-    }
-    parts.push_back(p);
-  }
-  Part head{"head"};
-  head.params.push_back({"norm_f", m.llama ? h : 2 * h});
-  if (m.llama) head.params.push_back({"lm_head", uint64_t(m.vocab) * h});
-  parts.push_back(head);
-  for (auto& p : parts) {
-    for (const auto& [n, e] : p.params) p.elements += e;
-  }
-  return parts;
-}
-
-bool Hybrid() { return absl::GetFlag(FLAGS_optimizer) == "hybrid"; }
-
-// AdamW on one part, full scale: on the device (reads grad, master, m, v;
-// writes master, m, v, param) or on the CPU.
-double DeviceAdamSeconds(const Part& p) {
-  return double(p.elements) * (2 + 12 + 12 + 2) /
-         (absl::GetFlag(FLAGS_hbm_gbps) * 1e9);
-}
-double CpuAdamSeconds(const Part& p) {
-  return double(p.elements) / (absl::GetFlag(FLAGS_cpu_adam_gparams) * 1e9);
-}
-
-// The replayed step, in full-model units.
-struct ReplayOp {
-  std::string key;
-  std::vector<int> parts;   // whose tensors it acquires
-  bool with_optim = false;  // also master, m, v of those parts
-  bool write = false;
-  double compute_s = 0;
-  double non_model_bytes = 0;
-};
-
-std::vector<ReplayOp> StepOps(const ModelConfig& m,
-                              const std::vector<Part>& parts) {
-  const double tokens =
-      double(absl::GetFlag(FLAGS_batch)) * absl::GetFlag(FLAGS_seq);
-  const double b = absl::GetFlag(FLAGS_batch), s = absl::GetFlag(FLAGS_seq);
-  const double h = m.hidden, rate = absl::GetFlag(FLAGS_tflops) * 1e12;
-  const double ckpt = 2 * tokens * h;      // a layer input, bf16
-  const double working = 34 * tokens * h;  // one layer's activations
-  const double attn_fwd = 4 * b * s * s * h;
-  const int head = int(parts.size()) - 1;
-  const bool tied = !m.llama;
-  std::vector<ReplayOp> ops;
-  ops.push_back({"embed/fwd", {0}, false, false, 2 * tokens * h / rate, ckpt});
-  for (int l = 0; l < m.layers; ++l) {
-    const double n = parts[l + 1].elements;
-    ops.push_back({absl::StrCat("layer", l, "/fwd"),
-                   {l + 1},
-                   false,
-                   false,
-                   (2 * tokens * n + attn_fwd) / rate,
-                   ckpt * (l + 1) + working});
-  }
-  const double logits = 6 * tokens * m.vocab;
-  std::vector<int> head_parts = {head};
-  if (tied) head_parts.push_back(0);
-  ops.push_back({"head/fwd+bwd", head_parts, false, true,
-                 6 * tokens * double(m.vocab) * h / rate,
-                 ckpt * (m.layers + 1) + logits});
-  for (int l = m.layers - 1; l >= 0; --l) {
-    const double n = parts[l + 1].elements;
-    ops.push_back({absl::StrCat("layer", l, "/bwd"),
-                   {l + 1},
-                   false,
-                   true,
-                   (8 * tokens * n + 3 * attn_fwd) / rate,
-                   ckpt * (l + 1) + working + 2 * tokens * h});
-  }
-  ops.push_back({"embed/bwd", {0}, false, true, 2 * tokens * h / rate, 0});
-  if (Hybrid()) return ops;  // updates are placed, not ops
-  const double hbm = absl::GetFlag(FLAGS_hbm_gbps) * 1e9;
-  for (size_t p = 0; p < parts.size(); ++p) {
-    // AdamW reads grad, master, m, v and writes master, m, v, param.
-    const double bytes = parts[p].elements * (2 + 12 + 12 + 2);
-    ops.push_back(
-        {parts[p].name + "/adam", {int(p)}, true, true, bytes / hbm, 0});
-  }
-  return ops;
-}
-
-struct Registered {
-  // Per part: its tensor ids (params), and its optimizer tensors.
-  std::vector<std::vector<uint64_t>> params, optim;
-  std::map<uint64_t, uint64_t> tensor_chunk;
-  std::map<uint64_t, uint64_t> chunk_bytes;
-};
-
-absl::StatusOr<Registered> RegisterModel(Session& s,
-                                         const std::vector<Part>& parts,
-                                         double scale) {
-  Registered r;
-  auto scaled = [&](uint64_t elements, int bytes_per) {
-    return std::max<int64_t>(
-        256, std::llround(double(elements) * bytes_per / scale));
-  };
-  std::vector<TensorSpec> specs;
-  for (const auto& p : parts) {
-    for (const auto& [n, e] : p.params) {
-      specs.push_back(
-          {p.name + "." + n, DType::kU8, {scaled(e, 2)}, Group::kParam});
-    }
-  }
-  for (const auto& p : parts) {
-    for (const auto& [n, e] : p.params) {
-      specs.push_back({p.name + "." + n + ".master",
-                       DType::kU8,
-                       {scaled(e, 4)},
-                       Group::kMaster});
-      specs.push_back({p.name + "." + n + ".m",
-                       DType::kU8,
-                       {scaled(e, 4)},
-                       Group::kOptimState});
-      specs.push_back({p.name + "." + n + ".v",
-                       DType::kU8,
-                       {scaled(e, 4)},
-                       Group::kOptimState});
-    }
-  }
-  auto got = s.Register(specs);
-  if (!got.ok()) return got.status();
-  r.params.resize(parts.size());
-  r.optim.resize(parts.size());
-  size_t k = 0;
-  for (size_t p = 0; p < parts.size(); ++p) {
-    for (size_t i = 0; i < parts[p].params.size(); ++i) {
-      r.params[p].push_back((*got)[k++].id);
-    }
-  }
-  for (size_t p = 0; p < parts.size(); ++p) {
-    for (size_t i = 0; i < parts[p].params.size() * 3; ++i) {
-      r.optim[p].push_back((*got)[k++].id);
-    }
-  }
-  for (const auto& t : *got) r.tensor_chunk[t.id] = t.chunk_id;
-  auto chunks = s.Chunks();
-  if (!chunks.ok()) return chunks.status();
-  for (const auto& c : *chunks) r.chunk_bytes[c.id] = c.bytes;
-  return r;
-}
-
-std::vector<uint64_t> OpTensors(const ReplayOp& op, const Registered& r) {
-  std::vector<uint64_t> out;
-  for (int p : op.parts) {
-    out.insert(out.end(), r.params[p].begin(), r.params[p].end());
-    if (op.with_optim) {
-      out.insert(out.end(), r.optim[p].begin(), r.optim[p].end());
-    }
-  }
-  return out;
-}
-
-// One part's update: its parameters (holding the gradient) and optimizer
-// state.
-std::vector<uint64_t> UpdateTensors(int part, const Registered& r) {
-  std::vector<uint64_t> out = r.params[part];
-  out.insert(out.end(), r.optim[part].begin(), r.optim[part].end());
-  return out;
-}
-
-// For each part, the op after which its update may start: the last op
-// that uses any of its parameter chunks (a chunk is computed on in one
-// place at a time, and parts share chunks at their edges).
-std::vector<int> LastUse(const std::vector<ReplayOp>& ops,
-                         const Registered& r) {
-  std::map<uint64_t, int> chunk_last;
-  for (size_t i = 0; i < ops.size(); ++i) {
-    for (uint64_t t : OpTensors(ops[i], r)) {
-      chunk_last[r.tensor_chunk.at(t)] = int(i);
-    }
-  }
-  std::vector<int> last(r.params.size(), -1);
-  for (size_t p = 0; p < r.params.size(); ++p) {
-    for (uint64_t t : r.params[p]) {
-      last[p] = std::max(last[p], chunk_last[r.tensor_chunk.at(t)]);
-    }
-  }
-  return last;
-}
-
-// The trace the daemon would record, for offline Belady.
-Trace BuildTrace(const std::vector<ReplayOp>& ops, const Registered& r,
-                 double scale) {
-  Trace t;
-  for (const auto& op : ops) {
-    TraceOp o{.key = op.key,
-              .non_model_bytes = uint64_t(op.non_model_bytes / scale)};
-    for (uint64_t tensor : OpTensors(op, r)) {
-      const uint64_t c = r.tensor_chunk.at(tensor);
-      if (std::find(o.chunks.begin(), o.chunks.end(), c) == o.chunks.end()) {
-        o.chunks.push_back(c);
-        if (op.write) o.written.push_back(c);
-      }
-      t.chunk_bytes[c] = r.chunk_bytes.at(c);
-    }
-    t.ops.push_back(std::move(o));
-  }
-  if (Hybrid()) {
-    // In the order the replay submits them (as the daemon records them).
-    const std::vector<int> last = LastUse(ops, r);
-    std::vector<int> order(r.params.size());
-    for (size_t p = 0; p < order.size(); ++p) order[p] = int(p);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return last[a] < last[b]; });
-    for (int p : order) {
-      PlacedSet set;
-      for (uint64_t tensor : UpdateTensors(p, r)) {
-        const uint64_t c = r.tensor_chunk.at(tensor);
-        set.chunks.push_back(c);
-        t.chunk_bytes[c] = r.chunk_bytes.at(c);
-      }
-      std::sort(set.chunks.begin(), set.chunks.end());
-      set.chunks.erase(std::unique(set.chunks.begin(), set.chunks.end()),
-                       set.chunks.end());
-      set.written = set.chunks;
-      if (std::none_of(t.placed.begin(), t.placed.end(),
-                       [&](const auto& s) { return s.chunks == set.chunks; })) {
-        t.placed.push_back(std::move(set));
-      }
-    }
-  }
-  return t;
-}
+constexpr uint64_t kGranularity = 2 * kMiB;  // chunk sizes: multiples
+// What the daemon rounds a chunk's device bytes to on the sim backend (its
+// allocation granularity, daemon/backend/sim_backend.cc): budgets, the
+// plan and the bound count room in it, as the daemon does.
+constexpr uint64_t kDeviceGranularity = 64 << 10;
 
 struct RunResult {
   bool ok = false;
@@ -376,11 +100,20 @@ struct RunResult {
   double stall = 0, step = 0;         // seconds per step, full scale
   uint64_t prefetch_hits = 0, prefetch_late = 0, prefetch_wasted = 0;
   int device_updates = 0, host_updates = 0;  // last measured step
-  std::string placement;                     // the planner's state at the end
+  std::vector<int> where;  // per part: 1 device, 0 host (hybrid)
+  std::string placement;   // the planner's state at the end
   std::string detail;
 };
 
 using Clock = std::chrono::steady_clock;
+
+// The machine's load (uptime's three averages), printed with the figures.
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return in ? absl::StrCat(one, " ", five, " ", fifteen) : "unknown";
+}
 
 // Modelled compute: sleeps, then spins out the last stretch, since the
 // timer's overshoot (tens of microseconds) would otherwise add up over the
@@ -407,7 +140,9 @@ class Updater {
         parts_(parts),
         scale_(scale),
         dilation_(dilation),
-        inline_(inline_updates) {
+        inline_(inline_updates),
+        where_(parts.size()) {
+    for (auto& w : where_) w = -1;
     if (!inline_) worker_ = std::thread([this] { Loop(); });
   }
   ~Updater() {
@@ -438,6 +173,12 @@ class Updater {
   int on_device() const { return on_device_; }
   int on_host() const { return on_host_; }
   double acquire_wall() const { return acquire_wall_; }
+  // Per part, where its update last ran: 1 device, 0 host, -1 not yet.
+  std::vector<int> where() const {
+    std::vector<int> out;
+    for (const auto& w : where_) out.push_back(w);
+    return out;
+  }
 
  private:
   void Loop() {
@@ -462,6 +203,7 @@ class Updater {
     absl::Status status = got.status();
     if (got.ok()) {
       ++(got->on_device ? on_device_ : on_host_);
+      where_[part] = got->on_device ? 1 : 0;
       const double full = got->on_device ? DeviceAdamSeconds(parts_[part])
                                          : CpuAdamSeconds(parts_[part]);
       Compute(full / scale_ * dilation_);
@@ -490,6 +232,7 @@ class Updater {
   absl::Status status_;
   std::atomic<int> on_device_{0}, on_host_{0};
   std::atomic<double> acquire_wall_{0};
+  std::vector<std::atomic<int>> where_;
   std::thread worker_;
 };
 
@@ -611,6 +354,7 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
     return out;
   }
   out.ok = true;
+  out.where = updater.where();
   out.to_device =
       double(after->bytes_to_device - before.bytes_to_device) * scale / steps;
   out.to_host =
@@ -646,6 +390,75 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
   return out;
 }
 
+// The step-time bounds of a row, full scale: each resource alone, and the
+// dependency chain from a part's last backward op through its update (and
+// the upload of its updated parameters) to its first forward op of the
+// next step.
+struct StepBounds {
+  double device = 0, cpu_adam = 0, link = 0, chain = 0;
+  std::string chain_part;
+  double max() const { return std::max({device, cpu_adam, link, chain}); }
+  std::string binding() const {
+    const double m = max();
+    if (chain == m) return "critical path via " + chain_part;
+    if (device == m) return "device compute";
+    if (link == m) return "link";
+    return "CPU Adam";
+  }
+};
+
+// The chain bound: the device runs the ops one after another without
+// stalls; one worker runs the updates in the order they are submitted
+// (each once its part's last op is done, on the device at GPU Adam's rate
+// or on the host at CPU Adam's, as `where` says; unknown: the cheaper);
+// the next step's first op that uses a host-updated part waits for the
+// update and for its parameter chunks to cross the link again. The step
+// is at least the time from its start to that op's start, next step.
+double ChainBound(const std::vector<ReplayOp>& ops,
+                  const std::vector<Part>& parts, const Registered& reg,
+                  const std::vector<int>& where, double link,
+                  std::string* part_name) {
+  const std::vector<int> last = LastUse(ops, reg);
+  std::vector<double> end(ops.size());
+  double t = 0;
+  for (size_t i = 0; i < ops.size(); ++i) end[i] = t += ops[i].compute_s;
+  std::vector<int> order(parts.size());
+  for (size_t p = 0; p < order.size(); ++p) order[p] = int(p);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return last[a] < last[b]; });
+  double worker = 0, bound = 0;
+  for (int p : order) {
+    std::set<uint64_t> chunks;
+    for (uint64_t tensor : reg.params[p]) {
+      chunks.insert(reg.tensor_chunk.at(tensor));
+    }
+    double upload = 0;
+    for (uint64_t c : chunks) upload += double(reg.chunk_bytes.at(c));
+    upload /= link;  // bytes here are full scale already (see caller)
+    const double gpu = DeviceAdamSeconds(parts[p]);
+    const double cpu = CpuAdamSeconds(parts[p]);
+    const int w = p < int(where.size()) ? where[p] : -1;
+    const bool device = w == 1 || (w == -1 && gpu <= cpu + upload);
+    const double start = std::max(worker, last[p] >= 0 ? end[last[p]] : 0.0);
+    worker = start + (device ? gpu : cpu);
+    const double ready = worker + (device ? 0.0 : upload);
+    // The first op of the next step that touches the part's parameters.
+    size_t first = ops.size();
+    for (size_t i = 0; i < ops.size() && first == ops.size(); ++i) {
+      for (int q : ops[i].parts) {
+        if (q == p) first = i;
+      }
+    }
+    if (first == ops.size()) continue;
+    const double before = first > 0 ? end[first - 1] : 0.0;
+    if (ready - before > bound) {
+      bound = ready - before;
+      *part_name = parts[p].name + (device ? " (GPU Adam)" : " (CPU Adam)");
+    }
+  }
+  return bound;
+}
+
 int Main() {
   const double link = absl::GetFlag(FLAGS_link_gbps) * 1e9;
   const double dilation = absl::GetFlag(FLAGS_dilation);
@@ -665,6 +478,7 @@ int Main() {
        absl::StrSplit(absl::GetFlag(FLAGS_capacities), ',')) {
     capacities.push_back(std::stoi(std::string(c)));
   }
+  const int measured = absl::GetFlag(FLAGS_steps);
   absl::PrintF(
       "bench_policy: trace replay on tidepoold (sim backend), modelled link "
       "%.0f GB/s, compute %.0f TFLOP/s, GPU Adam at %.0f GB/s HBM, CPU Adam "
@@ -678,17 +492,23 @@ int Main() {
       "Each model is scaled by S to %d MiB of model state (bytes and compute "
       "time / S together) and replayed %.0fx slower (sim link %.2f GB/s); "
       "figures below are per step, scaled back to the full model on the "
-      "%.0f GB/s link. %d warm-up + %d measured step(s).\n",
+      "%.0f GB/s link. %d warm-up + %d measured step(s). Load before: %s\n",
       absl::GetFlag(FLAGS_scaled_state_mib), dilation, link / 1e9 / dilation,
-      link / 1e9, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_steps));
+      link / 1e9, absl::GetFlag(FLAGS_warmup), measured, LoadAverage());
   absl::PrintF(
-      "belady = offline Belady on the same trace and per-op budget "
-      "(capacity - non-model - margin), demand loads, clean drop, updates "
-      "placed as auto places them; LB = max(device compute incl. GPU Adam, "
-      "CPU Adam, belady bytes / link).\n\n");
+      "bound = proven lower bound on the bytes of exactly the touches this "
+      "policy's run makes (the step's ops, its updates' drops) within the "
+      "per-op budget (capacity - non-model - margin, in whole slots), over "
+      "the %d measured step(s) from any start; plan = auto's plan replayed "
+      "offline. Step bounds: device compute incl. GPU Adam, CPU Adam, the "
+      "bound's bytes / link, and the critical path (last backward op -> "
+      "update -> upload -> next forward), for auto's placement.\n\n",
+      measured);
   absl::PrintF("%-11s %4s %-7s %9s %9s %8s %8s %8s %8s %7s %9s %7s\n", "model",
-               "cap", "policy", "H2D GB", "D2H GB", "xBelady", "stall s",
+               "cap", "policy", "H2D GB", "D2H GB", "xBound", "stall s",
                "step s", "xLB", "xGemini", "prefetch", "GPU-upd");
+  int violations = 0;
+  int auto_losses = 0;
   for (const auto& model : Models()) {
     if (std::find(want_models.begin(), want_models.end(), model.name) ==
         want_models.end()) {
@@ -733,10 +553,13 @@ int Main() {
                      daemon.status().ToString());
         return 1;
       }
-      // Offline Belady on the trace of a probe registration (same packing).
-      double belady_in = 0, belady_out = 0;
-      double device_updates = 0, cpu_updates = 0;  // seconds, as auto plans
+      // The trace of a probe registration (same packing as every run).
+      double plan_in = 0, plan_out = 0;
+      std::vector<int> auto_where(parts.size(), -1);
       std::pair<double, double> static_offload{0, 1};
+      std::optional<Registered> reg;
+      std::optional<Trace> trace;
+      std::vector<uint64_t> budgets;
       {
         SessionOptions o;
         o.socket = (*daemon)->socket();
@@ -746,47 +569,53 @@ int Main() {
           absl::PrintF("probe: %s\n", probe.status().ToString());
           return 1;
         }
-        auto reg = RegisterModel(**probe, parts, scale);
-        if (!reg.ok()) {
-          absl::PrintF("register: %s\n", reg.status().ToString());
+        auto got = RegisterModel(**probe, parts, scale);
+        if (!got.ok()) {
+          absl::PrintF("register: %s\n", got.status().ToString());
           return 1;
         }
-        // The same plan auto makes (its prefetch reserve decides where
-        // updates go), with Belady keeping to the full budget.
-        Trace trace = BuildTrace(ops, *reg, scale);
+        reg = std::move(*got);
+        trace = BuildTrace(ops, *reg, scale);
         uint64_t reserve = 0;
-        for (const auto& [c, bytes] : trace.chunk_bytes) {
-          reserve = std::max(reserve, (bytes + kGranularity - 1) /
-                                          kGranularity * kGranularity);
+        for (const auto& [c, bytes] : trace->chunk_bytes) {
+          reserve =
+              std::max(reserve, (bytes + kDeviceGranularity - 1) /
+                                    kDeviceGranularity * kDeviceGranularity);
         }
-        Plan plan(std::move(trace),
-                  {.pool_capacity = capacity,
-                   .margin_ratio = absl::GetFlag(FLAGS_margin),
-                   .granularity = kGranularity,
-                   .prefetch_reserve = reserve});
-        OfflineResult best =
-            SimulateOffline(plan, {.steps = 3, .measure_from = 2});
-        belady_in = double(best.bytes_to_device) * scale;
-        belady_out = double(best.bytes_to_host) * scale;
+        const PlanOptions base{.pool_capacity = capacity,
+                               .margin_ratio = absl::GetFlag(FLAGS_margin),
+                               .granularity = kDeviceGranularity};
+        {
+          const Plan budget_plan(*trace, base);
+          for (size_t i = 0; i < budget_plan.size(); ++i) {
+            budgets.push_back(budget_plan.Budget(i));
+          }
+        }
+        // The plan auto makes, chosen the same way.
+        const PlanChoice choice = ChoosePlanOptions(*trace, base, reserve);
+        Plan plan(*trace, choice.options);
+        plan_in = double(choice.chosen.bytes_to_device) * scale;
+        plan_out = double(choice.chosen.bytes_to_host) * scale;
         if (getenv("BENCH_POLICY_VERBOSE") != nullptr) {
           uint64_t min_budget = ~0ull;
           for (size_t i = 0; i < plan.size(); ++i) {
             min_budget = std::min(min_budget, plan.DemandBudget(i));
           }
-          int shared = 0;
-          for (uint64_t c : plan.kept())
-            shared += plan.host_writes().contains(c);
-          std::string where;
+          std::string placed;
           for (const auto& set : plan.trace().placed) {
-            where += plan.PlacedOnDevice(set.chunks) ? 'D' : 'h';
+            placed += plan.PlacedOnDevice(set.chunks) ? 'D' : 'h';
           }
           absl::PrintF(
-              "    plan: %d placed sets, %d on the device (%d MiB kept, %d "
-              "kept chunks also written on the host), smallest demand "
-              "budget %d MiB of %d MiB; in recorded order %s\n",
-              plan.trace().placed.size(), plan.placed_on_device(),
-              plan.kept_bytes() / kMiB, shared, min_budget / kMiB,
-              capacity / kMiB, where);
+              "    plan: reserve %d MiB (blocked without %.1f GB), %d of %d "
+              "placed sets on the device (room for %d; %d MiB kept), "
+              "smallest demand budget %d MiB of %d MiB, offline LRU %.1f "
+              "GB; in recorded order %s\n",
+              choice.options.prefetch_reserve / kMiB,
+              double(choice.blocked_without_reserve) * scale / 1e9,
+              plan.placed_on_device(), plan.trace().placed.size(),
+              choice.device_sets_allowed, plan.kept_bytes() / kMiB,
+              min_budget / kMiB, capacity / kMiB,
+              double(choice.lru.moved()) * scale / 1e9, placed);
         }
         if (Hybrid()) {
           for (size_t p = 0; p < parts.size(); ++p) {
@@ -794,11 +623,7 @@ int Main() {
             for (uint64_t t : UpdateTensors(int(p), *reg)) {
               chunks.push_back(reg->tensor_chunk.at(t));
             }
-            if (plan.PlacedOnDevice(chunks)) {
-              device_updates += DeviceAdamSeconds(parts[p]);
-            } else {
-              cpu_updates += CpuAdamSeconds(parts[p]);
-            }
+            auto_where[p] = plan.PlacedOnDevice(chunks) ? 1 : 0;
           }
         }
         // static: keep what fits beside the peak non-model bytes and room
@@ -819,18 +644,59 @@ int Main() {
         static_offload = {1 - keep_params / param_bytes,
                           1 - keep_optim / optim_bytes};
       }
-      // The device runs the ops and GPU Adam, the CPU runs CPU Adam, the
-      // link moves Belady's bytes: each alone is a bound.
-      const double lb = std::max({compute + device_updates, cpu_updates,
-                                  (belady_in + belady_out) / link});
+      // The proven bound of the touches a run made: its ops, and the drops
+      // of what its host updates wrote (`where`: per part, 0 = host).
+      auto bound = [&](const std::vector<int>& where) {
+        std::unordered_set<uint64_t> dropped;
+        if (Hybrid()) {
+          for (size_t p = 0; p < parts.size(); ++p) {
+            if (p < where.size() && where[p] == 1) continue;
+            for (uint64_t t : UpdateTensors(int(p), *reg)) {
+              dropped.insert(reg->tensor_chunk.at(t));
+            }
+          }
+        }
+        const ByteBound b = LowerBoundBytes(*trace, budgets, kDeviceGranularity,
+                                            dropped, measured);
+        return std::pair<double, double>{double(b.to_device) * scale / measured,
+                                         double(b.to_host) * scale / measured};
+      };
       absl::PrintF("%-11s %3d%% %-7s %9.1f %9.1f %8s %8s %8s %8s %7s %9s %7s\n",
-                   model.name, pct, "belady", belady_in / 1e9, belady_out / 1e9,
-                   "1.00", "-", "-", "-", "-", "-", "-");
+                   model.name, pct, "plan", plan_in / 1e9, plan_out / 1e9, "-",
+                   "-", "-", "-", "-", "-", "-");
       std::map<std::string, RunResult> results;
       for (const auto& policy : policies) {
         results[policy] = RunPolicy(**daemon, policy, model, parts, ops, scale,
                                     static_offload);
       }
+      // Step bounds for auto's placement (as planned if auto did not run).
+      std::vector<int> where = auto_where;
+      auto a = results.find("auto");
+      if (a != results.end() && a->second.ok && Hybrid())
+        where = a->second.where;
+      StepBounds sb;
+      {
+        double device_updates = 0, cpu_updates = 0;
+        for (size_t p = 0; p < parts.size() && Hybrid(); ++p) {
+          if (where[p] == 1) {
+            device_updates += DeviceAdamSeconds(parts[p]);
+          } else {
+            cpu_updates += CpuAdamSeconds(parts[p]);
+          }
+        }
+        const auto [in, out] = bound(where);
+        sb.device = compute + device_updates;
+        sb.cpu_adam = cpu_updates;
+        sb.link = (in + out) / link;
+        if (Hybrid()) {
+          Registered full = *reg;  // chunk bytes at full scale
+          for (auto& [c, b] : full.chunk_bytes) b = uint64_t(double(b) * scale);
+          sb.chain = ChainBound(ops, parts, full, where, link, &sb.chain_part);
+        }
+      }
+      const double lb = sb.max();
+      double best_other_bytes = 0, best_other_step = 0;
+      std::string best_bytes_policy, best_step_policy;
       for (const auto& policy : policies) {
         const RunResult& r = results[policy];
         if (!r.ok) {
@@ -839,7 +705,7 @@ int Main() {
           continue;
         }
         const double moved = r.to_device + r.to_host;
-        const double belady = belady_in + belady_out;
+        const auto [bin, bout] = bound(r.where);
         std::string vs_gemini = "-";
         auto g = results.find("gemini");
         if (g != results.end() && g->second.ok && policy != "gemini") {
@@ -859,33 +725,78 @@ int Main() {
             "%-11s %3d%% %-7s %9.1f %9.1f %8.2f %8.2f %8.2f %8.2f "
             "%7s %9s %7s\n",
             model.name, pct, policy, r.to_device / 1e9, r.to_host / 1e9,
-            belady > 0 ? moved / belady : 0.0, r.stall, r.step, r.step / lb,
-            vs_gemini, prefetch, updates);
-        if (getenv("BENCH_POLICY_VERBOSE") != nullptr) {
-          absl::PrintF("    %s: placement %s, prefetch wasted %d, %s\n", policy,
-                       r.placement, r.prefetch_wasted, r.detail);
+            bin + bout > 0 ? moved / (bin + bout) : 0.0, r.stall, r.step,
+            r.step / lb, vs_gemini, prefetch, updates);
+        // Bytes are counted exactly by the daemon; 1 part in 10^6 absorbs
+        // the scaling's rounding.
+        if (moved < (bin + bout) * (1 - 1e-6)) {
+          ++violations;
+          absl::PrintF(
+              "!!! BOUND VIOLATED: %s at %d%%, %s moved %.3f GB < the proven "
+              "lower bound %.3f GB of its own touches: the bound or the "
+              "daemon's byte counts are wrong\n",
+              model.name, pct, policy, moved / 1e9, (bin + bout) / 1e9);
         }
+        if (getenv("BENCH_POLICY_VERBOSE") != nullptr) {
+          absl::PrintF(
+              "    %s: bound %.1f + %.1f GB, placement %s, prefetch wasted "
+              "%d, %s\n",
+              policy, bin / 1e9, bout / 1e9, r.placement, r.prefetch_wasted,
+              r.detail);
+        }
+        if (policy == "auto") continue;
+        if (best_bytes_policy.empty() || moved < best_other_bytes) {
+          best_other_bytes = moved;
+          best_bytes_policy = policy;
+        }
+        if (best_step_policy.empty() || r.step < best_other_step) {
+          best_other_step = r.step;
+          best_step_policy = policy;
+        }
+      }
+      if (a != results.end() && a->second.ok && !best_bytes_policy.empty()) {
+        const double moved = a->second.to_device + a->second.to_host;
+        const bool lose = moved > best_other_bytes * 1.001;
+        auto_losses += lose;
+        absl::PrintF(
+            "%-11s %3d%% auto vs best other: bytes %.2fx (%s, %.1f GB)%s, "
+            "step %.2fx (%s, %.2f s)\n",
+            model.name, pct, moved / best_other_bytes, best_bytes_policy,
+            best_other_bytes / 1e9, lose ? " MORE" : "",
+            a->second.step / best_other_step, best_step_policy,
+            best_other_step);
       }
       if (Hybrid()) {
         absl::PrintF(
-            "%-11s %3d%% LB %.2f s (device %.2f s of which GPU Adam %.2f s, "
-            "CPU Adam %.2f s, belady transfer %.2f s)\n",
-            model.name, pct, lb, compute + device_updates, device_updates,
-            cpu_updates, (belady_in + belady_out) / link);
+            "%-11s %3d%% LB %.2f s, binds: %s (device %.2f s, CPU Adam %.2f "
+            "s, link %.2f s, critical path %.2f s via %s)\n",
+            model.name, pct, lb, sb.binding(), sb.device, sb.cpu_adam, sb.link,
+            sb.chain, sb.chain_part);
       } else {
         absl::PrintF(
-            "%-11s %3d%% LB %.2f s (device %.2f s incl. GPU Adam, belady "
-            "transfer %.2f s)\n",
-            model.name, pct, lb, compute, (belady_in + belady_out) / link);
+            "%-11s %3d%% LB %.2f s, binds: %s (device %.2f s incl. GPU "
+            "Adam, link %.2f s)\n",
+            model.name, pct, lb, sb.binding(), sb.device, sb.link);
       }
     }
   }
   absl::PrintF(
-      "\nxBelady: bytes moved (both ways) / offline Belady's. xLB: step time "
-      "/ lower bound. xGemini: Gemini-like step time / this policy's "
+      "\nxBound: bytes moved (both ways) / the proven lower bound of the "
+      "policy's own touches (>= 1 always). xLB: step time / the largest "
+      "step-time bound. xGemini: Gemini-like step time / this policy's "
       "(>1: faster than Gemini-like). stall: the trainer's time in Acquire "
       "waiting for bytes (incl. the RPC) and, hybrid, for the optimizer at "
-      "the step's end. GPU-upd: updates placed on the device / all.\n");
+      "the step's end. GPU-upd: updates placed on the device / all. auto "
+      "moved more bytes than the best other policy in %d row(s). Load "
+      "after: %s\n",
+      auto_losses, LoadAverage());
+  if (violations > 0) {
+    absl::PrintF(
+        "\n!!! bench_policy FAILED: %d run(s) moved fewer bytes than the "
+        "proven lower bound of their own workload.\n",
+        violations);
+    return 1;
+  }
   return 0;
 }
 

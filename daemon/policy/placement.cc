@@ -231,18 +231,18 @@ void SessionPlacement::OnStep() {
           // Gemini's gpu_margin_mem_ratio defaults to 0: optimizer state
           // stays on the host (CPU Adam).
           options.place_updates = false;
-        } else if (config_.prefetch) {
-          // Room for the largest chunk to stream in ahead of its op.
-          for (const auto& [c, bytes] : trace->chunk_bytes) {
-            options.prefetch_reserve = std::max(
-                options.prefetch_reserve,
-                (bytes + granularity_ - 1) / granularity_ * granularity_);
+        } else {
+          // Room for the largest chunk to stream in ahead of its op, and
+          // the updates the room allows on the device, each only where the
+          // replayed step says it costs fewer bytes than it buys.
+          uint64_t reserve = 0;
+          if (config_.prefetch) {
+            for (const auto& [c, bytes] : trace->chunk_bytes) {
+              reserve = std::max(reserve, (bytes + granularity_ - 1) /
+                                              granularity_ * granularity_);
+            }
           }
-          // A pool of a few chunks needs them all for demand: holding one
-          // back for overlap would cost a reload for every chunk it saves.
-          if (pool_capacity_ < 4 * options.prefetch_reserve) {
-            options.prefetch_reserve = 0;
-          }
+          options = ChoosePlanOptions(*trace, options, reserve).options;
         }
         plan_.emplace(std::move(*trace), options);
         state_ = PlacementState::kPlanned;
@@ -281,6 +281,8 @@ void SessionPlacement::OnStep() {
 
 void SessionPlacement::OnChunkCreated(uint64_t chunk, Group group,
                                       uint64_t bytes) {
+  max_chunk_ = std::max(
+      max_chunk_, (bytes + granularity_ - 1) / granularity_ * granularity_);
   const bool optim = group == Group::kMaster || group == Group::kOptimState;
   const bool param = group == Group::kParam || group == Group::kGrad;
   if (!optim && !param) return;
@@ -315,8 +317,8 @@ bool SessionPlacement::kept(uint64_t chunk) const {
 
 uint64_t SessionPlacement::HeadroomLimit() const {
   const uint64_t measured = SatAdd(pool_capacity_, outside_);
-  return SatSub(std::min(pool_capacity_, SatSub(measured, non_model_)),
-                Fraction(config_.margin_ratio, measured));
+  return MarginBudget(std::min(pool_capacity_, SatSub(measured, non_model_)),
+                      Fraction(config_.margin_ratio, measured), max_chunk_);
 }
 
 uint64_t SessionPlacement::Limit() const {

@@ -174,6 +174,8 @@ class SessionPlacement {
   const PlacementConfig config_;
   const uint64_t pool_capacity_;
   const uint64_t granularity_;
+  // The session's largest chunk, rounded: the unit its room is used in.
+  uint64_t max_chunk_ = 1;
 
   PlacementState state_ = PlacementState::kRecording;
   TraceRecorder recorder_;

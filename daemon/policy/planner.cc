@@ -33,6 +33,11 @@ bool BeladyBetter(uint64_t da, const EvictionCandidate& a, uint64_t db,
 
 }  // namespace
 
+uint64_t MarginBudget(uint64_t room, uint64_t margin, uint64_t slot) {
+  const uint64_t g = std::max<uint64_t>(slot, 1);
+  return std::max(SatSub(room, margin), SatSub(room / g * g, margin / g * g));
+}
+
 Plan::Plan(Trace trace, const PlanOptions& options)
     : trace_(std::move(trace)), options_(options) {
   if (options_.granularity == 0) options_.granularity = 1;
@@ -46,6 +51,10 @@ Plan::Plan(Trace trace, const PlanOptions& options)
     outside = std::min(outside, op.outside_bytes);
   if (n == 0) outside = 0;
   measured_capacity_ = SatAdd(options_.pool_capacity, outside);
+  uint64_t slot = 1;
+  for (const auto& [c, bytes] : trace_.chunk_bytes) {
+    slot = std::max(slot, Rounded(bytes));
+  }
   budget_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const uint64_t non_model = trace_.ops[i].non_model_bytes;
@@ -54,9 +63,10 @@ Plan::Plan(Trace trace, const PlanOptions& options)
           Fraction(options_.fixed_capacity_ratio, options_.pool_capacity),
           non_model);
     } else {
-      budget_[i] = SatSub(std::min(options_.pool_capacity,
-                                   SatSub(measured_capacity_, non_model)),
-                          Fraction(options_.margin_ratio, measured_capacity_));
+      budget_[i] = MarginBudget(
+          std::min(options_.pool_capacity,
+                   SatSub(measured_capacity_, non_model)),
+          Fraction(options_.margin_ratio, measured_capacity_), slot);
     }
   }
   demand_budget_.resize(n);
@@ -101,7 +111,7 @@ void Plan::PlaceUpdates() {
       continue;
     }
     bool on_device = false;
-    if (place) {
+    if (place && placed_on_device_ < options_.max_device_sets) {
       uint64_t extra = 0;
       for (uint64_t c : set.chunks) {
         if (!op_chunks.contains(c) && !kept_.contains(c)) {
@@ -369,10 +379,23 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
       };
       while (used > budget && evict_one()) {
       }
+      const std::vector<uint64_t>* prev =
+          pos > 0 ? &plan.op(pos - 1).chunks
+                  : (step > 0 ? &plan.op(n - 1).chunks : nullptr);
       for (uint64_t c : op.chunks) {
         if (resident.contains(c)) continue;
         const uint64_t need = plan.Rounded(plan.ChunkBytes(c));
+        const size_t evicted_before = out.victims.size();
         while (used + need > budget && evict_one()) {
+        }
+        if (measure && prev != nullptr) {
+          for (size_t k = evicted_before; k < out.victims.size(); ++k) {
+            if (std::find(prev->begin(), prev->end(), out.victims[k]) !=
+                prev->end()) {
+              out.blocked_bytes += plan.ChunkBytes(c);
+              break;
+            }
+          }
         }
         resident[c] = State{};
         used += need;
@@ -395,6 +418,143 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options) {
       }
     }
   }
+  return out;
+}
+
+PlanChoice ChoosePlanOptions(const Trace& trace, PlanOptions base,
+                             uint64_t reserve_candidate) {
+  // Three steps from an empty device, the last one measured: the first
+  // loads everything, the second settles what a wrap-around keeps.
+  const OfflineOptions served{
+      .steps = 3, .measure_from = 2, .demand_budget = true};
+  auto replay = [&](const PlanOptions& o) {
+    return SimulateOffline(Plan(trace, o), served);
+  };
+  PlanChoice choice;
+  {
+    PlanOptions lru = base;
+    lru.prefetch_reserve = 0;
+    lru.place_updates = false;
+    choice.lru = SimulateOffline(
+        Plan(trace, lru),
+        {.steps = 3, .measure_from = 2, .victim = OfflineVictim::kLru});
+  }
+  // Reserve or not, each with as many device sets as fit; then the device
+  // sets are checked against placing none.
+  PlanOptions without = base;
+  without.prefetch_reserve = 0;
+  const OfflineResult r0 = replay(without);
+  choice.blocked_without_reserve = r0.blocked_bytes;
+  PlanOptions chosen = without;
+  OfflineResult best = r0;
+  if (reserve_candidate > 0) {
+    PlanOptions with = base;
+    with.prefetch_reserve = reserve_candidate;
+    const OfflineResult rr = replay(with);
+    const uint64_t extra =
+        rr.moved() > r0.moved() ? rr.moved() - r0.moved() : 0;
+    // With the reserve, a load the previous op's chunk blocked streams
+    // into the reserve during that op instead (the reserve holds the
+    // largest chunk): it unblocks them all.
+    if (extra < r0.blocked_bytes && rr.moved() <= choice.lru.moved()) {
+      chosen = with;
+      best = rr;
+    }
+  }
+  const size_t allowed = Plan(trace, chosen).placed_on_device();
+  choice.device_sets_allowed = allowed;
+  if (allowed > 0) {
+    PlanOptions none = chosen;
+    none.max_device_sets = 0;
+    const OfflineResult r_none = replay(none);
+    // Fewer device sets free room: the most that move no more bytes.
+    size_t k = allowed;
+    OfflineResult rk = best;
+    while (k > 0 && rk.moved() > r_none.moved()) {
+      --k;
+      PlanOptions o = chosen;
+      o.max_device_sets = k;
+      rk = k == 0 ? r_none : replay(o);
+    }
+    chosen.max_device_sets = k;
+    best = rk;
+  }
+  choice.options = chosen;
+  choice.chosen = best;
+  return choice;
+}
+
+ByteBound LowerBoundBytes(const Trace& trace, std::span<const uint64_t> budget,
+                          uint64_t granularity,
+                          const std::unordered_set<uint64_t>& dropped,
+                          int steps) {
+  ByteBound out;
+  const size_t n = trace.ops.size();
+  if (n == 0 || steps <= 0 || budget.size() < n) return out;
+  const uint64_t g = std::max<uint64_t>(granularity, 1);
+  auto rounded = [&](uint64_t b) { return (b + g - 1) / g * g; };
+  auto bytes = [&](uint64_t c) {
+    auto it = trace.chunk_bytes.find(c);
+    return it == trace.chunk_bytes.end() ? uint64_t{0} : it->second;
+  };
+  const size_t total = n * size_t(steps);
+  // Room left at each op once its own chunks are in.
+  std::vector<uint64_t> room(total);
+  std::map<uint64_t, std::vector<size_t>> uses;
+  for (size_t t = 0; t < total; ++t) {
+    const TraceOp& op = trace.ops[t % n];
+    uint64_t own = 0;
+    for (uint64_t c : op.chunks) {
+      own += rounded(bytes(c));
+      uses[c].push_back(t);
+    }
+    room[t] = std::max(budget[t % n], own) - own;
+  }
+  struct Gap {
+    size_t first, last;  // the ops it spans, inclusive (first <= last)
+    uint64_t slot_bytes;
+  };
+  std::vector<Gap> gaps;
+  uint64_t kept = 0;  // bytes of loads saved, bounded from above
+  for (const auto& [c, at] : uses) {
+    const bool drop = dropped.contains(c);
+    const uint64_t b = bytes(c);
+    // Every use loads unless the chunk stays resident since the use before
+    // it (or since the start, for the first use).
+    out.to_device += b * at.size();
+    for (size_t k = 0; k < at.size(); ++k) {
+      const size_t from = k == 0 ? 0 : at[k - 1] + 1;
+      // The host update of the step before took it.
+      if (drop && (k == 0 || at[k - 1] / n != at[k] / n)) continue;
+      if (from == at[k]) {
+        kept += b;  // no op in between: nothing competes for its slots
+      } else {
+        gaps.push_back({from, at[k] - 1, rounded(b)});
+      }
+    }
+    if (drop) {
+      bool written = false;
+      for (const TraceOp& op : trace.ops) {
+        written = written || std::find(op.written.begin(), op.written.end(),
+                                       c) != op.written.end();
+      }
+      if (written) out.to_host += b * uint64_t(steps);
+    }
+  }
+  // Earliest end first, each as far as the room left allows: optimal for
+  // the relaxation (an exchange argument: the gap that ends first can
+  // always take the room of any other gap crossing its bottleneck, which
+  // ends no earlier and so covers every op of it from that point on).
+  std::stable_sort(gaps.begin(), gaps.end(),
+                   [](const Gap& x, const Gap& y) { return x.last < y.last; });
+  for (const Gap& gap : gaps) {
+    uint64_t y = gap.slot_bytes;
+    for (size_t t = gap.first; t <= gap.last; ++t) y = std::min(y, room[t]);
+    if (y == 0) continue;
+    for (size_t t = gap.first; t <= gap.last; ++t) room[t] -= y;
+    kept += y;
+  }
+  out.to_device = out.to_device > kept ? out.to_device - kept : 0;
   return out;
 }
 

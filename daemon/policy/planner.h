@@ -29,6 +29,16 @@ namespace tidepool {
 
 inline constexpr uint64_t kNeverUsed = ~0ull;
 
+// The model bytes a device may hold given `room` (capacity less non-model
+// bytes) and a safety `margin`, where chunks take room in units of `slot`
+// bytes (the session's largest chunk, rounded): the margin never costs
+// more whole chunks than it asks bytes for, i.e. at most
+// floor(margin / slot) of them. Plain room - margin would: 5 % of a 4 MiB
+// pool of 2 MiB chunks leaves 3.8 MiB, one chunk instead of two, a
+// margin of 0.2 MiB costing 2 MiB. So the budget is the larger of room -
+// margin and the room in whole slots less the margin in whole slots.
+uint64_t MarginBudget(uint64_t room, uint64_t margin, uint64_t slot);
+
 struct PlanOptions {
   // The daemon's device pool for this session (bytes).
   uint64_t pool_capacity = 0;
@@ -48,6 +58,8 @@ struct PlanOptions {
   // Placed updates (Trace::placed) may go to the device where their chunks
   // fit beside every op's for the whole step. false: all on the host.
   bool place_updates = true;
+  // At most this many placed sets go to the device (latest first).
+  size_t max_device_sets = ~size_t{0};
 };
 
 class Plan {
@@ -192,7 +204,61 @@ struct OfflineResult {
   uint64_t clean_evictions = 0;
   // Chunks evicted, in order, over the measured steps.
   std::vector<uint64_t> victims;
+  // Bytes loaded for an op by evicting a chunk the op before it used: the
+  // prefetcher cannot start such a load while that op computes (its chunk
+  // is COMPUTE), so it stalls the op. What a prefetch reserve buys back.
+  uint64_t blocked_bytes = 0;
+
+  uint64_t moved() const { return bytes_to_device + bytes_to_host; }
 };
 OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options);
+
+// The plan `auto` follows for `trace`, its options chosen by replaying the
+// step offline (SimulateOffline, as the manager serves it: demand loads
+// within DemandBudget) so that no choice costs more than it buys:
+// - the prefetch reserve (`reserve_candidate`, the largest chunk) is taken
+//   only if the bytes it adds are fewer than the bytes whose loads it
+//   unblocks (OfflineResult::blocked_bytes without it: each streams into
+//   the reserve during the op before instead), and if the step then moves
+//   no more than LRU on the same trace and budget;
+// - of the placed sets the room allows on the device (latest first), the
+//   most that keep the step's bytes within those of placing none: a kept
+//   chunk of optimizer state takes room the ops' chunks could use.
+// `base` gives capacity, margin, granularity and whether to place updates.
+struct PlanChoice {
+  PlanOptions options;
+  OfflineResult chosen;  // the chosen plan, replayed
+  OfflineResult lru;     // LRU on the same trace, budgets, updates on host
+  uint64_t blocked_without_reserve = 0;
+  size_t device_sets_allowed = 0;  // before the byte check
+};
+// A proven lower bound on the bytes any placement policy moves over
+// `steps` repetitions of `trace`'s ops, starting from any device contents
+// (given for free), if at every op t it keeps the session's resident model
+// bytes (rounded to `granularity`) within max(budget[t], the op's own
+// chunks) and if the chunks in `dropped` lose their device copy between
+// their last use in a step and their first use in the next (host updates
+// write them). Host->device: every use of a chunk not kept resident since
+// its previous use loads it; keeping a chunk across a gap occupies its
+// slots at every op in between. The fractional relaxation of "which gaps
+// to keep" (an interval packing with unit profit per byte) is solved
+// exactly by taking gaps in order of their end, each as far as the
+// capacity left allows; the rounded bytes it keeps bound the real bytes
+// saved from above, so the loads it leaves bound every policy's from
+// below. Device->host: a dropped chunk that an op writes is written back
+// once a step (the device copy is the newer one when the update takes
+// it); other write-backs are not counted, so this too is a lower bound.
+struct ByteBound {
+  uint64_t to_device = 0;
+  uint64_t to_host = 0;
+  uint64_t total() const { return to_device + to_host; }
+};
+ByteBound LowerBoundBytes(const Trace& trace, std::span<const uint64_t> budget,
+                          uint64_t granularity,
+                          const std::unordered_set<uint64_t>& dropped,
+                          int steps);
+
+PlanChoice ChoosePlanOptions(const Trace& trace, PlanOptions base,
+                             uint64_t reserve_candidate);
 
 }  // namespace tidepool

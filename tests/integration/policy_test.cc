@@ -346,9 +346,10 @@ class PlacedUpdates {
 };
 
 TEST(PolicyIntegrationTest, AutoPlacesUpdatesOnTheDeviceWhereTheyFit) {
-  // 64 MiB device: the 16 MiB of parameters plus three layers' 12 MiB of
-  // state fit the budget (less the 5% margin and the 4 MiB prefetch
-  // reserve); all four layers' do not.
+  // 64 MiB device: the 16 MiB of parameters plus all four layers' 12 MiB
+  // of state fit exactly. The 5% margin (3.2 MiB) is less than a 4 MiB
+  // chunk and costs none, and forward-backward needs no prefetch reserve
+  // (docs/policy.md), so every update runs on the device.
   auto daemon = StartDaemon();
   ASSERT_NE(daemon, nullptr);
   auto s = Open(*daemon, Policy::kAuto);
@@ -368,7 +369,7 @@ TEST(PolicyIntegrationTest, AutoPlacesUpdatesOnTheDeviceWhereTheyFit) {
   }
   const int on_device =
       static_cast<int>(std::count(first.begin(), first.end(), true));
-  EXPECT_EQ(on_device, 3);
+  EXPECT_EQ(on_device, PlacedUpdates::kLayers);
   auto p = s->Placement();
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->state, "planned");

@@ -328,5 +328,134 @@ TEST(PlannerTest, EveryHostWriteOfASharedChunkIsAwaited) {
   EXPECT_EQ(plan.host_writes().at(1), 2);
 }
 
+// --- margin, lower bound, plan choice ---------------------------------------
+
+TEST(PlannerTest, MarginCostsWholeChunksNeverMoreThanItAsks) {
+  constexpr uint64_t kChunk = 2 << 20;
+  Trace t = MakeTrace({{1}, {2}});
+  t.chunk_bytes = {{1, kChunk}, {2, kChunk}};
+  // 5 % of a pool of two 2 MiB chunks is 0.2 MiB: it must not cost one.
+  Plan tiny(t, {.pool_capacity = 2 * kChunk, .margin_ratio = 0.05});
+  EXPECT_GE(tiny.Budget(0), 2 * kChunk);
+  // A margin of 1.5 chunks costs one, of 2.5 chunks two.
+  Plan ten(t, {.pool_capacity = 10 * kChunk, .margin_ratio = 0.15});
+  EXPECT_GE(ten.Budget(0), 9 * kChunk);
+  EXPECT_LT(ten.Budget(0), 10 * kChunk);
+  Plan more(t, {.pool_capacity = 10 * kChunk, .margin_ratio = 0.25});
+  EXPECT_GE(more.Budget(0), 8 * kChunk);
+  EXPECT_LT(more.Budget(0), 9 * kChunk);
+  // Where plain room - margin keeps as many chunks, it is the budget.
+  EXPECT_EQ(MarginBudget(11 * kChunk / 2, kChunk / 4, kChunk),
+            11 * kChunk / 2 - kChunk / 4);
+  EXPECT_EQ(MarginBudget(kChunk, 3 * kChunk, kChunk), 0u);
+}
+
+// The fewest loads of `seq` (one unit chunk per op) from the best starting
+// contents of at most `capacity` chunks: exhaustive.
+uint64_t BruteForceFromAnyStart(const std::vector<uint64_t>& seq,
+                                size_t capacity) {
+  std::set<uint64_t> distinct(seq.begin(), seq.end());
+  std::vector<uint64_t> ids(distinct.begin(), distinct.end());
+  uint64_t best = std::numeric_limits<uint64_t>::max();
+  for (uint32_t mask = 0; mask < (1u << ids.size()); ++mask) {
+    std::set<uint64_t> start;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (mask & (1u << i)) start.insert(ids[i]);
+    }
+    if (start.size() > capacity) continue;
+    best = std::min(best, BruteForceMinLoads(seq, capacity, 0, start));
+  }
+  return best;
+}
+
+TEST(PlannerTest, LowerBoundIsTheOptimumForUnitChunksAndBelowEveryPolicy) {
+  const std::vector<std::vector<uint64_t>> steps = {
+      {1, 2, 3, 4}, {1, 2, 3, 3, 2, 1}, {1, 2, 1, 3, 1, 4}, {5, 1, 2, 1, 3, 5}};
+  for (const auto& order : steps) {
+    std::vector<std::vector<uint64_t>> ops;
+    for (uint64_t c : order) ops.push_back({c});
+    const Trace t = MakeTrace(ops);
+    for (size_t capacity : {1, 2, 3}) {
+      const std::vector<uint64_t> budget(ops.size(), capacity);
+      for (int window : {1, 2}) {
+        std::vector<uint64_t> seq;
+        for (int s = 0; s < window; ++s) {
+          seq.insert(seq.end(), order.begin(), order.end());
+        }
+        const ByteBound b = LowerBoundBytes(t, budget, 1, {}, window);
+        // Unit chunks and slots: the relaxation is exact.
+        EXPECT_EQ(b.to_device, BruteForceFromAnyStart(seq, capacity))
+            << "capacity " << capacity << " window " << window;
+        EXPECT_EQ(b.to_host, 0u);
+      }
+      // Below what Belady and LRU move over the same measured steps.
+      Plan plan = UnitPlan(t, capacity);
+      const ByteBound b = LowerBoundBytes(t, budget, 1, {}, 2);
+      for (OfflineVictim v : {OfflineVictim::kBelady, OfflineVictim::kLru}) {
+        OfflineResult r =
+            SimulateOffline(plan, {.steps = 4, .measure_from = 2, .victim = v});
+        EXPECT_LE(b.total(), r.moved());
+      }
+    }
+  }
+}
+
+TEST(PlannerTest, LowerBoundCountsTheDropsOfHostUpdates) {
+  // Room for both chunks, but host updates take chunk 1 (written by op 0)
+  // every step: it loads and is written back once a step.
+  const Trace t = MakeTrace({{1}, {2}}, {{1}, {}});
+  const std::vector<uint64_t> budget = {2, 2};
+  EXPECT_EQ(LowerBoundBytes(t, budget, 1, {}, 3).total(), 0u);
+  const ByteBound b = LowerBoundBytes(t, budget, 1, {1}, 3);
+  EXPECT_EQ(b.to_device, 3u);
+  EXPECT_EQ(b.to_host, 3u);
+}
+
+TEST(PlannerTest, PrefetchReserveOnlyWhereItUnblocksMoreThanItCosts) {
+  // Forward then backward (the same layers in reverse): the victim of
+  // every load is never the chunk of the op before, so overlap needs no
+  // reserve, which would only cost loads.
+  std::vector<std::vector<uint64_t>> palindrome;
+  for (uint64_t c = 1; c <= 8; ++c) palindrome.push_back({c});
+  for (uint64_t c = 8; c >= 1; --c) palindrome.push_back({c});
+  PlanChoice p = ChoosePlanOptions(MakeTrace(palindrome),
+                                   {.pool_capacity = 4, .margin_ratio = 0}, 1);
+  EXPECT_EQ(p.options.prefetch_reserve, 0u);
+  EXPECT_LE(p.chosen.moved(), p.lru.moved());
+  // A cycle: every load's victim is the chunk just used, so without a
+  // reserve no load can overlap; one more load a step buys them all.
+  std::vector<std::vector<uint64_t>> cycle;
+  for (uint64_t c = 1; c <= 8; ++c) cycle.push_back({c});
+  PlanChoice c = ChoosePlanOptions(MakeTrace(cycle),
+                                   {.pool_capacity = 4, .margin_ratio = 0}, 1);
+  EXPECT_EQ(c.options.prefetch_reserve, 1u);
+  EXPECT_GT(c.blocked_without_reserve, 0u);
+  EXPECT_LE(c.chosen.moved(), c.lru.moved());
+}
+
+TEST(PlannerTest, DeviceUpdatesOnlyWhereTheyCostNoBytes) {
+  // Two layers' ops (chunks 1 and 2, written by backward) and their
+  // updates {1, 11, 12} and {2, 12, 22}: state chunk 12 (2 bytes) lies on
+  // the edge of both.
+  Trace t = MakeTrace({{1}, {2}}, {{1}, {2}});
+  t.placed = {{{1, 11, 12}, {1, 11, 12}, 1}, {{2, 12, 22}, {2, 12, 22}, 1}};
+  t.chunk_bytes[11] = 1;
+  t.chunk_bytes[12] = 2;
+  t.chunk_bytes[22] = 1;
+  const PlanOptions base{.pool_capacity = 5, .margin_ratio = 0};
+  // The room takes the later update only: its chunk 12 is kept, and the
+  // host update of the other writes it back and drops it every step, so
+  // the device update moves more bytes than it saves.
+  ASSERT_EQ(Plan(t, base).placed_on_device(), 1u);
+  PlanChoice choice = ChoosePlanOptions(t, base, 0);
+  EXPECT_EQ(choice.device_sets_allowed, 1u);
+  EXPECT_EQ(Plan(t, choice.options).placed_on_device(), 0u);
+  // With room for both, both go to the device and nothing moves.
+  PlanChoice both =
+      ChoosePlanOptions(t, {.pool_capacity = 6, .margin_ratio = 0}, 0);
+  EXPECT_EQ(Plan(t, both.options).placed_on_device(), 2u);
+  EXPECT_EQ(both.chosen.moved(), 0u);
+}
+
 }  // namespace
 }  // namespace tidepool
