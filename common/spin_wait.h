@@ -12,9 +12,15 @@
 //     again. (Doubling back from a small budget would not do: when both
 //     peers sleep, each one's wake-up takes longer than the other's short
 //     spin, so both would stay stuck at the bottom.)
-//   - a spin that finds it was preempted (a gap between two of its clock
-//     reads) stops at once and halves the budget: other threads want this
-//     CPU, and the peer may be one of them;
+//   - a thread that was preempted does not spin for the next kBackoffNs:
+//     other threads want the CPUs, and the peer may be one of them. A
+//     spinner on a loaded machine burns its share and then loses the CPU
+//     for whole time slices (milliseconds), while a futex sleeper that is
+//     woken gets it back at once; so under load both ends just sleep.
+//     Preemption shows as a gap between two clock reads of a spin, or as
+//     a rise in the thread's involuntary context switches (getrusage,
+//     read at most every kSampleNs), which also catches preemption
+//     outside the spin, such as in the middle of serving a request;
 //   - inside the spin, a pause instruction every iteration and a
 //     sched_yield now and then hand the core to whatever else is runnable.
 //
@@ -29,7 +35,9 @@
 #pragma once
 
 #include <sched.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cstdint>
 
@@ -44,6 +52,10 @@ class AdaptiveSpin {
   static constexpr int64_t kMinSpinNs = 2'000;
   // A gap this long between two clock reads in the spin: preempted.
   static constexpr int64_t kPreemptedNs = 20'000;
+  // No spinning for this long after a preemption.
+  static constexpr int64_t kBackoffNs = 20'000'000;
+  // How often the involuntary context switches are read.
+  static constexpr int64_t kSampleNs = 1'000'000;
 
   static int64_t NowNs() {
     timespec ts;
@@ -64,8 +76,9 @@ class AdaptiveSpin {
   template <typename Ready>
   bool Spin(Ready&& ready) {
     if (ready()) return true;
-    if (budget_ns_ <= 0) return false;
     const int64_t start = NowNs();
+    if (start - sampled_ns_ > kSampleNs) Sample(start);
+    if (start < no_spin_until_ns_ || budget_ns_ <= 0) return false;
     int64_t last = start;
     for (uint32_t i = 1;; ++i) {
       CpuRelax();
@@ -75,7 +88,11 @@ class AdaptiveSpin {
       }
       if ((i & 31) != 0) continue;
       const int64_t now = NowNs();
-      if (now - last > kPreemptedNs || now - start > budget_ns_) break;
+      if (now - last > kPreemptedNs) {
+        no_spin_until_ns_ = now + kBackoffNs;
+        return ready();
+      }
+      if (now - start > budget_ns_) break;
       last = now;
       if ((i & 255) == 0) sched_yield();
     }
@@ -91,12 +108,30 @@ class AdaptiveSpin {
   int64_t budget_ns() const { return budget_ns_; }
 
  private:
+  void Sample(int64_t now) {
+    sampled_ns_ = now;
+    rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) return;
+    // Only the same thread's count means anything (callers under a lock
+    // may come from several threads).
+    const pid_t tid = gettid();
+    if (tid == tid_ && usage.ru_nivcsw != nivcsw_) {
+      no_spin_until_ns_ = now + kBackoffNs;
+    }
+    tid_ = tid;
+    nivcsw_ = usage.ru_nivcsw;
+  }
+
   void Shrink() {
     budget_ns_ /= 2;
     if (budget_ns_ < kMinSpinNs) budget_ns_ = 0;
   }
 
   int64_t budget_ns_ = kMaxSpinNs;
+  int64_t no_spin_until_ns_ = 0;  // set when preempted
+  int64_t sampled_ns_ = 0;
+  pid_t tid_ = 0;
+  long nivcsw_ = 0;  // the thread's involuntary context switches
 };
 
 }  // namespace tidepool
