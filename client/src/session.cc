@@ -206,8 +206,9 @@ absl::Status Session::Impl::HotRead(absl::string_view what, uint64_t k,
           if (ready()) break;
           // Not POLLIN: another thread may be reading a mapping reply.
           pollfd pfd{fd_conn_.get(), POLLRDHUP, 0};
-          if (::poll(&pfd, 1, 0) > 0 &&
-              (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+          if (!fd_conn_.valid() ||
+              (::poll(&pfd, 1, 0) > 0 &&
+               (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))) {
             hp->client_sleeping.store(0, std::memory_order_relaxed);
             return absl::UnavailableError(
                 absl::StrCat(what, ": tidepoold went away (", socket_, ")"));
@@ -312,7 +313,8 @@ absl::Status Session::Impl::HotRelease(wire::HotPathRequest& request) {
 }
 
 absl::Status Session::Impl::Drain(absl::string_view what, bool take) {
-  if (hot() == nullptr) return absl::OkStatus();
+  // Closed: the daemon reclaimed the session, there is nothing to wait for.
+  if (hot() == nullptr || closed_) return absl::OkStatus();
   std::lock_guard<std::mutex> lock(hot_mu_);
   TP_RETURN_IF_ERROR(HotRead(what, hot_posted_, true, nullptr));
   return take ? TakeDeferred(what) : absl::OkStatus();
@@ -737,10 +739,10 @@ absl::StatusOr<std::vector<ChunkState>> Session::Chunks() {
 
 absl::Status Session::Close() {
   if (impl_ == nullptr || impl_->closed_) return absl::OkStatus();
-  impl_->closed_ = true;
   // Releases still in the ring complete first; one that failed is the
   // answer (the session closes all the same).
   absl::Status drained = impl_->Drain("Close", true);
+  impl_->closed_ = true;
   v1::CloseSessionRequest request;
   *request.mutable_session() = impl_->Ref();
   v1::CloseSessionResponse response;
