@@ -103,14 +103,32 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
 // The hot path: acquire and release without a gRPC round trip. One per
-// session, in a memfd both sides map: a request slot the client fills and a
-// completion slot the daemon fills, each published by bumping a sequence
-// number, with futex doorbells (spin briefly, then sleep). The client API is
-// synchronous, one request in flight per session, so one slot each way is
-// the whole ring. Requests that do not fit (more tensors or a longer op key)
-// go over gRPC. Everything the client wrote is copied and checked by the
-// daemon before use: garbage gets an error completion, nothing else.
+// session, in a memfd both sides map: a ring of kHotPathRing request
+// entries the client fills and as many completion entries the daemon
+// fills. Request k (k = 1, 2, ...) lives in requests[(k - 1) % kHotPathRing]
+// and is published by storing k into that entry's `seq` after the request;
+// its completion lives at the same index of `completions`, published the
+// same way. The daemon serves requests strictly in order, one at a time.
+// The client posts request k only after reading completion k - kHotPathRing
+// (so neither side overwrites an entry the other still reads). Releases are
+// posted without waiting; an acquire waits for its own completion and so
+// for every request before it.
+//
+// Doorbells: after publishing, each side bumps its bell and futex-wakes it
+// only if the other side said it may sleep (`*_sleeping`; the sleeper sets
+// it, re-checks the entry, then futex-waits on the bell: seq_cst on both
+// sides, so either the sleeper sees the entry or the poster sees the flag).
+// Both sides spin first (common/spin_wait.h), adaptively.
+//
+// Requests that do not fit (more tensors or a longer op key) go over gRPC.
+// Everything the client wrote is copied and checked by the daemon before
+// use: garbage (an entry `seq` that is neither the old nor the expected
+// value, bad counts, unknown operations) gets an error completion for the
+// entry the daemon expected next, nothing else. Version 2: the ring (1 had
+// one slot each way).
 inline constexpr uint32_t kHotPathMagic = 0x50485054;  // "TPHP"
+inline constexpr uint32_t kHotPathVersion = 2;
+inline constexpr uint32_t kHotPathRing = 16;
 inline constexpr uint32_t kHotPathMaxTensors = 64;
 inline constexpr uint32_t kHotPathMaxKey = 120;
 
@@ -128,6 +146,13 @@ struct HotPathRequest {
   uint32_t key_len;  // bytes of op_key used; 0: no op context
   uint64_t op_seq;
   uint64_t non_model_bytes;
+  // How many failed completions the client had read when it posted this
+  // request. The daemon counts the failed completions it posted; an
+  // acquire whose count is behind (an earlier request, a release posted
+  // without waiting, failed and the client did not know yet) is not run:
+  // it completes with kAborted, so the client can return the earlier
+  // failure without holding tensors it does not know it holds.
+  uint64_t failures_seen;
   char op_key[kHotPathMaxKey];
   uint64_t tensor_ids[kHotPathMaxTensors];
 };
@@ -144,18 +169,33 @@ struct HotPathCompletion {
   uint64_t sizes[kHotPathMaxTensors];
 };
 
+struct HotPathRequestEntry {
+  alignas(64) std::atomic<uint64_t> seq;  // k once request k is in place
+  HotPathRequest request;
+};
+
+struct HotPathCompletionEntry {
+  alignas(64) std::atomic<uint64_t> seq;  // k once completion k is in place
+  HotPathCompletion completion;
+};
+
 struct HotPath {
   uint32_t magic;
-  uint32_t version;
-  // Client: fill `request`, then request_seq += 1 and bump request_bell.
-  alignas(64) std::atomic<uint64_t> request_seq;
-  std::atomic<uint32_t> request_bell;
-  // Daemon: fill `completion`, then completion_seq = request_seq and bump
-  // completion_bell.
-  alignas(64) std::atomic<uint64_t> completion_seq;
-  std::atomic<uint32_t> completion_bell;
-  alignas(64) HotPathRequest request;
-  alignas(64) HotPathCompletion completion;
+  uint32_t version;       // kHotPathVersion
+  uint32_t ring_entries;  // kHotPathRing
+  // Client -> daemon doorbell, and the daemon's "I may sleep on it".
+  alignas(64) std::atomic<uint32_t> request_bell;
+  std::atomic<uint32_t> daemon_sleeping;
+  // Daemon -> client doorbell, and the client's "I may sleep on it".
+  alignas(64) std::atomic<uint32_t> completion_bell;
+  std::atomic<uint32_t> client_sleeping;
+  HotPathRequestEntry requests[kHotPathRing];
+  HotPathCompletionEntry completions[kHotPathRing];
 };
+
+// Where request or completion k (k >= 1) lives.
+inline constexpr uint32_t HotPathIndex(uint64_t k) {
+  return static_cast<uint32_t>((k - 1) % kHotPathRing);
+}
 
 }  // namespace tidepool::wire

@@ -6,10 +6,12 @@
 // transfer). The baseline is cudaMemcpyAsync from cudaMallocHost memory
 // (cuda) or memcpy between two shared mappings (sim).
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -33,12 +35,19 @@ ABSL_FLAG(std::string, device, "auto", "auto | sim | cuda:<n>");
 ABSL_FLAG(std::string, daemon_args, "",
           "extra tidepoold flags, comma-separated (e.g. "
           "--sim_copy_workers=1, to compare copy workers in one run)");
+ABSL_FLAG(bool, latency_only, false,
+          "only the resident pair latency (first size), no sweeps");
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+double LoadAverage() {
+  double load = 0;
+  return getloadavg(&load, 1) == 1 ? load : -1;
 }
 
 #ifdef TIDEPOOL_HAVE_CUDA
@@ -156,7 +165,10 @@ absl::StatusOr<SweepResult> Sweep(tidepool::Session& s, bool cuda,
 }
 
 // Acquire+release pairs of one resident chunk: p50 and p99 in microseconds.
-absl::StatusOr<std::pair<double, double>> PairLatency(tidepool::Session& s) {
+// With `flush`, each pair also waits for its release to complete (on the
+// hot path a release is otherwise only posted; the next acquire waits).
+absl::StatusOr<std::pair<double, double>> PairLatency(tidepool::Session& s,
+                                                      bool flush = false) {
   auto t = s.Register(
       {{"resident", tidepool::DType::kU8, {1 << 20}, tidepool::Group::kParam}});
   if (!t.ok()) return t.status();
@@ -167,19 +179,12 @@ absl::StatusOr<std::pair<double, double>> PairLatency(tidepool::Session& s) {
     auto got = s.Acquire({&id, 1}, tidepool::AccessMode::kRead);
     if (!got.ok()) return got.status();
     absl::Status r = s.Release({&id, 1}, tidepool::TensorState::kHold);
+    if (r.ok() && flush) r = s.Flush();
     if (!r.ok()) return r;
     if (i >= 500) us.push_back(Since(start) * 1e6);  // after a warm-up
   }
   std::sort(us.begin(), us.end());
   return std::make_pair(us[us.size() / 2], us[us.size() * 99 / 100]);
-}
-
-// The first field of /proc/loadavg, printed beside every row.
-std::string Load() {
-  std::ifstream f("/proc/loadavg");
-  std::string first;
-  f >> first;
-  return first;
 }
 
 }  // namespace
@@ -202,6 +207,8 @@ int main(int argc, char** argv) {
               "hot GB/s", "gRPC GB/s", "raw GB/s", "hot/raw", "gRPC/raw",
               "1st sweep", "load");
   std::pair<double, double> latency[2] = {{0, 0}, {0, 0}};
+  std::pair<double, double> flushed = {0, 0};
+  const double load_before = LoadAverage();
   int first_mib = 0;
   for (absl::string_view size_text :
        absl::StrSplit(absl::GetFlag(FLAGS_sizes_mib), ',')) {
@@ -246,30 +253,35 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
         return 1;
       }
-      auto best = Sweep(**s, cuda, chunk, count);
-      if (!best.ok()) {
-        std::fprintf(stderr, "%s\n", best.status().ToString().c_str());
-        return 1;
+      if (!absl::GetFlag(FLAGS_latency_only)) {
+        auto best = Sweep(**s, cuda, chunk, count);
+        if (!best.ok()) {
+          std::fprintf(stderr, "%s\n", best.status().ToString().c_str());
+          return 1;
+        }
+        gbps[path] = *best;
       }
-      gbps[path] = *best;
       if (path == 0 && mib == first_mib) {
         auto lat = PairLatency(**s);
         if (lat.ok()) latency[0] = *lat;
+        lat = PairLatency(**s, /*flush=*/true);
+        if (lat.ok()) flushed = *lat;
       }
       if (path == 1 && mib == first_mib) {
         auto lat = PairLatency(**s);
         if (lat.ok()) latency[1] = *lat;
       }
     }
+    if (absl::GetFlag(FLAGS_latency_only)) break;
     const double raw = RawGbps(cuda, chunk, count, pool);
     // "1st sweep": the hot path's first pass, where every slot is new
     // (a fresh memfd, mapped by the daemon and delivered to the client),
     // against its later passes, where parked slots are reused.
     std::printf(
-        "%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%% %11.1f%% %6s\n", mib,
+        "%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%% %11.1f%% %6.2f\n", mib,
         count, gbps[0].best_gbps, gbps[1].best_gbps, raw,
         100 * gbps[0].best_gbps / raw, 100 * gbps[1].best_gbps / raw,
-        100 * gbps[0].first_gbps / gbps[0].best_gbps, Load().c_str());
+        100 * gbps[0].first_gbps / gbps[0].best_gbps, LoadAverage());
     std::fflush(stdout);
   }
   if (latency[0].first > 0) {
@@ -280,5 +292,13 @@ int main(int argc, char** argv) {
         first_mib, latency[0].first, latency[0].second, latency[1].first,
         latency[1].second, latency[1].first / latency[0].first);
   }
+  if (flushed.first > 0) {
+    std::printf(
+        "  hot path with each release waited for (Flush): p50 %.1f us p99 "
+        "%.1f us\n",
+        flushed.first, flushed.second);
+  }
+  std::printf("load average (1 min) %.2f at start, %.2f at end, %ld CPUs\n",
+              load_before, LoadAverage(), sysconf(_SC_NPROCESSORS_ONLN));
   return 0;
 }

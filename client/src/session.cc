@@ -9,10 +9,12 @@
 #include <cstring>
 #include <mutex>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "client/src/device_mapping.h"
 #include "common/futex.h"
 #include "common/shared_memory.h"
+#include "common/spin_wait.h"
 #include "common/status_macros.h"
 #include "common/unix_socket.h"
 #include "proto/convert.h"
@@ -90,14 +92,44 @@ class Session::Impl {
                                    v1::Location location,
                                    std::span<const uint64_t> tensor_ids,
                                    AccessMode mode, CudaStream stream);
-  // The hot path (proto/wire.h): one request in flight, under hot_mu_.
+  // The hot path (proto/wire.h): a ring of requests, one thread at a time
+  // (hot_mu_). HotCall posts an acquire and waits for its completion (and
+  // so for every release before it); HotRelease posts a release and
+  // returns. A release's failure is kept in hot_deferred_ and returned by
+  // the next call that takes it (TakeDeferred): the next acquire, release,
+  // MarkStep, Flush or Close.
   absl::Status HotCall(absl::string_view what, wire::HotPathRequest& request,
                        wire::HotPathCompletion* completion);
+  absl::Status HotRelease(wire::HotPathRequest& request);
+  // Waits for every posted request; with `take`, also returns (and clears)
+  // a release's failure not yet returned. Cheap when nothing is posted.
+  absl::Status Drain(absl::string_view what, bool take);
   wire::HotPath* hot() const {
     return reinterpret_cast<wire::HotPath*>(hot_path_.data());
   }
+  // Under hot_mu_: posts `request` as the next entry (first waiting for a
+  // free one) and returns its number.
+  absl::StatusOr<uint64_t> HotPost(wire::HotPathRequest& request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(hot_mu_);
+  // Under hot_mu_: reads completions up to `k`; the one for `k` goes to
+  // `last` when not null, earlier ones are releases (failures deferred).
+  // With `wait` false, reads only what has arrived.
+  absl::Status HotRead(absl::string_view what, uint64_t k, bool wait,
+                       wire::HotPathCompletion* last)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(hot_mu_);
+  absl::Status TakeDeferred(absl::string_view what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(hot_mu_);
   SharedMapping hot_path_;
   std::mutex hot_mu_;
+  uint64_t hot_posted_ ABSL_GUARDED_BY(hot_mu_) = 0;  // requests posted
+  uint64_t hot_read_ ABSL_GUARDED_BY(hot_mu_) = 0;    // completions read
+  // Failed completions read (HotPathRequest.failures_seen).
+  uint64_t hot_failures_ ABSL_GUARDED_BY(hot_mu_) = 0;
+  // The first failure of a release posted without waiting, not yet
+  // returned, and how many more failed after it.
+  absl::Status hot_deferred_ ABSL_GUARDED_BY(hot_mu_);
+  uint64_t hot_deferred_more_ ABSL_GUARDED_BY(hot_mu_) = 0;
+  AdaptiveSpin hot_spin_ ABSL_GUARDED_BY(hot_mu_);
 
   std::mutex op_mu_;
   std::string op_key_;
@@ -149,40 +181,118 @@ absl::Status Session::Impl::Call(absl::string_view what,
   return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
 }
 
+absl::Status Session::Impl::HotRead(absl::string_view what, uint64_t k,
+                                    bool wait, wire::HotPathCompletion* last) {
+  wire::HotPath* hp = hot();
+  while (hot_read_ < k) {
+    const uint64_t next = hot_read_ + 1;
+    wire::HotPathCompletionEntry& entry =
+        hp->completions[wire::HotPathIndex(next)];
+    auto ready = [&] {
+      return entry.seq.load(std::memory_order_acquire) == next;
+    };
+    if (!ready()) {
+      if (!wait) return absl::OkStatus();
+      // The daemon usually answers in microseconds: spin (adaptively),
+      // then sleep, checking now and then that the daemon is still there.
+      if (!hot_spin_.Spin(ready)) {
+        const int64_t gave_up = AdaptiveSpin::NowNs();
+        hp->client_sleeping.store(1, std::memory_order_seq_cst);
+        while (true) {
+          const uint32_t bell =
+              hp->completion_bell.load(std::memory_order_seq_cst);
+          if (ready()) break;
+          FutexWait(&hp->completion_bell, bell, 100'000'000);
+          if (ready()) break;
+          // Not POLLIN: another thread may be reading a mapping reply.
+          pollfd pfd{fd_conn_.get(), POLLRDHUP, 0};
+          if (!fd_conn_.valid() ||
+              (::poll(&pfd, 1, 0) > 0 &&
+               (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))) {
+            hp->client_sleeping.store(0, std::memory_order_relaxed);
+            return absl::UnavailableError(
+                absl::StrCat(what, ": tidepoold went away (", socket_, ")"));
+          }
+        }
+        hp->client_sleeping.store(0, std::memory_order_relaxed);
+        hot_spin_.Slept(AdaptiveSpin::NowNs() - gave_up);
+      }
+    }
+    hot_read_ = next;
+    const wire::HotPathCompletion& c = entry.completion;
+    if (next == k && last != nullptr) {
+      std::memcpy(last, &c, sizeof(*last));
+      if (last->status_code != 0) ++hot_failures_;
+      continue;
+    }
+    // A release posted without waiting.
+    const int32_t code = c.status_code;
+    if (code == 0) continue;
+    ++hot_failures_;
+    if (!hot_deferred_.ok()) {
+      ++hot_deferred_more_;
+      continue;
+    }
+    char message[sizeof(c.message)];
+    std::memcpy(message, c.message, sizeof(message));
+    message[sizeof(message) - 1] = '\0';
+    hot_deferred_ = absl::Status(static_cast<absl::StatusCode>(code), message);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::Impl::TakeDeferred(absl::string_view what) {
+  if (hot_deferred_.ok()) return absl::OkStatus();
+  absl::Status s(hot_deferred_.code(),
+                 absl::StrCat(what, ": an earlier Release failed: ",
+                              hot_deferred_.message()));
+  if (hot_deferred_more_ > 0) {
+    s = absl::Status(s.code(),
+                     absl::StrCat(s.message(), " (and ", hot_deferred_more_,
+                                  " more failed releases)"));
+  }
+  hot_deferred_ = absl::OkStatus();
+  hot_deferred_more_ = 0;
+  return s;
+}
+
+absl::StatusOr<uint64_t> Session::Impl::HotPost(wire::HotPathRequest& request) {
+  // Entry k reuses the slot of k - kHotPathRing: its completion must have
+  // been read.
+  if (hot_posted_ - hot_read_ >= wire::kHotPathRing) {
+    TP_RETURN_IF_ERROR(HotRead("Release", hot_posted_ + 1 - wire::kHotPathRing,
+                               true, nullptr));
+  }
+  wire::HotPath* hp = hot();
+  const uint64_t k = hot_posted_ + 1;
+  request.failures_seen = hot_failures_;
+  wire::HotPathRequestEntry& entry = hp->requests[wire::HotPathIndex(k)];
+  std::memcpy(&entry.request, &request,
+              offsetof(wire::HotPathRequest, tensor_ids) +
+                  request.count * sizeof(uint64_t));
+  entry.seq.store(k, std::memory_order_release);
+  hp->request_bell.fetch_add(1, std::memory_order_seq_cst);
+  if (hp->daemon_sleeping.load(std::memory_order_seq_cst) != 0) {
+    FutexWakeAll(&hp->request_bell);
+  }
+  hot_posted_ = k;
+  return k;
+}
+
 absl::Status Session::Impl::HotCall(absl::string_view what,
                                     wire::HotPathRequest& request,
                                     wire::HotPathCompletion* completion) {
   std::lock_guard<std::mutex> lock(hot_mu_);
-  wire::HotPath* hp = hot();
-  std::memcpy(&hp->request, &request,
-              offsetof(wire::HotPathRequest, tensor_ids) +
-                  request.count * sizeof(uint64_t));
-  const uint64_t seq = hp->request_seq.load(std::memory_order_relaxed) + 1;
-  hp->request_seq.store(seq, std::memory_order_release);
-  hp->request_bell.fetch_add(1, std::memory_order_release);
-  FutexWakeAll(&hp->request_bell);
-  // Spin briefly (the daemon usually answers in microseconds), then sleep,
-  // checking now and then that the daemon is still there.
-  bool done = false;
-  for (int i = 0; i < 2000 && !done; ++i) {
-    done = hp->completion_seq.load(std::memory_order_acquire) == seq;
-  }
-  while (!done) {
-    const uint32_t bell = hp->completion_bell.load(std::memory_order_acquire);
-    if (hp->completion_seq.load(std::memory_order_acquire) == seq) break;
-    FutexWait(&hp->completion_bell, bell, 100'000'000);
-    done = hp->completion_seq.load(std::memory_order_acquire) == seq;
-    if (!done) {
-      // Not POLLIN: another thread may be reading a mapping reply.
-      pollfd pfd{fd_conn_.get(), POLLRDHUP, 0};
-      if (::poll(&pfd, 1, 0) > 0 &&
-          (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-        return absl::UnavailableError(
-            absl::StrCat(what, ": tidepoold went away (", socket_, ")"));
-      }
-    }
-  }
-  std::memcpy(completion, &hp->completion, sizeof(*completion));
+  // A release that failed since the last call: that failure is this
+  // call's answer, and the acquire is not posted.
+  TP_RETURN_IF_ERROR(HotRead(what, hot_posted_, false, nullptr));
+  TP_RETURN_IF_ERROR(TakeDeferred(what));
+  TP_ASSIGN_OR_RETURN(const uint64_t k, HotPost(request));
+  TP_RETURN_IF_ERROR(HotRead(what, k, true, completion));
+  // A release posted before it failed: the daemon did not run the acquire
+  // (its failures_seen was behind), so nothing is held that the caller
+  // does not know about, and the release's failure is the answer.
+  TP_RETURN_IF_ERROR(TakeDeferred(what));
   if (completion->status_code != 0) {
     completion->message[sizeof(completion->message) - 1] = '\0';
     return absl::Status(static_cast<absl::StatusCode>(completion->status_code),
@@ -192,6 +302,22 @@ absl::Status Session::Impl::HotCall(absl::string_view what,
     return absl::DataLossError("malformed hot path completion");
   }
   return absl::OkStatus();
+}
+
+absl::Status Session::Impl::HotRelease(wire::HotPathRequest& request) {
+  std::lock_guard<std::mutex> lock(hot_mu_);
+  TP_RETURN_IF_ERROR(HotRead("Release", hot_posted_, false, nullptr));
+  TP_RETURN_IF_ERROR(TakeDeferred("Release"));
+  // A failure read while waiting for a free entry is the next call's.
+  return HotPost(request).status();
+}
+
+absl::Status Session::Impl::Drain(absl::string_view what, bool take) {
+  // Closed: the daemon reclaimed the session, there is nothing to wait for.
+  if (hot() == nullptr || closed_) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(hot_mu_);
+  TP_RETURN_IF_ERROR(HotRead(what, hot_posted_, true, nullptr));
+  return take ? TakeDeferred(what) : absl::OkStatus();
 }
 
 absl::Status Session::Impl::Open(const SessionOptions& options) {
@@ -291,11 +417,16 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
   if (fds.size() < 2) {
     return absl::DataLossError("the daemon sent no control page");
   }
-  if (options.hot_path && reply.hot_path_bytes > 0) {
+  if (options.hot_path && reply.hot_path_bytes >= sizeof(wire::HotPath)) {
     TP_ASSIGN_OR_RETURN(hot_path_,
                         SharedMapping::Map(fds[1].get(), reply.hot_path_bytes));
     if (hot()->magic != wire::kHotPathMagic) {
       return absl::DataLossError("the daemon's hot path page is not valid");
+    }
+    // Another layout of the ring (a daemon of another version): gRPC only.
+    if (hot()->version != wire::kHotPathVersion ||
+        hot()->ring_entries != wire::kHotPathRing) {
+      hot_path_ = SharedMapping();
     }
   }
   TP_ASSIGN_OR_RETURN(host_, ReservedRegion::Reserve(reply.host_pool_bytes,
@@ -427,6 +558,9 @@ absl::StatusOr<Session::Impl::Acquired> Session::Impl::Acquire(
       places.emplace_back(c.offsets[i], c.sizes[i]);
     }
   } else {
+    // After every release posted on the hot path (order, and their
+    // failures come first).
+    TP_RETURN_IF_ERROR(Drain(what, true));
     v1::AcquireRequest request;
     *request.mutable_session() = Ref();
     request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
@@ -508,9 +642,9 @@ absl::Status Session::Release(std::span<const uint64_t> tensor_ids,
   if (impl_->HotPathFits(tensor_ids.size())) {
     wire::HotPathRequest request =
         HotRequest(wire::HotPathOp::kRelease, ToProto(target), tensor_ids);
-    wire::HotPathCompletion c;
-    return impl_->HotCall("Release", request, &c);
+    return impl_->HotRelease(request);
   }
+  TP_RETURN_IF_ERROR(impl_->Drain("Release", true));
   v1::ReleaseRequest request;
   *request.mutable_session() = impl_->Ref();
   request.mutable_tensor_ids()->Add(tensor_ids.begin(), tensor_ids.end());
@@ -528,7 +662,10 @@ void Session::BeginOp(std::string key, uint64_t non_model_bytes) {
   impl_->op_non_model_ = non_model_bytes;
 }
 
+absl::Status Session::Flush() { return impl_->Drain("Flush", true); }
+
 absl::StatusOr<PlacementStatus> Session::MarkStep() {
+  TP_RETURN_IF_ERROR(impl_->Drain("MarkStep", true));
   v1::MarkStepRequest request;
   *request.mutable_session() = impl_->Ref();
   v1::MarkStepResponse response;
@@ -539,6 +676,7 @@ absl::StatusOr<PlacementStatus> Session::MarkStep() {
 }
 
 absl::StatusOr<PlacementStatus> Session::Placement() {
+  TP_RETURN_IF_ERROR(impl_->Drain("GetStats", false));
   v1::StatsRequest request;
   *request.mutable_session() = impl_->Ref();
   v1::StatsResponse r;
@@ -549,6 +687,7 @@ absl::StatusOr<PlacementStatus> Session::Placement() {
 }
 
 absl::StatusOr<SessionStats> Session::Stats() {
+  TP_RETURN_IF_ERROR(impl_->Drain("GetStats", false));
   v1::StatsRequest request;
   *request.mutable_session() = impl_->Ref();
   v1::StatsResponse r;
@@ -581,6 +720,7 @@ absl::StatusOr<SessionStats> Session::Stats() {
 }
 
 absl::StatusOr<std::vector<ChunkState>> Session::Chunks() {
+  TP_RETURN_IF_ERROR(impl_->Drain("GetChunks", false));
   v1::ChunkStateRequest request;
   *request.mutable_session() = impl_->Ref();
   v1::ChunkStateResponse r;
@@ -599,6 +739,9 @@ absl::StatusOr<std::vector<ChunkState>> Session::Chunks() {
 
 absl::Status Session::Close() {
   if (impl_ == nullptr || impl_->closed_) return absl::OkStatus();
+  // Releases still in the ring complete first; one that failed is the
+  // answer (the session closes all the same).
+  absl::Status drained = impl_->Drain("Close", true);
   impl_->closed_ = true;
   v1::CloseSessionRequest request;
   *request.mutable_session() = impl_->Ref();
@@ -608,7 +751,7 @@ absl::Status Session::Close() {
   absl::Status status = impl_->Call(
       "CloseSession", impl_->stub_->CloseSession(&ctx, request, &response));
   impl_->fd_conn_.Reset();
-  return status;
+  return drained.ok() ? status : drained;
 }
 
 uint64_t Session::id() const { return impl_->id_; }

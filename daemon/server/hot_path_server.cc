@@ -32,9 +32,8 @@ absl::StatusOr<std::unique_ptr<HotPathServer>> HotPathServer::Start(
   TP_ASSIGN_OR_RETURN(s->mapping_, SharedMapping::Map(s->fd_.get(), bytes));
   auto* page = new (s->mapping_.data()) wire::HotPath();
   page->magic = wire::kHotPathMagic;
-  page->version = 1;
-  page->request_seq.store(0);
-  page->completion_seq.store(0);
+  page->version = wire::kHotPathVersion;
+  page->ring_entries = wire::kHotPathRing;
   // Out of threads (a task limit) is the daemon's problem to report, not
   // to die of: the session is refused.
   try {
@@ -55,35 +54,84 @@ HotPathServer::~HotPathServer() {
   if (thread_.joinable()) thread_.join();
 }
 
+namespace {
+
+// What request entry `k` holds before request k is posted: request
+// k - kHotPathRing, or nothing yet.
+uint64_t Previous(uint64_t k) {
+  return k > wire::kHotPathRing ? k - wire::kHotPathRing : 0;
+}
+
+bool IsAcquire(uint32_t op) {
+  const auto o = static_cast<wire::HotPathOp>(op);
+  return o == wire::HotPathOp::kAcquire ||
+         o == wire::HotPathOp::kAcquireOnHost ||
+         o == wire::HotPathOp::kAcquirePlaced;
+}
+
+}  // namespace
+
+bool HotPathServer::WaitForEntry(uint64_t k) {
+  wire::HotPath* hp = page();
+  std::atomic<uint64_t>& seq = hp->requests[wire::HotPathIndex(k)].seq;
+  const uint64_t before = Previous(k);
+  auto changed = [&] {
+    return seq.load(std::memory_order_acquire) != before ||
+           stop_.load(std::memory_order_relaxed);
+  };
+  if (spin_.Spin(changed)) return !stop_.load(std::memory_order_relaxed);
+  const int64_t gave_up = AdaptiveSpin::NowNs();
+  // Tell the client to ring, then look once more before sleeping (the
+  // client bumps the bell after publishing, then reads the flag).
+  hp->daemon_sleeping.store(1, std::memory_order_seq_cst);
+  while (true) {
+    const uint32_t bell = hp->request_bell.load(std::memory_order_seq_cst);
+    if (changed()) break;
+    // A timeout too, so that a stop request is never missed.
+    FutexWait(&hp->request_bell, bell, 200'000'000);
+  }
+  hp->daemon_sleeping.store(0, std::memory_order_relaxed);
+  spin_.Slept(AdaptiveSpin::NowNs() - gave_up);
+  return !stop_.load(std::memory_order_relaxed);
+}
+
 void HotPathServer::Loop() {
   wire::HotPath* hp = page();
-  uint64_t handled = 0;
+  uint64_t handled = 0;   // requests completed, in order
+  uint64_t failures = 0;  // failed completions posted
   while (!stop_.load(std::memory_order_relaxed)) {
-    const uint32_t bell = hp->request_bell.load(std::memory_order_acquire);
-    const uint64_t seq = hp->request_seq.load(std::memory_order_acquire);
-    if (seq == handled) {
-      // Nothing new: sleep until the client rings (or a timeout, so that a
-      // stop request is never missed).
-      FutexWait(&hp->request_bell, bell, 200'000'000);
-      continue;
-    }
+    const uint64_t k = handled + 1;
+    if (!WaitForEntry(k)) break;
+    wire::HotPathRequestEntry& entry = hp->requests[wire::HotPathIndex(k)];
+    const uint64_t seq = entry.seq.load(std::memory_order_acquire);
     // The page is the client's to scribble on: work on a private copy.
     wire::HotPathRequest request;
-    std::memcpy(&request, &hp->request, sizeof(request));
+    std::memcpy(&request, &entry.request, sizeof(request));
     wire::HotPathCompletion completion{};
-    if (seq != handled + 1) {
-      Fill(
-          absl::InvalidArgumentError(absl::StrCat(
-              "hot path: request sequence jumped from ", handled, " to ", seq)),
-          &completion);
+    if (seq != k) {
+      // Neither the old value nor k: the client broke its own ring. The
+      // entry completes with an error and the daemon moves on to k + 1.
+      Fill(absl::InvalidArgumentError(
+               absl::StrCat("hot path: request entry ", wire::HotPathIndex(k),
+                            " holds ", "sequence ", seq, ", expected ", k)),
+           &completion);
+    } else if (IsAcquire(request.op) && request.failures_seen != failures) {
+      Fill(absl::AbortedError(absl::StrCat(
+               "hot path: acquire not run: the client had seen ",
+               request.failures_seen, " failed requests of ", failures)),
+           &completion);
     } else {
       Serve(request, &completion);
     }
-    std::memcpy(&hp->completion, &completion, sizeof(completion));
-    hp->completion_seq.store(seq, std::memory_order_release);
-    hp->completion_bell.fetch_add(1, std::memory_order_release);
-    FutexWakeAll(&hp->completion_bell);
-    handled = seq;
+    if (completion.status_code != 0) ++failures;
+    wire::HotPathCompletionEntry& done = hp->completions[wire::HotPathIndex(k)];
+    std::memcpy(&done.completion, &completion, sizeof(completion));
+    done.seq.store(k, std::memory_order_release);
+    hp->completion_bell.fetch_add(1, std::memory_order_seq_cst);
+    if (hp->client_sleeping.load(std::memory_order_seq_cst) != 0) {
+      FutexWakeAll(&hp->completion_bell);
+    }
+    handled = k;
   }
 }
 

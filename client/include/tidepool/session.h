@@ -208,8 +208,20 @@ class Session {
   // Ends COMPUTE: `target` is kHold (after forward), kHoldAfterBwd (after
   // backward) or kFree (contents no longer needed). On cuda, work already
   // enqueued on `stream` finishes before the daemon moves the chunks.
+  //
+  // Over the hot path a release is posted and not waited for: the daemon
+  // runs it in order, before anything the session asks for next. If it
+  // fails there (say, a tensor that was not acquired), the failure is
+  // returned by the session's next Acquire, AcquireOnHost,
+  // AcquireWherePlaced, Release, MarkStep, Flush or Close, whose message
+  // says "an earlier Release failed"; that call then does nothing (Close
+  // still closes). Requests over gRPC return their own failure, as ever.
   absl::Status Release(std::span<const uint64_t> tensor_ids, TensorState target,
                        CudaStream stream = nullptr);
+
+  // Waits until the daemon has run every release posted so far and returns
+  // the failure of one not yet returned, if any.
+  absl::Status Flush();
 
   // Ops and steps, for `auto`. BeginOp names the op the following acquires
   // belong to, by a key stable across steps (module name + phase, such as

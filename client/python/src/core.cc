@@ -294,7 +294,13 @@ class PySession {
                uintptr_t stream) {
     const TensorState t = ParseTarget(target);
     nb::gil_scoped_release release;
-    Check(get().Release(ids, t, reinterpret_cast<CudaStream>(stream)));
+    // Synchronous for now: Python callers get their own release's error
+    // from release() (the C++ Session posts it and reports a failure on a
+    // later call). Flush costs one hot-path wait, small next to the
+    // binding's own overhead.
+    absl::Status r =
+        get().Release(ids, t, reinterpret_cast<CudaStream>(stream));
+    Check(r.ok() ? get().Flush() : r);
   }
 
   void Close() {

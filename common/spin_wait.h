@@ -1,0 +1,137 @@
+// Adaptive spinning before a futex sleep, for the two ends of a
+// shared-memory channel (the hot path). A round trip through two futex
+// sleeps costs tens of microseconds; two spinning peers answer in well
+// under one. Spinning only pays while the other side answers within the
+// spin window, and it steals the CPU from the very peer it waits for when
+// the machine is loaded, so the budget adapts:
+//
+//   - a wait that the spin satisfies keeps the full budget;
+//   - a spin that runs out halves the budget (down to zero: sleep at once);
+//   - a sleep that ends soon after the spin gave up (within kMaxSpinNs)
+//     restores the full budget at once: requests arrive within the window
+//     again. (Doubling back from a small budget would not do: when both
+//     peers sleep, each one's wake-up takes longer than the other's short
+//     spin, so both would stay stuck at the bottom.)
+//   - a thread that was preempted does not spin for the next kBackoffNs:
+//     other threads want the CPUs, and the peer may be one of them. A
+//     spinner on a loaded machine burns its share and then loses the CPU
+//     for whole time slices (milliseconds), while a futex sleeper that is
+//     woken gets it back at once; so under load both ends just sleep.
+//     Preemption shows as a gap between two clock reads of a spin, or as
+//     a rise in the thread's involuntary context switches (getrusage,
+//     read at most every kSampleNs), which also catches preemption
+//     outside the spin, such as in the middle of serving a request;
+//   - inside the spin, a pause instruction every iteration and a
+//     sched_yield now and then hand the core to whatever else is runnable.
+//
+// Not thread-safe: one per waiting thread (or under the caller's lock).
+//
+//   AdaptiveSpin spin;
+//   if (!spin.Spin([&] { return ready(); })) {
+//     const int64_t gave_up = AdaptiveSpin::NowNs();
+//     ... futex-sleep until ready() ...
+//     spin.Slept(AdaptiveSpin::NowNs() - gave_up);
+//   }
+#pragma once
+
+#include <sched.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdint>
+
+namespace tidepool {
+
+class AdaptiveSpin {
+ public:
+  // The hard bound of one spin; also the window within which an arrival
+  // counts as "soon" (it would have been caught by a spin).
+  static constexpr int64_t kMaxSpinNs = 40'000;
+  // Below this the budget drops to zero (no spin at all).
+  static constexpr int64_t kMinSpinNs = 2'000;
+  // A gap this long between two clock reads in the spin: preempted.
+  static constexpr int64_t kPreemptedNs = 20'000;
+  // No spinning for this long after a preemption.
+  static constexpr int64_t kBackoffNs = 20'000'000;
+  // How often the involuntary context switches are read.
+  static constexpr int64_t kSampleNs = 1'000'000;
+
+  static int64_t NowNs() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+  }
+
+  static void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
+  }
+
+  // Spins until `ready()` is true (returns true) or the budget runs out
+  // (returns false: the caller sleeps, then reports Slept).
+  template <typename Ready>
+  bool Spin(Ready&& ready) {
+    if (ready()) return true;
+    const int64_t start = NowNs();
+    if (start - sampled_ns_ > kSampleNs) Sample(start);
+    if (start < no_spin_until_ns_ || budget_ns_ <= 0) return false;
+    int64_t last = start;
+    for (uint32_t i = 1;; ++i) {
+      CpuRelax();
+      if (ready()) {
+        budget_ns_ = kMaxSpinNs;
+        return true;
+      }
+      if ((i & 31) != 0) continue;
+      const int64_t now = NowNs();
+      if (now - last > kPreemptedNs) {
+        no_spin_until_ns_ = now + kBackoffNs;
+        return ready();
+      }
+      if (now - start > budget_ns_) break;
+      last = now;
+      if ((i & 255) == 0) sched_yield();
+    }
+    Shrink();
+    return ready();
+  }
+
+  // The wait that Spin gave up on ended `waited_ns` after it did.
+  void Slept(int64_t waited_ns) {
+    if (waited_ns < kMaxSpinNs) budget_ns_ = kMaxSpinNs;
+  }
+
+  int64_t budget_ns() const { return budget_ns_; }
+
+ private:
+  void Sample(int64_t now) {
+    sampled_ns_ = now;
+    rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) return;
+    // Only the same thread's count means anything (callers under a lock
+    // may come from several threads).
+    const pid_t tid = gettid();
+    if (tid == tid_ && usage.ru_nivcsw != nivcsw_) {
+      no_spin_until_ns_ = now + kBackoffNs;
+    }
+    tid_ = tid;
+    nivcsw_ = usage.ru_nivcsw;
+  }
+
+  void Shrink() {
+    budget_ns_ /= 2;
+    if (budget_ns_ < kMinSpinNs) budget_ns_ = 0;
+  }
+
+  int64_t budget_ns_ = kMaxSpinNs;
+  int64_t no_spin_until_ns_ = 0;  // set when preempted
+  int64_t sampled_ns_ = 0;
+  pid_t tid_ = 0;
+  long nivcsw_ = 0;  // the thread's involuntary context switches
+};
+
+}  // namespace tidepool
