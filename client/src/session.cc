@@ -323,6 +323,14 @@ absl::Status Session::Impl::Drain(absl::string_view what, bool take) {
 absl::Status Session::Impl::Open(const SessionOptions& options) {
   socket_ = options.socket;
   if (::access(socket_.c_str(), F_OK) != 0) {
+    // The daemon's socket directory is 0750: outside its group the socket
+    // cannot even be seen, which is a permission problem, not a stopped
+    // daemon.
+    if (errno == EACCES) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("no permission to reach ", socket_,
+                       ": join the daemon's group (usually 'tidepool')"));
+    }
     return absl::UnavailableError(absl::StrCat(
         "tidepoold is not running: no socket at ", socket_,
         " (start it with `tidepoold`, or point SessionOptions::socket at "

@@ -1,8 +1,10 @@
 // tidepoold against broken and hostile clients, with real processes: each
 // attack gets a clear error naming the limit, and another session's work
 // still succeeds afterwards (docs/operations.md, "Security").
+#include <grp.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -207,6 +209,50 @@ TEST(PermissionsTest, AnotherUsersOpenDirectoryIsRefused) {
                              " has mode 0777, uid 65534"));
   EXPECT_THAT(log, HasSubstr("chmod 0750 " + theirs));
   EXPECT_EQ(ModeOf(theirs), 0777u);
+}
+
+// A user outside the daemon's group cannot see into its 0750 socket
+// directory: the client says to join the group, not that no daemon runs.
+TEST(PermissionsTest, AnOutsiderIsToldToJoinTheGroup) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  TempDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0755), 0);
+  const std::string socket = dir.path() + "/run/tidepool/tidepoold.sock";
+  Started d = StartUnderOpenUmask(socket, dir.path() + "/e.log");
+  ASSERT_TRUE(d.ready) << ReadFile(dir.path() + "/e.log");
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(out[0]);
+    // nobody, with no supplementary groups.
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(2);
+    }
+    auto s = tidepool::Session::Open({.socket = socket});
+    const std::string said =
+        s.ok() ? "ok"
+               : absl::StrCat(static_cast<int>(s.status().code()), " ",
+                              s.status().message());
+    (void)!::write(out[1], said.data(), said.size());
+    ::_exit(0);
+  }
+  ::close(out[1]);
+  std::string said;
+  char buf[512];
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof(buf))) > 0;)
+    said.append(buf, n);
+  ::close(out[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_THAT(said, HasSubstr(absl::StrCat(
+                        static_cast<int>(absl::StatusCode::kPermissionDenied),
+                        " no permission to reach ", socket)));
+  EXPECT_THAT(said, HasSubstr("join the daemon's group"));
+  Stop(d);
 }
 
 // --- 6. Sessions per process and per user ---------------------------------
