@@ -71,7 +71,7 @@ done
 # --- 2. Configure and build ----------------------------------------------
 fixed_targets=(tidepoold tidepoolctl tidepool_pattern_client
                tidepool_stream_order_client bench_transfer bench_policy
-               bench_adam sharded_trainer stream_trainer tidepool_python)
+               bench_latency bench_adam sharded_trainer stream_trainer tidepool_python)
 if [ "$check_only" = 0 ]; then
   mkdir -p "$build"
   "$cmake" -S . -B "$build" -DCMAKE_BUILD_TYPE=Release \
@@ -124,8 +124,8 @@ probes+=("$probe_dir/ipc_event_probe")
 # --- 3. Lay out .carry ---------------------------------------------------
 binaries=()
 for t in tidepoold tidepoolctl tidepool_pattern_client tidepool_stream_order_client \
-         bench_transfer bench_policy bench_adam sharded_trainer stream_trainer \
-         "${test_targets[@]}"; do
+         bench_transfer bench_policy bench_latency bench_adam sharded_trainer \
+         stream_trainer "${test_targets[@]}"; do
   [ -x "$build/bin/$t" ] || die "$build/bin/$t was not built"
   binaries+=("$build/bin/$t")
 done
@@ -279,7 +279,7 @@ run "tidepoold --device=sim serves /metrics" '^tidepool_build_info' 30 bash -c '
   kill $pid; wait $pid; rm -rf "$dir"' _ "$B/tidepoold"
 run "tidepoolctl status" 'not running|unavailable|connect|no such|failed' 10 "$B/tidepoolctl" --socket="$sock" status
 for t in tidepool_pattern_client tidepool_stream_order_client bench_transfer bench_policy \
-         bench_adam sharded_trainer stream_trainer; do
+         bench_latency bench_adam sharded_trainer stream_trainer; do
   run "$t --help" 'flags|usage|--' 10 "$B/$t" --help
 done
 for t in "${test_targets[@]}"; do

@@ -12,6 +12,8 @@
 #      ipc_event_probe (interprocess events both ways)
 #   1  every gpu-labelled test (.carry/gpu_tests.tsv)
 #   2  bench_transfer on the cuda backend
+#   3  bench_latency: acquire+release pairs, hot path vs gRPC (sim backend,
+#      on the GPU machine's idle cores)
 #   3  acquire/release round trip (derived from step 2; no latency bench yet)
 #   4  sharded_trainer --math=cuda under --policy=cpu and --policy=auto
 #   5  bench_policy (sim backend only: it has no cuda mode)
@@ -175,10 +177,12 @@ step 20-bench-transfer 100 "
   wait \$pid"
 
 # ---------------------------------------------------------------- step 3
-# No benchmark measures a resident acquire/release round trip yet; the
-# report derives the time per acquire+release (chunk load included) and
-# the gRPC path's extra cost per operation from step 2's table.
-note 30-acquire-release-latency NOTE "no round-trip latency benchmark exists; derived from bench_transfer below"
+# The pair latency where cores are free (the 2-core machine never has one
+# to spare for the spinning ends): resident and evicting pairs, 10 and
+# 100k chunks, 1 / 4 / 16 sessions. Sim backend: it measures the daemon's
+# bookkeeping and the hot path, not the device.
+step 30-bench-latency 120 "cd '$OUT' && '$B/bench_latency' --chunks=\${LATENCY_CHUNKS:-10,100000} --sessions=1,4,16 --seconds=1 2>/dev/null &&
+  '$B/bench_latency' --evicting --chunks=64,10000 --sessions=1,4 --seconds=1 2>/dev/null"
 
 # ---------------------------------------------------------------- step 4
 trainer() {  # trainer POLICY STEP: the demo's GPU configuration (scripts/demo.sh)
@@ -288,9 +292,9 @@ report=$OUT/report.md
     section "$n" "Test ${n#10-test-}" '^\[ *(PASSED|FAILED|SKIPPED|  OK|RUN) *\]|passed|failed|error|Failure|Value of|Actual|Expected|Which is|^tidepoold: |^[A-Z_]+: ' 80
   done
   section 20-bench-transfer "bench_transfer (cuda backend)" '^bench/transfer|chunk|MiB|fell back|rror'
-  echo "## Acquire/release round trip"
+  section 30-bench-latency "bench_latency (sim backend, this machine's cores)" '^bench/latency|^limits|^ +[0-9]|chunks|FAILED|rror' 60
+  echo "## Acquire/release with a chunk load"
   echo
-  echo "No benchmark measures a resident acquire/release round trip yet (a gap)."
   echo "From bench_transfer's sweeps (every acquire loads a chunk, read-only release):"
   echo
   if [ -f "$OUT/20-bench-transfer.log" ] && grep -qE '^ *[0-9]+ MiB' "$OUT/20-bench-transfer.log"; then
