@@ -109,9 +109,10 @@ absl::Status MemoryManager::CheckIndexes() const {
     const bool candidate =
         c.device_offset && c.compute_count == 0 && c.host_offset;
     std::optional<std::pair<uint64_t, bool>> indexed;
+    const uint64_t id = cid;  // a structured binding cannot be captured
     device_state_[c.device].evictable.ForEach(
         [&](uint64_t chunk, uint64_t tick, bool dirty) {
-          if (chunk == cid) indexed.emplace(tick, dirty);
+          if (chunk == id) indexed.emplace(tick, dirty);
           return !indexed;
         });
     if (candidate != indexed.has_value()) {
