@@ -277,8 +277,8 @@ int main(int argc, char** argv) {
     // (a fresh memfd, mapped by the daemon and delivered to the client),
     // against its later passes, where parked slots are reused.
     std::printf(
-        "%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%% %11.1f%% %6.2f\n", mib,
-        count, gbps[0].best_gbps, gbps[1].best_gbps, raw,
+        "%7d MiB %8d %12.2f %12.2f %12.2f %7.1f%% %7.1f%% %11.1f%% %6.2f\n",
+        mib, count, gbps[0].best_gbps, gbps[1].best_gbps, raw,
         100 * gbps[0].best_gbps / raw, 100 * gbps[1].best_gbps / raw,
         100 * gbps[0].first_gbps / gbps[0].best_gbps, LoadAverage());
     std::fflush(stdout);

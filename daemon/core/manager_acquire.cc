@@ -11,13 +11,19 @@
 
 namespace tidepool {
 
-absl::StatusOr<AcquireResult> MemoryManager::Acquire(
-    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
-    AccessMode mode, const OpContext* op) {
+absl::Status MemoryManager::CheckRequestSize(
+    const std::vector<uint64_t>& tensor_ids) const {
   if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
   if (tensor_ids.size() > options_.max_tensors_per_request) {
     return absl::InvalidArgumentError("too many tensors in one request");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AcquireResult> MemoryManager::Acquire(
+    uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode, const OpContext* op) {
+  TP_RETURN_IF_ERROR(CheckRequestSize(tensor_ids));
   if (op != nullptr && op->key.size() > options_.max_op_key_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "op key longer than ", options_.max_op_key_bytes, " bytes"));
@@ -192,10 +198,7 @@ absl::StatusOr<std::vector<uint64_t>> MemoryManager::CheckAcquire(
 absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
     uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
     AccessMode mode) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (tensor_ids.size() > options_.max_tensors_per_request) {
-    return absl::InvalidArgumentError("too many tensors in one request");
-  }
+  TP_RETURN_IF_ERROR(CheckRequestSize(tensor_ids));
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   return AcquireInHostHome(*session, tensor_ids, mode);
@@ -204,10 +207,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
 absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
     uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
     AccessMode mode) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (tensor_ids.size() > options_.max_tensors_per_request) {
-    return absl::InvalidArgumentError("too many tensors in one request");
-  }
+  TP_RETURN_IF_ERROR(CheckRequestSize(tensor_ids));
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   std::vector<SessionPlacement::Touch> touches;

@@ -108,13 +108,8 @@ absl::Status MemoryManager::CheckIndexes() const {
     auto s = sessions_.find(c.session_id);
     const bool candidate =
         c.device_offset && c.compute_count == 0 && c.host_offset;
-    std::optional<std::pair<uint64_t, bool>> indexed;
-    const uint64_t id = cid;  // a structured binding cannot be captured
-    device_state_[c.device].evictable.ForEach(
-        [&](uint64_t chunk, uint64_t tick, bool dirty) {
-          if (chunk == id) indexed.emplace(tick, dirty);
-          return !indexed;
-        });
+    const std::optional<std::pair<uint64_t, bool>> indexed =
+        device_state_[c.device].evictable.Find(cid);
     if (candidate != indexed.has_value()) {
       return absl::InternalError(
           absl::StrCat("chunk ", cid, (candidate ? " may" : " may not"),

@@ -228,7 +228,8 @@ MemoryManager::PlanHostHomes(Session& session,
   }
   homes.resize(chunk_bytes.size());
   // Slabs of consecutive chunks, each at most kMaxSlabBytes (so that a
-  // fragmented pool still finds room); a lone chunk needs no slab.
+  // fragmented pool still finds room); a lone chunk gets a slab of one
+  // from CreateChunk.
   constexpr uint64_t kMaxSlabBytes = 1ull << 30;
   size_t first = 0;
   while (first < chunk_bytes.size()) {
@@ -242,22 +243,11 @@ MemoryManager::PlanHostHomes(Session& session,
     const size_t begin = first;
     first = end;
     if (count < 2) continue;
-    absl::StatusOr<uint64_t> offset = host_allocator_.Allocate(bytes);
-    if (!offset.ok()) continue;  // homes of their own, or a clear error
-    absl::StatusOr<UniqueFd> fd = host_pool_.Back(*offset, bytes);
-    absl::Status pinned = fd.ok() ? devices_[session.device]->PinHost(
-                                        host_pool_.data() + *offset, bytes)
-                                  : fd.status();
-    if (!pinned.ok()) {
-      if (fd.ok()) host_pool_.Withdraw(*offset, bytes).IgnoreError();
-      host_allocator_.Free(*offset).IgnoreError();
-      continue;
-    }
-    Grant(session, /*device=*/false, *offset, bytes,
-          std::make_shared<UniqueFd>(std::move(*fd)));
-    host_slabs_[*offset] = HostSlab{.bytes = bytes,
-                                    .device = session.device,
-                                    .homes = static_cast<int>(count)};
+    // No room for the slab: the chunks get slabs of one (CreateChunk),
+    // which a fragmented pool may still find, or a clear error.
+    absl::StatusOr<uint64_t> offset =
+        NewHostSlab(session, bytes, static_cast<int>(count));
+    if (!offset.ok()) continue;
     uint64_t at = *offset;
     for (size_t k = begin; k < end; ++k) {
       homes[k] = HostHome{.slab = *offset, .offset = at};
@@ -265,6 +255,34 @@ MemoryManager::PlanHostHomes(Session& session,
     }
   }
   return homes;
+}
+
+absl::StatusOr<uint64_t> MemoryManager::NewHostSlab(Session& session,
+                                                    uint64_t bytes, int homes) {
+  absl::StatusOr<uint64_t> offset = host_allocator_.Allocate(bytes);
+  if (!offset.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "host pool exhausted: ", bytes, " bytes of host homes do not fit (",
+        host_allocator_.used(), " of ", host_allocator_.capacity(),
+        " bytes in use); raise host_pool_bytes"));
+  }
+  // A fresh memfd of its own: zero-filled, and mapped by this session's
+  // client alone.
+  absl::StatusOr<UniqueFd> fd = host_pool_.Back(*offset, bytes);
+  absl::Status pinned = fd.ok() ? devices_[session.device]->PinHost(
+                                      host_pool_.data() + *offset, bytes)
+                                : fd.status();
+  if (!pinned.ok()) {
+    if (fd.ok()) host_pool_.Withdraw(*offset, bytes).IgnoreError();
+    host_allocator_.Free(*offset).IgnoreError();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "could not back a host home of ", bytes, " bytes: ", pinned.message()));
+  }
+  Grant(session, /*device=*/false, *offset, bytes,
+        std::make_shared<UniqueFd>(std::move(*fd)));
+  host_slabs_[*offset] =
+      HostSlab{.bytes = bytes, .device = session.device, .homes = homes};
+  return *offset;
 }
 
 void MemoryManager::ReleaseSlabHome(uint64_t slab) {
@@ -324,37 +342,13 @@ absl::StatusOr<uint64_t> MemoryManager::CreateChunk(
           session.stats.host_bytes, " of ", session.host_quota,
           " bytes used)"));
     }
-    if (home) {
-      chunk.host_offset = home->offset;
-      chunk.host_slab = home->slab;
-      session.stats.host_bytes += rounded;
+    if (!home) {  // a slab of one
+      TP_ASSIGN_OR_RETURN(const uint64_t slab,
+                          NewHostSlab(session, rounded, /*homes=*/1));
+      home = HostHome{.slab = slab, .offset = slab};
     }
-  }
-  if (!chunk.host_offset && session.policy != Policy::kCuda) {
-    const uint64_t rounded = host_allocator_.RoundUp(bytes);
-    auto offset = host_allocator_.Allocate(bytes);
-    if (!offset.ok()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "host pool exhausted: a chunk of ", bytes, " bytes does not fit (",
-          host_allocator_.used(), " of ", host_allocator_.capacity(),
-          " bytes in use); raise host_pool_bytes"));
-    }
-    // A fresh memfd of its own: zero-filled, and mapped by this session's
-    // client alone.
-    auto fd = host_pool_.Back(*offset, rounded);
-    absl::Status pinned = fd.ok() ? devices_[session.device]->PinHost(
-                                        host_pool_.data() + *offset, rounded)
-                                  : fd.status();
-    if (!pinned.ok()) {
-      if (fd.ok()) host_pool_.Withdraw(*offset, rounded).IgnoreError();
-      host_allocator_.Free(*offset).IgnoreError();
-      return absl::ResourceExhaustedError(
-          absl::StrCat("could not back a host home of ", rounded,
-                       " bytes: ", pinned.message()));
-    }
-    Grant(session, /*device=*/false, *offset, rounded,
-          std::make_shared<UniqueFd>(std::move(*fd)));
-    chunk.host_offset = *offset;
+    chunk.host_offset = home->offset;
+    chunk.host_slab = home->slab;
     session.stats.host_bytes += rounded;
   }
   ++next_chunk_id_;
@@ -369,25 +363,12 @@ void MemoryManager::DestroyChunk(uint64_t chunk_id) {
   auto it = chunks_.find(chunk_id);
   if (it == chunks_.end()) return;
   Chunk& c = it->second;
-  device_state_[c.device].evictable.Erase(c.id);
-  if (auto s = sessions_.find(c.session_id); s != sessions_.end()) {
-    s->second.evictable.Erase(c.id);
-    s->second.resident.erase(c.id);
-  }
-  if (c.device_offset)
+  if (c.device_offset) {
     FreeSlot(c.device, c.session_id, *c.device_offset, c.bytes);
-  if (c.host_slab) {
-    ReleaseSlabHome(*c.host_slab);
-  } else if (c.host_offset) {
-    uint8_t* home = host_pool_.data() + *c.host_offset;
-    devices_[c.device]->UnpinHost(home);
-    // Its pages are freed, so nothing of it survives in a mapping that
-    // its (possibly still running) client keeps.
-    absl::Status s =
-        host_pool_.Withdraw(*c.host_offset, host_allocator_.RoundUp(c.bytes));
-    if (!s.ok()) LOG(ERROR) << "host home of chunk " << c.id << ": " << s;
-    host_allocator_.Free(*c.host_offset).IgnoreError();
+    c.device_offset.reset();
   }
+  Reindex(c);  // no device copy: out of every index
+  if (c.host_slab) ReleaseSlabHome(*c.host_slab);
   chunks_.erase(it);
 }
 

@@ -412,7 +412,7 @@ class MemoryManager {
     Group group;
     uint64_t bytes;
     std::optional<uint64_t> host_offset;    // absent: device-only (cuda)
-    std::optional<uint64_t> host_slab;      // the slab its home is part of
+    std::optional<uint64_t> host_slab;      // the slab its home is in
     std::optional<uint64_t> device_offset;  // present: resident
     bool dirty = false;  // the device copy is newer than the host home
     int compute_count = 0;
@@ -459,6 +459,8 @@ class MemoryManager {
 
   absl::StatusOr<Session*> Authenticate(uint64_t id, const Token& token)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An acquire's tensor list: not empty, within max_tensors_per_request.
+  absl::Status CheckRequestSize(const std::vector<uint64_t>& tensor_ids) const;
   // Checks that every tensor may become COMPUTE (registered here, listed
   // once, legal transition, its chunk not in use on the other side) and
   // returns their chunks in first-use order.
@@ -508,7 +510,7 @@ class MemoryManager {
     uint64_t offset;
   };
   // `home`: where the chunk's host home is, in a slab PlanHostHomes made;
-  // absent: a home of its own.
+  // absent: a slab of one.
   absl::StatusOr<uint64_t> CreateChunk(Session& session, Group group,
                                        uint64_t bytes, CopyBatch& batch,
                                        std::optional<HostHome> home)
@@ -521,6 +523,11 @@ class MemoryManager {
   std::vector<std::optional<HostHome>> PlanHostHomes(
       Session& session, const std::vector<TensorSpec>& specs,
       const std::vector<uint64_t>& sizes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A slab of `bytes` for `homes` chunks of `session`: allocated, backed by
+  // a fresh memfd, pinned, and granted to the session's client.
+  absl::StatusOr<uint64_t> NewHostSlab(Session& session, uint64_t bytes,
+                                       int homes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A chunk of the slab is gone (or was never made): the last one frees
   // the slab's pages and range.
   void ReleaseSlabHome(uint64_t slab) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

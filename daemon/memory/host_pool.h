@@ -2,10 +2,11 @@
 //
 // The pool is address space reserved once in the daemon. Each backed range
 // (a slab of one session's host homes) is a memfd of its own, mapped at its
-// offset when its chunks are created; the fd goes to the session's client (which maps it at the same
-// offset of its own reservation) and to no one else, so a client can reach
-// its own homes only. Destroying the home punches its pages out of the memfd,
-// so nothing of it outlives the chunk, whoever still maps it.
+// offset when its chunks are created; the fd goes to the session's client
+// (which maps it at the same offset of its own reservation) and to no one else,
+// so a client can reach its own homes only. Destroying the home punches its
+// pages out of the memfd, so nothing of it outlives the chunk, whoever still
+// maps it.
 //
 //   auto pool = HostPool::Create(64ull << 30);
 //   auto fd = pool->Back(offset, bytes);   // send *fd to the owner

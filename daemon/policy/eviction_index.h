@@ -20,6 +20,7 @@
 #include <optional>
 #include <set>
 #include <tuple>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 
@@ -42,6 +43,12 @@ class EvictionIndex {
   void ForEach(
       const std::function<bool(uint64_t, uint64_t, bool)>& visit) const;
 
+  // The candidate's (last_use_tick, dirty); nullopt if it is none.
+  std::optional<std::pair<uint64_t, bool>> Find(uint64_t chunk) const {
+    auto it = keys_.find(chunk);
+    if (it == keys_.end()) return std::nullopt;
+    return std::make_pair(std::get<0>(it->second), std::get<1>(it->second));
+  }
   bool Contains(uint64_t chunk) const { return keys_.contains(chunk); }
   size_t size() const { return keys_.size(); }
   bool empty() const { return keys_.empty(); }

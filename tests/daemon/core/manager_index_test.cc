@@ -28,21 +28,34 @@ struct Client {
   std::vector<std::vector<uint64_t>> held;
 };
 
-class ManagerIndexTest : public ::testing::TestWithParam<uint32_t> {};
-
-TEST_P(ManagerIndexTest, IndexesMatchAScanAfterEveryRequest) {
-  std::mt19937 rng(GetParam());
-  auto host = HostPool::Create(64 << 20);
-  ASSERT_TRUE(host.ok());
+// A manager of 64 KiB chunks on a sim device of `pool_bytes`; null (and a
+// test failure) if a pool cannot be made.
+std::unique_ptr<MemoryManager> NewManager(uint64_t host_bytes,
+                                          uint64_t pool_bytes) {
+  auto host = HostPool::Create(host_bytes);
+  EXPECT_TRUE(host.ok()) << host.status();
+  if (!host.ok()) return nullptr;
   BackendOptions b;
-  b.pool_bytes = 1 << 20;  // 16 slots of 64 KiB: evictions all the time
+  b.pool_bytes = pool_bytes;
   auto sim = SimBackend::Create(b, host->data(), host->size());
-  ASSERT_TRUE(sim.ok());
+  EXPECT_TRUE(sim.ok()) << sim.status();
+  if (!sim.ok()) return nullptr;
   std::vector<std::unique_ptr<DeviceBackend>> devices;
   devices.push_back(std::move(*sim));
   ManagerOptions options;
   options.chunk_size = 64 * kKiB;
-  MemoryManager manager(options, std::move(*host), std::move(devices));
+  return std::make_unique<MemoryManager>(options, std::move(*host),
+                                         std::move(devices));
+}
+
+class ManagerIndexTest : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(ManagerIndexTest, IndexesMatchAScanAfterEveryRequest) {
+  std::mt19937 rng(GetParam());
+  // 16 slots of 64 KiB: evictions all the time.
+  std::unique_ptr<MemoryManager> owned = NewManager(64 << 20, 1 << 20);
+  ASSERT_NE(owned, nullptr);
+  MemoryManager& manager = *owned;
 
   const Policy policies[] = {Policy::kCpu, Policy::kAuto, Policy::kStatic,
                              Policy::kCpu};
@@ -131,18 +144,8 @@ INSTANTIATE_TEST_SUITE_P(Seeds, ManagerIndexTest, ::testing::Range(1u, 7u));
 class HostSlabTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto host = HostPool::Create(256 << 20);
-    ASSERT_TRUE(host.ok());
-    BackendOptions b;
-    b.pool_bytes = 4 << 20;
-    auto sim = SimBackend::Create(b, host->data(), host->size());
-    ASSERT_TRUE(sim.ok());
-    std::vector<std::unique_ptr<DeviceBackend>> devices;
-    devices.push_back(std::move(*sim));
-    ManagerOptions options;
-    options.chunk_size = 64 * kKiB;
-    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
-                                               std::move(devices));
+    manager_ = NewManager(256 << 20, 4 << 20);
+    ASSERT_NE(manager_, nullptr);
   }
 
   static std::vector<TensorSpec> Specs(int chunks) {
