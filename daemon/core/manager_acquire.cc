@@ -30,9 +30,147 @@ absl::StatusOr<AcquireResult> MemoryManager::Acquire(
   }
   // Keys come back in traces and divergence reasons (proto strings).
   if (op != nullptr) TP_RETURN_IF_ERROR(CheckUtf8("op key", op->key));
+  CoreWork work;
+  std::optional<AcquireResult> done;
+  {
+    absl::ReaderMutexLock core(&mu_);
+    TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+    absl::MutexLock own(session->mu.get());
+    TP_ASSIGN_OR_RETURN(done,
+                        AcquireWithoutMoves(*session, tensor_ids, mode,
+                                            /*on_host=*/false, op, &work));
+    if (done && !work.any()) return *std::move(done);
+  }
   absl::MutexLock lock(&mu_);
+  // Looked up again: the session may have closed in between.
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  if (done) {
+    DoCoreWork(*session, work);
+    return *std::move(done);
+  }
   return AcquireOnDevice(*session, tensor_ids, mode, op, /*sequenced=*/true);
+}
+
+absl::StatusOr<std::optional<AcquireResult>> MemoryManager::AcquireWithoutMoves(
+    Session& session, const std::vector<uint64_t>& tensor_ids, AccessMode mode,
+    bool on_host, const OpContext* op, CoreWork* work) {
+  TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
+                      CheckAcquire(session, tensor_ids, on_host));
+  for (uint64_t cid : needed) {
+    const Chunk& c = chunks_.at(cid);
+    // On the device: a load. On the host: a device copy to drop (read-write)
+    // or to write back first (dirty).
+    const bool moves =
+        on_host ? c.device_offset && (mode == AccessMode::kReadWrite || c.dirty)
+                : !c.device_offset;
+    if (moves) return std::nullopt;
+  }
+  // The placement sees the op first, as in AcquireOnDevice; the limit it
+  // sets for a new op is enforced afterwards, by the core, when it is
+  // exceeded. The acquired chunks are COMPUTE by then: pinned all the same.
+  const bool new_op =
+      work != nullptr && !on_host && NoteOp(session, needed, mode, op);
+  AcquireResult result =
+      EnterCompute(session, tensor_ids, needed, mode, on_host);
+  if (!on_host) NotePrefetchUse(session, needed);
+  if (work != nullptr && session.placement) {
+    work->enforce_limit =
+        new_op && session.stats.device_bytes > session.placement->Limit();
+    work->prefetch = !PlanPrefetchWork(session).empty();
+  }
+  return result;
+}
+
+bool MemoryManager::NoteOp(Session& session,
+                           const std::vector<uint64_t>& needed, AccessMode mode,
+                           const OpContext* op) {
+  if (!session.placement) return false;
+  std::vector<SessionPlacement::Touch> touches;
+  touches.reserve(needed.size());
+  for (uint64_t cid : needed) {
+    touches.push_back(
+        {cid, chunks_.at(cid).bytes, mode == AccessMode::kReadWrite});
+  }
+  DeviceBackend& backend = *devices_[session.device];
+  auto outside = [&]() -> uint64_t {
+    // On sim the pool is the whole card; on cuda the framework's memory
+    // lies outside the pool: what the driver has free plus what the
+    // framework holds.
+    if (backend.description().backend == "sim") return 0;
+    absl::StatusOr<uint64_t> free = backend.DriverFreeBytes();
+    if (!free.ok()) return 0;
+    const uint64_t non_model = op != nullptr ? op->non_model_bytes : 0;
+    return *free > ~0ull - non_model ? ~0ull : *free + non_model;
+  };
+  return session.placement->OnAcquire(op, outside, touches);
+}
+
+void MemoryManager::NotePrefetchUse(Session& session,
+                                    const std::vector<uint64_t>& needed) {
+  for (uint64_t cid : needed) {
+    Chunk& c = chunks_.at(cid);
+    if (!c.prefetched) continue;
+    c.prefetched = false;
+    const bool arrived =
+        devices_[session.device]->CompletedSequence() >= c.arrival_sequence;
+    ++(arrived ? session.stats.prefetch_hits : session.stats.prefetch_late);
+    observer().OnPrefetch(session.device, arrived ? PrefetchOutcome::kHit
+                                                  : PrefetchOutcome::kLate);
+  }
+}
+
+void MemoryManager::DoCoreWork(Session& session, const CoreWork& work) {
+  if (work.enforce_limit) {
+    CopyBatch batch;
+    EnforceLimit(session, {}, batch);
+    if (!batch.to_host.empty() || !batch.installs.empty()) {
+      absl::Status s = SubmitBatch(session.device, std::move(batch)).status();
+      if (!s.ok()) {
+        LOG(ERROR) << "session " << session.id
+                   << ": evictions not submitted: " << s;
+      }
+    }
+  }
+  RunPrefetch(session);
+}
+
+AcquireResult MemoryManager::EnterCompute(
+    Session& session, const std::vector<uint64_t>& tensor_ids,
+    const std::vector<uint64_t>& needed, AccessMode mode, bool on_host) {
+  AcquireResult result;
+  result.ready_sequence = 0;
+  result.map_generation = session.grant_generation;
+  result.on_host = on_host;
+  const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
+  for (uint64_t t : tensor_ids) {
+    Tensor& tensor = session.tensors.at(t);
+    Chunk& c = chunks_.at(tensor.chunk_id);
+    CountTransition(c, tensor.state, TensorState::kCompute);
+    tensor.state = TensorState::kCompute;
+    ++c.compute_count;
+    c.last_use_tick = tick;
+    if (on_host) {
+      tensor.on_host = true;
+      ++c.host_compute_count;
+      result.ready_sequence =
+          std::max(result.ready_sequence, c.host_ready_sequence);
+      result.tensors.push_back(
+          {t, *c.host_offset + tensor.offset, tensor.bytes});
+    } else {
+      if (mode == AccessMode::kReadWrite && c.host_offset) c.dirty = true;
+      result.ready_sequence =
+          std::max(result.ready_sequence, c.arrival_sequence);
+      result.tensors.push_back(
+          {t, *c.device_offset + tensor.offset, tensor.bytes});
+    }
+  }
+  for (uint64_t cid : needed) {
+    const Chunk& c = chunks_.at(cid);
+    Reindex(c);
+    RecordEvent(c, ResidencyEventKind::kAcquired);
+  }
+  ++session.stats.acquires;
+  return result;
 }
 
 absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
@@ -43,27 +181,8 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
   TP_ASSIGN_OR_RETURN(const std::vector<uint64_t> needed,
                       CheckAcquire(*session, tensor_ids, /*on_host=*/false));
   CopyBatch batch;
-  if (session->placement && sequenced) {
-    std::vector<SessionPlacement::Touch> touches;
-    touches.reserve(needed.size());
-    for (uint64_t cid : needed) {
-      touches.push_back(
-          {cid, chunks_.at(cid).bytes, mode == AccessMode::kReadWrite});
-    }
-    DeviceBackend& backend = *devices_[session->device];
-    auto outside = [&]() -> uint64_t {
-      // On sim the pool is the whole card; on cuda the framework's memory
-      // lies outside the pool: what the driver has free plus what the
-      // framework holds.
-      if (backend.description().backend == "sim") return 0;
-      absl::StatusOr<uint64_t> free = backend.DriverFreeBytes();
-      if (!free.ok()) return 0;
-      const uint64_t non_model = op != nullptr ? op->non_model_bytes : 0;
-      return *free > ~0ull - non_model ? ~0ull : *free + non_model;
-    };
-    if (session->placement->OnAcquire(op, outside, touches)) {
-      EnforceLimit(*session, needed, batch);
-    }
+  if (sequenced && NoteOp(*session, needed, mode, op)) {
+    EnforceLimit(*session, needed, batch);
   }
   std::vector<uint64_t> loaded;
   absl::Status status;
@@ -113,39 +232,12 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnDevice(
                         SubmitBatch(session->device, std::move(batch)));
     for (uint64_t cid : loaded) chunks_.at(cid).arrival_sequence = seq;
   }
-  AcquireResult result;
-  result.ready_sequence = 0;
-  result.map_generation = session->grant_generation;
-  const uint64_t tick = ++tick_;
-  for (uint64_t t : tensor_ids) {
-    Tensor& tensor = session->tensors.at(t);
-    Chunk& c = chunks_.at(tensor.chunk_id);
-    CountTransition(c, tensor.state, TensorState::kCompute);
-    tensor.state = TensorState::kCompute;
-    ++c.compute_count;
-    c.last_use_tick = tick;
-    if (mode == AccessMode::kReadWrite && c.host_offset) c.dirty = true;
-    result.ready_sequence = std::max(result.ready_sequence, c.arrival_sequence);
-    result.tensors.push_back(
-        {t, *c.device_offset + tensor.offset, tensor.bytes});
+  for (uint64_t cid : loaded) {
+    RecordEvent(chunks_.at(cid), ResidencyEventKind::kLoaded);
   }
-  for (uint64_t cid : needed) {
-    Chunk& c = chunks_.at(cid);
-    Reindex(c);
-    if (std::find(loaded.begin(), loaded.end(), cid) != loaded.end()) {
-      RecordEvent(c, ResidencyEventKind::kLoaded);
-    }
-    RecordEvent(c, ResidencyEventKind::kAcquired);
-    if (c.prefetched) {
-      c.prefetched = false;
-      const bool arrived =
-          devices_[session->device]->CompletedSequence() >= c.arrival_sequence;
-      ++(arrived ? session->stats.prefetch_hits : session->stats.prefetch_late);
-      observer().OnPrefetch(session->device, arrived ? PrefetchOutcome::kHit
-                                                     : PrefetchOutcome::kLate);
-    }
-  }
-  ++session->stats.acquires;
+  AcquireResult result =
+      EnterCompute(*session, tensor_ids, needed, mode, /*on_host=*/false);
+  NotePrefetchUse(*session, needed);
   RunPrefetch(*session);
   return result;
 }
@@ -199,6 +291,16 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireOnHost(
     uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
     AccessMode mode) {
   TP_RETURN_IF_ERROR(CheckRequestSize(tensor_ids));
+  {
+    absl::ReaderMutexLock core(&mu_);
+    TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+    absl::MutexLock own(session->mu.get());
+    TP_ASSIGN_OR_RETURN(
+        std::optional<AcquireResult> done,
+        AcquireWithoutMoves(*session, tensor_ids, mode, /*on_host=*/true,
+                            nullptr, nullptr));
+    if (done) return *std::move(done);
+  }
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
   return AcquireInHostHome(*session, tensor_ids, mode);
@@ -208,26 +310,31 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
     uint64_t id, const Token& token, const std::vector<uint64_t>& tensor_ids,
     AccessMode mode) {
   TP_RETURN_IF_ERROR(CheckRequestSize(tensor_ids));
-  absl::MutexLock lock(&mu_);
-  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
-  std::vector<SessionPlacement::Touch> touches;
-  bool host_homes = true;
-  bool resident = true;  // every chunk has a device copy, none in host use
-  for (uint64_t t : tensor_ids) {
-    auto it = session->tensors.find(t);
-    if (it == session->tensors.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("tensor ", t, " is not registered in this session"));
-    }
-    const Chunk& c = chunks_.at(it->second.chunk_id);
-    host_homes = host_homes && c.host_offset.has_value();
-    resident =
-        resident && c.device_offset.has_value() && c.host_compute_count == 0;
-    if (std::none_of(touches.begin(), touches.end(),
-                     [&](const auto& touch) { return touch.chunk == c.id; })) {
-      touches.push_back({c.id, c.bytes, mode == AccessMode::kReadWrite});
+  {
+    absl::ReaderMutexLock core(&mu_);
+    TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+    // A placement decides (and learns) where updates run: the core.
+    if (session->placement == nullptr) {
+      absl::MutexLock own(session->mu.get());
+      TP_ASSIGN_OR_RETURN(const UpdateSite site,
+                          LocateUpdate(*session, tensor_ids, mode));
+      const bool on_device = !site.host_homes || site.resident;
+      TP_ASSIGN_OR_RETURN(std::optional<AcquireResult> done,
+                          AcquireWithoutMoves(*session, tensor_ids, mode,
+                                              !on_device, nullptr, nullptr));
+      if (done) {
+        observer().OnPlacedUpdate(session->device, on_device);
+        return *std::move(done);
+      }
     }
   }
+  absl::MutexLock lock(&mu_);
+  TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  TP_ASSIGN_OR_RETURN(UpdateSite site,
+                      LocateUpdate(*session, tensor_ids, mode));
+  std::vector<SessionPlacement::Touch>& touches = site.touches;
+  const bool host_homes = site.host_homes;
+  const bool resident = site.resident;
   // cuda: nowhere else to go; cpu: where the chunks are now.
   bool on_device = !host_homes || resident;
   if (host_homes && session->placement) {
@@ -254,6 +361,28 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireWherePlaced(
   return result;
 }
 
+absl::StatusOr<MemoryManager::UpdateSite> MemoryManager::LocateUpdate(
+    const Session& session, const std::vector<uint64_t>& tensor_ids,
+    AccessMode mode) const {
+  UpdateSite site;
+  for (uint64_t t : tensor_ids) {
+    auto it = session.tensors.find(t);
+    if (it == session.tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t, " is not registered in this session"));
+    }
+    const Chunk& c = chunks_.at(it->second.chunk_id);
+    site.host_homes = site.host_homes && c.host_offset.has_value();
+    site.resident = site.resident && c.device_offset.has_value() &&
+                    c.host_compute_count == 0;
+    if (std::none_of(site.touches.begin(), site.touches.end(),
+                     [&](const auto& touch) { return touch.chunk == c.id; })) {
+      site.touches.push_back({c.id, c.bytes, mode == AccessMode::kReadWrite});
+    }
+  }
+  return site;
+}
+
 absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
     Session& session_ref, const std::vector<uint64_t>& tensor_ids,
     AccessMode mode) {
@@ -275,36 +404,16 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
   if (!batch.to_host.empty()) {
     TP_RETURN_IF_ERROR(SubmitBatch(session->device, std::move(batch)).status());
   }
-  AcquireResult result;
-  result.ready_sequence = 0;
-  result.map_generation = session->grant_generation;
-  result.on_host = true;
-  const uint64_t tick = ++tick_;
-  for (uint64_t t : tensor_ids) {
-    Tensor& tensor = session->tensors.at(t);
-    Chunk& c = chunks_.at(tensor.chunk_id);
-    CountTransition(c, tensor.state, TensorState::kCompute);
-    tensor.state = TensorState::kCompute;
-    tensor.on_host = true;
-    ++c.compute_count;
-    ++c.host_compute_count;
-    c.last_use_tick = tick;
-    result.ready_sequence =
-        std::max(result.ready_sequence, c.host_ready_sequence);
-    result.tensors.push_back({t, *c.host_offset + tensor.offset, tensor.bytes});
-  }
-  for (uint64_t cid : needed) {
-    Reindex(chunks_.at(cid));
-    RecordEvent(chunks_.at(cid), ResidencyEventKind::kAcquired);
-  }
-  ++session->stats.acquires;
-  return result;
+  return EnterCompute(*session, tensor_ids, needed, mode, /*on_host=*/true);
 }
 
 absl::Status MemoryManager::Release(uint64_t id, const Token& token,
                                     const std::vector<uint64_t>& tensor_ids,
                                     TensorState target) {
   if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
+  if (tensor_ids.size() > options_.max_tensors_per_request) {
+    return absl::InvalidArgumentError("too many tensors in one request");
+  }
   if (target != TensorState::kHold && target != TensorState::kHoldAfterBwd &&
       target != TensorState::kFree) {
     return absl::InvalidArgumentError(
@@ -312,8 +421,25 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
                      "not ",
                      TensorStateName(target)));
   }
+  {
+    absl::ReaderMutexLock core(&mu_);
+    TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+    absl::MutexLock own(session->mu.get());
+    TP_RETURN_IF_ERROR(ReleaseTensors(*session, tensor_ids, target));
+    // Released chunks may make room for what the plan needs next: only
+    // then does a release need the core.
+    if (PlanPrefetchWork(*session).empty()) return absl::OkStatus();
+  }
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
+  RunPrefetch(*session);
+  return absl::OkStatus();
+}
+
+absl::Status MemoryManager::ReleaseTensors(
+    Session& session_ref, const std::vector<uint64_t>& tensor_ids,
+    TensorState target) {
+  Session* session = &session_ref;
   std::set<uint64_t> seen;
   for (uint64_t t : tensor_ids) {
     auto it = session->tensors.find(t);
@@ -332,7 +458,7 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
                        ": ", legal.message()));
     }
   }
-  const uint64_t tick = ++tick_;
+  const uint64_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
   std::vector<uint64_t> released;  // chunks, in first-release order
   for (uint64_t t : tensor_ids) {
     Tensor& tensor = session->tensors.at(t);
@@ -356,8 +482,6 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
     Reindex(chunks_.at(cid));
     RecordEvent(chunks_.at(cid), ResidencyEventKind::kReleased);
   }
-  // Released chunks may make room for what the plan needs next.
-  RunPrefetch(*session);
   return absl::OkStatus();
 }
 

@@ -50,25 +50,33 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
 }
 
 void MemoryManager::Reindex(const Chunk& c) {
-  Device& dev = device_state_[c.device];
   auto s = sessions_.find(c.session_id);
-  Session* owner = s != sessions_.end() ? &s->second : nullptr;
+  if (s == sessions_.end()) return;  // being reclaimed: in no index
+  Session& owner = s->second;
   // What MakeRoom may evict: resident, not computed on, with a host home
   // to go back to.
   if (c.device_offset && c.compute_count == 0 && c.host_offset) {
-    dev.evictable.Set(c.id, c.last_use_tick, c.dirty);
-    if (owner != nullptr) owner->evictable.Set(c.id, c.last_use_tick, c.dirty);
+    owner.evictable.Set(c.id, c.last_use_tick, c.dirty);
   } else {
-    dev.evictable.Erase(c.id);
-    if (owner != nullptr) owner->evictable.Erase(c.id);
+    owner.evictable.Erase(c.id);
   }
-  if (owner != nullptr) {
-    if (c.device_offset) {
-      owner->resident.insert(c.id);
-    } else {
-      owner->resident.erase(c.id);
-    }
+  if (c.device_offset) {
+    owner.resident.insert(c.id);
+  } else {
+    owner.resident.erase(c.id);
   }
+}
+
+std::optional<uint64_t> MemoryManager::DeviceVictim(
+    size_t device, const std::function<bool(uint64_t)>& skip) const {
+  std::optional<EvictionIndex::Entry> best;
+  for (uint64_t id : device_state_[device].sessions) {
+    const std::optional<EvictionIndex::Entry> first =
+        sessions_.at(id).evictable.FirstEntry(skip);
+    if (first && (!best || *first < *best)) best = first;
+  }
+  if (!best) return std::nullopt;
+  return best->chunk;
 }
 
 void MemoryManager::CountTransition(Chunk& chunk, TensorState from,
@@ -118,7 +126,8 @@ absl::Status MemoryManager::MakeRoom(Session& session, uint64_t bytes,
     // (LruEvictionPolicy's rule, kept in order by the index).
     const bool own_only = over_quota();
     const std::optional<uint64_t> victim =
-        (own_only ? session.evictable : dev.evictable).First(is_pinned);
+        own_only ? session.evictable.First(is_pinned)
+                 : DeviceVictim(session.device, is_pinned);
     if (!victim) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "device ", devices_[session.device]->description().name,
@@ -161,23 +170,24 @@ void MemoryManager::EnforceLimit(Session& session,
   }
 }
 
-void MemoryManager::RunPrefetch(Session& session) {
-  SessionPlacement* placement = session.placement.get();
+MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
+    const Session& session) const {
+  PrefetchWork work;
+  const SessionPlacement* placement = session.placement.get();
   // Both the write-backs ahead and the prefetches follow a plan: a session
   // without one costs nothing here.
-  if (placement == nullptr || !placement->position()) return;
-  RangeAllocator& alloc = *device_state_[session.device].allocator;
+  if (placement == nullptr || !placement->position()) return work;
+  const RangeAllocator& alloc = *device_state_[session.device].allocator;
   // Write back, while the step goes on, what a host update will take next
   // (a gradient no op needs again this step): the update then finds it
   // clean and drops the device copy without waiting for the link.
-  CopyBatch ahead;
   std::vector<ResidentChunk> resident;
   resident.reserve(session.resident.size());
   for (uint64_t cid : session.resident) {
-    Chunk& c = chunks_.at(cid);
+    const Chunk& c = chunks_.at(cid);
     if (c.dirty && c.compute_count == 0 && c.host_offset &&
         placement->WriteBackAhead(cid)) {
-      QueueWriteBack(c, session, ahead);
+      work.write_backs.push_back(cid);
     }
     resident.push_back(ResidentChunk{
         .chunk = cid,
@@ -186,6 +196,19 @@ void MemoryManager::RunPrefetch(Session& session) {
         .evictable = c.compute_count == 0 && c.host_offset.has_value(),
         .last_use_tick = c.last_use_tick});
   }
+  work.actions =
+      placement->Prefetch(std::move(resident), session.stats.device_bytes);
+  return work;
+}
+
+void MemoryManager::RunPrefetch(Session& session) {
+  PrefetchWork work = PlanPrefetchWork(session);
+  if (work.empty()) return;
+  RangeAllocator& alloc = *device_state_[session.device].allocator;
+  CopyBatch ahead;
+  for (uint64_t cid : work.write_backs) {
+    QueueWriteBack(chunks_.at(cid), session, ahead);
+  }
   if (!ahead.to_host.empty()) {
     absl::Status s = SubmitBatch(session.device, std::move(ahead)).status();
     if (!s.ok()) {
@@ -193,8 +216,7 @@ void MemoryManager::RunPrefetch(Session& session) {
                  << ": write-back not submitted: " << s;
     }
   }
-  const std::vector<PrefetchAction> actions =
-      placement->Prefetch(std::move(resident), session.stats.device_bytes);
+  const std::vector<PrefetchAction>& actions = work.actions;
   if (actions.empty()) return;
   CopyBatch batch;
   std::vector<uint64_t> loaded;

@@ -101,31 +101,32 @@ uint64_t MemoryManager::metadata_bytes() const {
 
 absl::Status MemoryManager::CheckIndexes() const {
   absl::MutexLock lock(&mu_);
-  std::vector<size_t> device_candidates(device_state_.size(), 0);
   std::map<uint64_t, size_t> session_candidates;
+  std::map<size_t, EvictionIndex::Entry> device_first;
   std::map<uint64_t, size_t> session_resident;
   for (const auto& [cid, c] : chunks_) {
     auto s = sessions_.find(c.session_id);
+    if (s == sessions_.end()) continue;  // being reclaimed
+    const Session& session = s->second;
     const bool candidate =
         c.device_offset && c.compute_count == 0 && c.host_offset;
     const std::optional<std::pair<uint64_t, bool>> indexed =
-        device_state_[c.device].evictable.Find(cid);
+        session.evictable.Find(cid);
     if (candidate != indexed.has_value()) {
       return absl::InternalError(
           absl::StrCat("chunk ", cid, (candidate ? " may" : " may not"),
-                       " be evicted but the device index says otherwise"));
+                       " be evicted but its session's index says otherwise"));
     }
     if (indexed &&
         (indexed->first != c.last_use_tick || indexed->second != c.dirty)) {
       return absl::InternalError(
           absl::StrCat("chunk ", cid, ": stale eviction key"));
     }
-    if (candidate) ++device_candidates[c.device];
-    if (s == sessions_.end()) continue;  // being reclaimed
-    const Session& session = s->second;
-    if (candidate != session.evictable.Contains(cid)) {
-      return absl::InternalError(
-          absl::StrCat("chunk ", cid, ": session eviction index differs"));
+    // The device's pick is the LRU rule's over all its sessions' chunks.
+    if (candidate) {
+      const EvictionIndex::Entry entry{cid, c.last_use_tick, c.dirty};
+      auto [it, fresh] = device_first.try_emplace(c.device, entry);
+      if (!fresh && entry < it->second) it->second = entry;
     }
     if (c.device_offset.has_value() != session.resident.contains(cid)) {
       return absl::InternalError(
@@ -155,9 +156,27 @@ absl::Status MemoryManager::CheckIndexes() const {
     }
   }
   for (size_t d = 0; d < device_state_.size(); ++d) {
-    if (device_state_[d].evictable.size() != device_candidates[d]) {
+    const std::optional<uint64_t> picked = DeviceVictim(d, nullptr);
+    auto first = device_first.find(d);
+    const bool any = first != device_first.end();
+    if (picked.has_value() != any || (any && *picked != first->second.chunk)) {
+      return absl::InternalError(
+          absl::StrCat("device ", d,
+                       ": the sessions' indexes pick another victim than "
+                       "the LRU rule over every chunk"));
+    }
+    for (uint64_t id : device_state_[d].sessions) {
+      auto s = sessions_.find(id);
+      if (s == sessions_.end() || s->second.device != d) {
+        return absl::InternalError(
+            absl::StrCat("device ", d, " lists session ", id, " wrongly"));
+      }
+    }
+  }
+  for (const auto& [id, session] : sessions_) {
+    if (!device_state_[session.device].sessions.contains(id)) {
       return absl::InternalError(absl::StrCat(
-          "device ", d, " index holds chunks that are not candidates"));
+          "session ", id, " is missing from its device's sessions"));
     }
   }
   for (const auto& [id, session] : sessions_) {
@@ -202,8 +221,10 @@ void MemoryManager::RecordEvent(const Chunk& chunk, ResidencyEventKind kind,
                                 bool dirty) {
   const size_t capacity = options_.residency_event_capacity;
   if (capacity == 0) return;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&events_mu_);
   ResidencyEventView e{.sequence = events_recorded_,
-                       .time = absl::Now(),
+                       .time = now,
                        .session_id = chunk.session_id,
                        .chunk_id = chunk.id,
                        .kind = kind,
@@ -303,6 +324,7 @@ absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
     }
   }
   // Oldest first: the ring starts at the slot that is overwritten next.
+  absl::MutexLock events_lock(&events_mu_);
   const size_t n = events_.size();
   // (n > 0 implies a capacity of at least n.)
   const size_t start =
@@ -333,7 +355,7 @@ absl::StatusOr<TimelineView> MemoryManager::Timeline(uint64_t id,
 }
 
 uint64_t MemoryManager::residency_events_recorded() const {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&events_mu_);
   return events_recorded_;
 }
 

@@ -175,6 +175,7 @@ absl::StatusOr<OpenedSession> MemoryManager::OpenSession(
         std::max<uint64_t>(desc.granularity, kHostAlignment));
   }
   sessions_.emplace(id, std::move(s));
+  device_state_[device].sessions.insert(id);
   observer().OnSessionOpened(device, policy);
   LOG(INFO) << "session " << id << " opened: pid " << params.pid << ", policy "
             << PolicyName(policy) << ", device "
@@ -681,10 +682,8 @@ void MemoryManager::Reclaim(uint64_t id, ReclaimReason reason) {
     // already submitted for them have finished.
     observer().OnSessionReclaimed(device, it->second.policy, reason);
     sessions_.erase(it);
-    for (uint64_t c : chunk_ids) {
-      chunks_.at(c).compute_count = 1 << 30;
-      device_state_[device].evictable.Erase(c);
-    }
+    device_state_[device].sessions.erase(id);
+    for (uint64_t c : chunk_ids) chunks_.at(c).compute_count = 1 << 30;
     LOG(INFO) << "session " << id << " reclaimed (" << ReclaimReasonName(reason)
               << "): " << chunk_ids.size() << " chunks";
   }

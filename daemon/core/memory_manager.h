@@ -1,8 +1,18 @@
 // The daemon's engine: sessions, their tensors and chunks, the pools they
 // live in, and the moves between them. Every RPC and the fd socket end up
-// here; one mutex guards the state, and copies are only *submitted* under
-// it (the backends run them asynchronously), so a slow transfer never
-// blocks other sessions' bookkeeping.
+// here. Copies are only *submitted* under the locks (the backends run them
+// asynchronously), so a slow transfer never blocks other sessions'
+// bookkeeping.
+//
+// Locking: `mu_` guards the shared core (the session and chunk maps, the
+// allocators, the host slabs). A request that moves no memory and touches
+// only its own session's state (an acquire of resident chunks, a release,
+// when no plan drives prefetches) holds `mu_` shared and its session's
+// own `mu`, so that sessions that share nothing run in parallel. Anything
+// else (loads, evictions, opening and closing, every view) holds `mu_`
+// exclusively, which excludes every shared holder and so needs no session
+// lock. Hence: a session's fields and its chunks' are written under `mu_`
+// exclusively, or under `mu_` shared plus the session's `mu`.
 //
 //   MemoryManager manager(options, std::move(host_pool), std::move(devices));
 //   auto opened = manager.OpenSession({.policy = Policy::kCpu, .pid = pid});
@@ -11,6 +21,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -199,7 +210,9 @@ enum class EvictionCause { kCapacity, kQuota, kHostAccess };
 enum class PrefetchOutcome { kHit, kLate, kWasted };
 
 // Told about events as they happen (for metrics); called under the
-// manager's lock, so implementations must be quick and must not call back.
+// manager's locks, so implementations must be quick and must not call back,
+// and from several sessions' requests at once (OnPlacedUpdate), so they
+// must be thread-safe.
 class ManagerObserver {
  public:
   virtual ~ManagerObserver() = default;
@@ -425,6 +438,9 @@ class MemoryManager {
     int busy_tensors = 0;  // of `tensors`, those not FREE
   };
   struct Session {
+    // With mu_ shared: this session's requests (see the top of the file).
+    // Behind a pointer so that a Session stays movable.
+    std::unique_ptr<absl::Mutex> mu = std::make_unique<absl::Mutex>();
     uint64_t id;
     Token token;
     Policy policy;
@@ -452,21 +468,73 @@ class MemoryManager {
   };
   struct Device {
     std::unique_ptr<RangeAllocator> allocator;
-    // Every session's chunks on this device that may be evicted now, in
-    // the order LruEvictionPolicy picks them.
-    EvictionIndex evictable;
+    // Its open sessions, whose eviction indexes together order every chunk
+    // on the device that may be evicted now (DeviceVictim).
+    std::set<uint64_t> sessions;
   };
 
   absl::StatusOr<Session*> Authenticate(uint64_t id, const Token& token)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // An acquire's tensor list: not empty, within max_tensors_per_request.
   absl::Status CheckRequestSize(const std::vector<uint64_t>& tensor_ids) const;
   // Checks that every tensor may become COMPUTE (registered here, listed
   // once, legal transition, its chunk not in use on the other side) and
   // returns their chunks in first-use order.
+  // Holds mu_ shared and the session's lock, or mu_ exclusively; so do the
+  // helpers below marked ABSL_SHARED_LOCKS_REQUIRED(mu_).
   absl::StatusOr<std::vector<uint64_t>> CheckAcquire(
       const Session& session, const std::vector<uint64_t>& tensor_ids,
-      bool on_host) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      bool on_host) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // What an acquire served without the core leaves for the core to do:
+  // the limit a new op set (auto, static) is exceeded, or the plan wants
+  // write-backs or loads ahead.
+  struct CoreWork {
+    bool enforce_limit = false;
+    bool prefetch = false;
+    bool any() const { return enforce_limit || prefetch; }
+  };
+  // An acquire that moves no memory now (see the top of the file): its
+  // chunks resident (or, on the host, no device copy to write back or
+  // drop). nullopt: it needs more, and nothing was changed. With `work`
+  // (Acquire: a device acquire of the op sequence, `op` as there) the
+  // placement sees the op, and `work` says what the core must do after;
+  // null for the acquires that are no ops (on the host, placed).
+  absl::StatusOr<std::optional<AcquireResult>> AcquireWithoutMoves(
+      Session& session, const std::vector<uint64_t>& tensor_ids,
+      AccessMode mode, bool on_host, const OpContext* op, CoreWork* work)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Tells the session's placement (if any) of a device acquire of `needed`
+  // chunks; true when it began a new op.
+  bool NoteOp(Session& session, const std::vector<uint64_t>& needed,
+              AccessMode mode, const OpContext* op)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Counts the prefetched chunks among `needed` as hits or late ones.
+  void NotePrefetchUse(Session& session, const std::vector<uint64_t>& needed)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void DoCoreWork(Session& session, const CoreWork& work)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes the checked tensors (of `needed` chunks, every one resident when
+  // !on_host) COMPUTE, records the acquire and says where they are.
+  AcquireResult EnterCompute(Session& session,
+                             const std::vector<uint64_t>& tensor_ids,
+                             const std::vector<uint64_t>& needed,
+                             AccessMode mode, bool on_host)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Where an update's tensors are (AcquireWherePlaced): their chunks, and
+  // whether all have host homes and all a device copy not in host use.
+  struct UpdateSite {
+    std::vector<SessionPlacement::Touch> touches;
+    bool host_homes = true;
+    bool resident = true;
+  };
+  absl::StatusOr<UpdateSite> LocateUpdate(
+      const Session& session, const std::vector<uint64_t>& tensor_ids,
+      AccessMode mode) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Release's checks and transitions, without the prefetch it may start.
+  absl::Status ReleaseTensors(Session& session,
+                              const std::vector<uint64_t>& tensor_ids,
+                              TensorState target)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The bodies of Acquire (`sequenced`: part of the op sequence auto
   // traces and plans) and AcquireOnHost, after authentication.
   absl::StatusOr<AcquireResult> AcquireOnDevice(
@@ -484,10 +552,15 @@ class MemoryManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Brings the chunk's entries in its session's and its device's indexes
-  // (resident, evictable) up to date after its residency, use count, last
-  // use or dirtiness changed. O(log n).
-  void Reindex(const Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device's next victim in LRU order (the least of its sessions'
+  // first candidates that are not `skip`).
+  std::optional<uint64_t> DeviceVictim(
+      size_t device, const std::function<bool(uint64_t)>& skip) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings the chunk's entries in its session's indexes (resident,
+  // evictable) up to date after its residency, use count, last use or
+  // dirtiness changed. O(log n).
+  void Reindex(const Chunk& chunk) ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // A tensor of `chunk` goes from `from` to `to` (busy_tensors).
   static void CountTransition(Chunk& chunk, TensorState from, TensorState to);
   // Adds a copy of the chunk's device bytes to its host home to `batch`;
@@ -502,7 +575,17 @@ class MemoryManager {
   // within its placement's limit, or nothing of it can move.
   void EnforceLimit(Session& session, const std::vector<uint64_t>& pinned,
                     CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Starts the loads the placement wants ahead of use (auto, planned).
+  // What the placement wants done ahead of use now (auto, planned):
+  // write-backs of chunks a host update takes next, and loads. Changes
+  // nothing, so a request can ask without the core whether it needs it.
+  struct PrefetchWork {
+    std::vector<uint64_t> write_backs;
+    std::vector<PrefetchAction> actions;
+    bool empty() const { return write_backs.empty() && actions.empty(); }
+  };
+  PrefetchWork PlanPrefetchWork(const Session& session) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Starts that work.
   void RunPrefetch(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A host home carved out of a slab (HostSlab).
   struct HostHome {
@@ -549,7 +632,8 @@ class MemoryManager {
   ChunkDetailView Detail(const Chunk& chunk, const Session& session) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordEvent(const Chunk& chunk, ResidencyEventKind kind,
-                   bool dirty = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                   bool dirty = false) ABSL_SHARED_LOCKS_REQUIRED(mu_)
+      ABSL_LOCKS_EXCLUDED(events_mu_);
 
   const ManagerOptions options_;
   const absl::Time started_at_ = absl::Now();
@@ -578,11 +662,15 @@ class MemoryManager {
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_chunk_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_tensor_id_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  // Orders uses for LRU across sessions; requests of different sessions
+  // take ticks concurrently.
+  std::atomic<uint64_t> tick_{0};
   // The residency log: a ring of options_.residency_event_capacity events;
   // event n (0-based, counting every one recorded) is at n % capacity.
-  std::vector<ResidencyEventView> events_ ABSL_GUARDED_BY(mu_);
-  uint64_t events_recorded_ ABSL_GUARDED_BY(mu_) = 0;
+  // Its own lock, taken last: sessions' requests record concurrently.
+  mutable absl::Mutex events_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::vector<ResidencyEventView> events_ ABSL_GUARDED_BY(events_mu_);
+  uint64_t events_recorded_ ABSL_GUARDED_BY(events_mu_) = 0;
 };
 
 }  // namespace tidepool

@@ -22,9 +22,15 @@ void EvictionIndex::Erase(uint64_t chunk) {
 
 std::optional<uint64_t> EvictionIndex::First(
     const std::function<bool(uint64_t)>& skip) const {
-  for (const Key& key : order_) {
-    const uint64_t chunk = std::get<2>(key);
-    if (!skip || !skip(chunk)) return chunk;
+  const std::optional<Entry> first = FirstEntry(skip);
+  if (!first) return std::nullopt;
+  return first->chunk;
+}
+
+std::optional<EvictionIndex::Entry> EvictionIndex::FirstEntry(
+    const std::function<bool(uint64_t)>& skip) const {
+  for (const auto& [tick, dirty, chunk] : order_) {
+    if (!skip || !skip(chunk)) return Entry{chunk, tick, dirty};
   }
   return std::nullopt;
 }

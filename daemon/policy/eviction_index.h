@@ -4,15 +4,18 @@
 // chunk id. Every update and every pick is O(log n), so that making room
 // costs the same with ten chunks as with a hundred thousand.
 //
-// The memory manager keeps one per device (any session's chunk may go when
-// the pool is full) and one per session (its quota, and the candidates of
-// its placement), and updates both whenever a chunk's residency, use count,
-// last use or dirtiness changes.
+// The memory manager keeps one per session and updates it whenever one of
+// the session's chunks changes residency, use count, last use or
+// dirtiness; a session's requests touch no other session's index. When
+// the pool is full, the device's victim is the least of its sessions'
+// first entries (Entry's order is the rule's), so the pick is the one a
+// single index of the whole device would make, at O(sessions x log n).
 //
 //   EvictionIndex index;
 //   index.Set(chunk_id, last_use_tick, dirty);   // it may go
 //   index.Erase(chunk_id);                       // it may not (COMPUTE, gone)
 //   std::optional<uint64_t> victim = index.First(is_pinned);
+//   std::optional<EvictionIndex::Entry> first = index.FirstEntry(is_pinned);
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,18 @@ namespace tidepool {
 
 class EvictionIndex {
  public:
+  // A candidate and its key; `<` is the LRU rule's order, across indexes
+  // too.
+  struct Entry {
+    uint64_t chunk = 0;
+    uint64_t last_use_tick = 0;
+    bool dirty = false;
+    friend bool operator<(const Entry& a, const Entry& b) {
+      return std::tie(a.last_use_tick, a.dirty, a.chunk) <
+             std::tie(b.last_use_tick, b.dirty, b.chunk);
+    }
+  };
+
   // Makes `chunk` a candidate with these attributes (or updates it).
   void Set(uint64_t chunk, uint64_t last_use_tick, bool dirty);
   // Removes `chunk` if it is a candidate.
@@ -36,6 +51,9 @@ class EvictionIndex {
   // The first candidate in LRU order for which `skip` is false (skip may be
   // null); nullopt when there is none. Costs O(log n + skipped).
   std::optional<uint64_t> First(
+      const std::function<bool(uint64_t)>& skip = nullptr) const;
+  // The same candidate with its key.
+  std::optional<Entry> FirstEntry(
       const std::function<bool(uint64_t)>& skip = nullptr) const;
 
   // Calls `visit(chunk, last_use_tick, dirty)` for every candidate in LRU

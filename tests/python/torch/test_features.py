@@ -110,6 +110,15 @@ def test_parameters_unused_in_a_step_break_nothing(daemon):
         model.tidepool.close()
 
 
+# AdamW on this model amplifies rounding step by step (near-zero gradients
+# meet the normalisation): in plain torch 2.15 a relative perturbation of
+# 2.6e-9 of the initial weights grows to 1.7e-6, 2.3e-6 and 6.7e-6 after
+# three accumulated steps. Tidepool's accumulation measured 1.4e-8 after
+# the first and 1.4e-5 / 2.4e-5 after the third and fourth; a micro-batch
+# left out of the sum moves them by 3e-2 after the first.
+ACCUMULATED_TOL = 1e-4
+
+
 def test_accumulated_micro_batches_equal_one_step_on_the_summed_gradient(daemon):
     model = make_model("llama", layers=2)
     ref = copy.deepcopy(model)
@@ -125,14 +134,16 @@ def test_accumulated_micro_batches_equal_one_step_on_the_summed_gradient(daemon)
             opt.zero_grad()
             ref_opt.step()
             ref_opt.zero_grad()
-            assert relative_difference(model.state_dict(), ref.state_dict()) <= 1e-5
+            diff = relative_difference(model.state_dict(), ref.state_dict())
+            assert diff <= (1e-6 if step == 0 else ACCUMULATED_TOL), (step, diff)
         # A step may come after fewer micro-batches than configured.
         x = data[0]
         model(input_ids=x, labels=x).loss.backward()
         ref(input_ids=x, labels=x).loss.backward()
         opt.step()
         ref_opt.step()
-        assert relative_difference(model.state_dict(), ref.state_dict()) <= 1e-5
+        diff = relative_difference(model.state_dict(), ref.state_dict())
+        assert diff <= ACCUMULATED_TOL, diff
     finally:
         model.tidepool.close()
 
