@@ -32,12 +32,16 @@ __tsan_default_options() {
 // threads (lock-free queues, atomics) are invisible to TSan, so the libc
 // calls they make (sendmsg, realloc, epoll_wait), which TSan intercepts,
 // look racy; called_from_lib treats those calls as the library's own,
-// unchecked. Project code stays checked.
+// unchecked. Project code stays checked. gRPC carries its errors as
+// absl::Status, so a status it makes on one thread (seen: inside gRPC on the fd
+// listener's) is copied by libabsl_status on another after such a
+// handoff: that library's calls too.
 __attribute__((used, visibility("default"))) const char*
 __tsan_default_suppressions() {
   return "called_from_lib:libgrpc.so\n"
          "called_from_lib:libgpr.so\n"
          "called_from_lib:libgrpc++.so\n"
+         "called_from_lib:libabsl_status.so\n"
          "race:tzset_internal\n";
 }
 

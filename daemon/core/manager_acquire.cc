@@ -76,7 +76,7 @@ absl::StatusOr<std::optional<AcquireResult>> MemoryManager::AcquireWithoutMoves(
   if (work != nullptr && session.placement) {
     work->enforce_limit =
         new_op && session.stats.device_bytes > session.placement->Limit();
-    work->prefetch = !PlanPrefetchWork(session).empty();
+    work->prefetch = PlanPrefetchWork(session);
   }
   return result;
 }
@@ -131,7 +131,12 @@ void MemoryManager::DoCoreWork(Session& session, const CoreWork& work) {
       }
     }
   }
-  RunPrefetch(session);
+  // Planned before the limit's evictions changed what is resident.
+  if (work.enforce_limit) {
+    RunPrefetch(session);
+  } else {
+    ApplyPrefetch(session, work.prefetch);
+  }
 }
 
 AcquireResult MemoryManager::EnterCompute(
@@ -421,6 +426,7 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
                      "not ",
                      TensorStateName(target)));
   }
+  PrefetchWork prefetch;
   {
     absl::ReaderMutexLock core(&mu_);
     TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
@@ -428,11 +434,12 @@ absl::Status MemoryManager::Release(uint64_t id, const Token& token,
     TP_RETURN_IF_ERROR(ReleaseTensors(*session, tensor_ids, target));
     // Released chunks may make room for what the plan needs next: only
     // then does a release need the core.
-    if (PlanPrefetchWork(*session).empty()) return absl::OkStatus();
+    prefetch = PlanPrefetchWork(*session);
+    if (prefetch.empty()) return absl::OkStatus();
   }
   absl::MutexLock lock(&mu_);
   TP_ASSIGN_OR_RETURN(Session * session, Authenticate(id, token));
-  RunPrefetch(*session);
+  ApplyPrefetch(*session, prefetch);
   return absl::OkStatus();
 }
 

@@ -33,6 +33,10 @@ void MemoryManager::Evict(Chunk& chunk, EvictionCause cause, CopyBatch& batch) {
   } else {
     ++owner.stats.clean_evictions;
   }
+  // The load that brought the copy may still be reading the host home: a
+  // host writer (AcquireOnHost read-write drops the copy) waits for it.
+  chunk.host_ready_sequence =
+      std::max(chunk.host_ready_sequence, chunk.arrival_sequence);
   ++owner.stats.evictions;
   if (chunk.prefetched) {
     chunk.prefetched = false;
@@ -202,12 +206,21 @@ MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
 }
 
 void MemoryManager::RunPrefetch(Session& session) {
-  PrefetchWork work = PlanPrefetchWork(session);
+  ApplyPrefetch(session, PlanPrefetchWork(session));
+}
+
+void MemoryManager::ApplyPrefetch(Session& session, const PrefetchWork& work) {
   if (work.empty()) return;
   RangeAllocator& alloc = *device_state_[session.device].allocator;
   CopyBatch ahead;
   for (uint64_t cid : work.write_backs) {
-    QueueWriteBack(chunks_.at(cid), session, ahead);
+    // Planned without the core: the chunk may have changed since.
+    auto it = chunks_.find(cid);
+    if (it == chunks_.end() || it->second.session_id != session.id) continue;
+    Chunk& c = it->second;
+    if (c.device_offset && c.dirty && c.compute_count == 0 && c.host_offset) {
+      QueueWriteBack(c, session, ahead);
+    }
   }
   if (!ahead.to_host.empty()) {
     absl::Status s = SubmitBatch(session.device, std::move(ahead)).status();

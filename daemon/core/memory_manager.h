@@ -485,13 +485,21 @@ class MemoryManager {
   absl::StatusOr<std::vector<uint64_t>> CheckAcquire(
       const Session& session, const std::vector<uint64_t>& tensor_ids,
       bool on_host) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // What the placement wants done ahead of use now (auto, planned):
+  // write-backs of chunks a host update takes next, and loads. Changes
+  // nothing, so a request can ask without the core whether it needs it.
+  struct PrefetchWork {
+    std::vector<uint64_t> write_backs;
+    std::vector<PrefetchAction> actions;
+    bool empty() const { return write_backs.empty() && actions.empty(); }
+  };
   // What an acquire served without the core leaves for the core to do:
   // the limit a new op set (auto, static) is exceeded, or the plan wants
   // write-backs or loads ahead.
   struct CoreWork {
     bool enforce_limit = false;
-    bool prefetch = false;
-    bool any() const { return enforce_limit || prefetch; }
+    PrefetchWork prefetch;  // planned after the acquire
+    bool any() const { return enforce_limit || !prefetch.empty(); }
   };
   // An acquire that moves no memory now (see the top of the file): its
   // chunks resident (or, on the host, no device copy to write back or
@@ -575,18 +583,13 @@ class MemoryManager {
   // within its placement's limit, or nothing of it can move.
   void EnforceLimit(Session& session, const std::vector<uint64_t>& pinned,
                     CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // What the placement wants done ahead of use now (auto, planned):
-  // write-backs of chunks a host update takes next, and loads. Changes
-  // nothing, so a request can ask without the core whether it needs it.
-  struct PrefetchWork {
-    std::vector<uint64_t> write_backs;
-    std::vector<PrefetchAction> actions;
-    bool empty() const { return write_backs.empty() && actions.empty(); }
-  };
   PrefetchWork PlanPrefetchWork(const Session& session) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Starts that work.
+  // Starts that work, as planned now (RunPrefetch) or earlier without the
+  // core (ApplyPrefetch: each step is checked against the state now).
   void RunPrefetch(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyPrefetch(Session& session, const PrefetchWork& work)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A host home carved out of a slab (HostSlab).
   struct HostHome {
     uint64_t slab;
