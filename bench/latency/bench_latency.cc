@@ -12,6 +12,10 @@
 // the build holds, so a change in the daemon is measured by running the
 // same command before and after it.
 //
+// With --planned_ops=N (auto, static) each pair is an op of an N-op step
+// over N tensors, marked as steps, and the timed pairs follow the plan:
+// what an `auto` trainer's acquires cost once warmed up.
+//
 // Processes rather than threads: each client's own CPU then stays out of
 // the daemon's figure, and each has its own mapping limits. A row that
 // cannot be set up (the daemon or a client runs out of fds or mappings:
@@ -68,6 +72,10 @@ ABSL_FLAG(bool, evicting, false,
           "of its tensors on a device of 8 chunks per session");
 ABSL_FLAG(std::string, policy, "cpu",
           "the sessions' policy (cpu, auto, static, cuda)");
+ABSL_FLAG(int, planned_ops, 0,
+          "auto/static: each pair is an op (BeginOp) of a step of this many "
+          "ops over as many tensors, with MarkStep after each, so that the "
+          "timed pairs follow the plan; 0: no ops (auto stays recording)");
 
 namespace {
 
@@ -135,7 +143,10 @@ int WorkerMain() {
   // in turn (--evicting: the device holds 8 per session, so every acquire
   // evicts the least recently used and loads).
   std::vector<uint64_t> cycle;
-  const size_t cycle_length = absl::GetFlag(FLAGS_evicting) ? 64 : 1;
+  const int planned_ops = absl::GetFlag(FLAGS_planned_ops);
+  const size_t cycle_length =
+      planned_ops > 0 ? static_cast<size_t>(planned_ops)
+                      : (absl::GetFlag(FLAGS_evicting) ? 64 : 1);
   constexpr int kBatch = 8192;
   for (int first = 0; first < count; first += kBatch) {
     std::vector<tidepool::TensorSpec> specs;
@@ -162,20 +173,41 @@ int WorkerMain() {
     return 1;
   }
   size_t next = 0;
+  std::string state;  // the placement's, after the last step mark
   auto pair = [&]() -> absl::Status {
-    const uint64_t tensor = cycle[next++ % cycle.size()];
+    const size_t k = next++ % cycle.size();
+    const uint64_t tensor = cycle[k];
+    if (planned_ops > 0) (*s)->BeginOp(absl::StrCat("op", k));
     auto got = (*s)->Acquire({&tensor, 1}, tidepool::AccessMode::kRead);
     if (!got.ok()) return got.status();
-    return (*s)->Release({&tensor, 1}, tidepool::TensorState::kHold);
+    absl::Status released =
+        (*s)->Release({&tensor, 1}, tidepool::TensorState::kHold);
+    if (!released.ok() || planned_ops == 0 || k + 1 < cycle.size()) {
+      return released;
+    }
+    auto step = (*s)->MarkStep();
+    if (!step.ok()) return step.status();
+    state = step->state;
+    return absl::OkStatus();
   };
-  // The first pair loads the chunk; a few more warm both sides' caches.
+  // The first pairs load the chunks; more warm both sides' caches (and,
+  // planned, record the step and plan it).
   const auto warm_until = Clock::now() + std::chrono::milliseconds(100);
-  for (int i = 0; i < 200 && Clock::now() < warm_until; ++i) {
+  const size_t warm_pairs = std::max<size_t>(200, 3 * cycle.size());
+  for (size_t i = 0; i < warm_pairs && (Clock::now() < warm_until ||
+                                        (planned_ops > 0 && i < 3 * cycle.size()));
+       ++i) {
     absl::Status r = pair();
     if (!r.ok()) {
       WorkerFail("warm-up pair", r);
       return 1;
     }
+  }
+  if (planned_ops > 0 && state != "planned") {
+    WorkerFail("warm-up", absl::FailedPreconditionError(absl::StrCat(
+                              "the placement is ", state,
+                              " after the warm-up steps, not planned")));
+    return 1;
   }
   WriteAll(1, absl::StrCat("R ", stats->chunks, "\n"));
   WaitForParentByte();
@@ -375,6 +407,7 @@ absl::StatusOr<Row> RunRow(int chunks, int sessions, bool hot_path) {
          absl::StrCat("--chunk_kib=", absl::GetFlag(FLAGS_chunk_kib)),
          absl::StrCat("--policy=", absl::GetFlag(FLAGS_policy)),
          absl::StrCat("--evicting=", absl::GetFlag(FLAGS_evicting)),
+         absl::StrCat("--planned_ops=", absl::GetFlag(FLAGS_planned_ops)),
          absl::StrCat("--seconds=", absl::GetFlag(FLAGS_seconds))});
     if (!w.ok()) return w.status();
     workers.push_back(std::move(*w));
@@ -487,6 +520,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--chunk_kib must be at least 64\n");
     return 2;
   }
+  if (absl::GetFlag(FLAGS_planned_ops) < 0 ||
+      (absl::GetFlag(FLAGS_planned_ops) > 0 &&
+       absl::GetFlag(FLAGS_policy) != "auto" &&
+       absl::GetFlag(FLAGS_policy) != "static")) {
+    std::fprintf(stderr,
+                 "--planned_ops needs --policy=auto or static (and >= 0)\n");
+    return 2;
+  }
   const std::vector<int> chunk_counts =
       ParseList(absl::GetFlag(FLAGS_chunks), "chunk count");
   const std::vector<int> session_counts =
@@ -508,6 +549,11 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(files.rlim_max),
       ReadIntFile("/proc/sys/vm/max_map_count"),
       ::sysconf(_SC_NPROCESSORS_ONLN));
+  if (absl::GetFlag(FLAGS_planned_ops) > 0) {
+    std::printf("planned: each pair an op of a %d-op step over as many "
+                "tensors, a step mark after each step; timed after the plan\n",
+                absl::GetFlag(FLAGS_planned_ops));
+  }
   if (!absl::GetFlag(FLAGS_daemon_args).empty()) {
     std::printf("tidepoold flags: %s\n",
                 absl::GetFlag(FLAGS_daemon_args).c_str());
