@@ -222,15 +222,24 @@ std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
   std::vector<PrefetchAction> actions;
   const size_t n = plan.size();
   if (n == 0 || input.pos >= n) return actions;
+  // A chunk's next use is looked up only when a victim is sought: most
+  // calls find nothing to load (or stop at the first chunk that does not
+  // fit) and need none, so that they cost O(window), not O(resident).
+  static constexpr uint64_t kNotYet = kNeverUsed - 1;
   struct Entry {
     ResidentChunk r;
-    uint64_t next;  // distance from pos to its next use
+    uint64_t next = kNotYet;  // distance from pos to its next use
   };
   std::unordered_map<uint64_t, Entry> resident;
-  for (const auto& r : input.resident) {
-    const bool needed = input.still_needed && input.still_needed(r.chunk);
-    resident[r.chunk] = Entry{r, plan.NextUse(r.chunk, input.pos, needed)};
-  }
+  resident.reserve(input.resident.size() + 16);
+  for (const auto& r : input.resident) resident[r.chunk] = Entry{r};
+  auto next_use = [&](uint64_t id, Entry& e) {
+    if (e.next == kNotYet) {
+      const bool needed = input.still_needed && input.still_needed(id);
+      e.next = plan.NextUse(id, input.pos, needed);
+    }
+    return e.next;
+  };
   uint64_t used = input.resident_bytes;
   const size_t lookahead =
       input.max_lookahead == 0 ? n - 1 : std::min(input.max_lookahead, n - 1);
@@ -262,15 +271,16 @@ std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
         // resident until then, so the decision has to wait.
         const Entry* best = nullptr;
         uint64_t best_after = 0;
-        for (const auto& [id, e] : resident) {
+        for (auto& [id, e] : resident) {
           if (std::find(action.victims.begin(), action.victims.end(), id) !=
               action.victims.end()) {
             continue;
           }
-          if (e.next == d) continue;  // op j needs it
-          if (e.next < d && plan.trace().Touches(j, id)) continue;
+          const uint64_t next = next_use(id, e);
+          if (next == d) continue;  // op j needs it
+          if (next < d && plan.trace().Touches(j, id)) continue;
           const uint64_t after =
-              e.next > d ? e.next : d + plan.NextUse(id, j, false);
+              next > d ? next : d + plan.NextUse(id, j, false);
           const EvictionCandidate ca{id, 0, e.r.bytes, e.r.dirty,
                                      e.r.last_use_tick};
           if (best == nullptr ||
