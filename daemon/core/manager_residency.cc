@@ -69,6 +69,11 @@ void MemoryManager::Reindex(const Chunk& c) {
   } else {
     owner.resident.erase(c.id);
   }
+  if (c.device_offset && c.dirty) {
+    owner.dirty_resident.insert(c.id);
+  } else {
+    owner.dirty_resident.erase(c.id);
+  }
 }
 
 std::optional<uint64_t> MemoryManager::DeviceVictim(
@@ -185,14 +190,21 @@ MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
   // Write back, while the step goes on, what a host update will take next
   // (a gradient no op needs again this step): the update then finds it
   // clean and drops the device copy without waiting for the link.
+  for (uint64_t cid : session.dirty_resident) {
+    const Chunk& c = chunks_.at(cid);
+    if (c.compute_count == 0 && c.host_offset &&
+        placement->WriteBackAhead(cid)) {
+      work.write_backs.push_back(cid);
+    }
+  }
+  if (!placement->WantsLoadsAhead(
+          [&](uint64_t cid) { return session.resident.contains(cid); })) {
+    return work;
+  }
   std::vector<ResidentChunk> resident;
   resident.reserve(session.resident.size());
   for (uint64_t cid : session.resident) {
     const Chunk& c = chunks_.at(cid);
-    if (c.dirty && c.compute_count == 0 && c.host_offset &&
-        placement->WriteBackAhead(cid)) {
-      work.write_backs.push_back(cid);
-    }
     resident.push_back(ResidentChunk{
         .chunk = cid,
         .bytes = alloc.RoundUp(c.bytes),

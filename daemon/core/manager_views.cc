@@ -104,6 +104,7 @@ absl::Status MemoryManager::CheckIndexes() const {
   std::map<uint64_t, size_t> session_candidates;
   std::map<size_t, EvictionIndex::Entry> device_first;
   std::map<uint64_t, size_t> session_resident;
+  std::map<uint64_t, size_t> session_dirty;
   for (const auto& [cid, c] : chunks_) {
     auto s = sessions_.find(c.session_id);
     if (s == sessions_.end()) continue;  // being reclaimed
@@ -128,12 +129,17 @@ absl::Status MemoryManager::CheckIndexes() const {
       auto [it, fresh] = device_first.try_emplace(c.device, entry);
       if (!fresh && entry < it->second) it->second = entry;
     }
+    if ((c.device_offset && c.dirty) != session.dirty_resident.contains(cid)) {
+      return absl::InternalError(
+          absl::StrCat("chunk ", cid, ": session dirty index differs"));
+    }
     if (c.device_offset.has_value() != session.resident.contains(cid)) {
       return absl::InternalError(
           absl::StrCat("chunk ", cid, ": session residency index differs"));
     }
     session_candidates[session.id] += candidate;
     session_resident[session.id] += c.device_offset.has_value();
+    session_dirty[session.id] += c.device_offset && c.dirty;
     int busy = 0;
     for (uint64_t t : c.tensors) {
       busy += session.tensors.at(t).state != TensorState::kFree;
@@ -181,7 +187,8 @@ absl::Status MemoryManager::CheckIndexes() const {
   }
   for (const auto& [id, session] : sessions_) {
     if (session.evictable.size() != session_candidates[id] ||
-        session.resident.size() != session_resident[id]) {
+        session.resident.size() != session_resident[id] ||
+        session.dirty_resident.size() != session_dirty[id]) {
       return absl::InternalError(
           absl::StrCat("session ", id, " indexes hold unknown chunks"));
     }

@@ -458,6 +458,7 @@ class MemoryManager {
     // Its chunks with a device copy, and of those the ones that may be
     // evicted now (Reindex keeps both).
     std::set<uint64_t> resident;
+    std::set<uint64_t> dirty_resident;  // of those, the dirty ones
     EvictionIndex evictable;
     SessionStatsView stats;
     // auto and static: the session's placement state; null otherwise.

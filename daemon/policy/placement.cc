@@ -395,6 +395,25 @@ std::vector<PrefetchAction> SessionPlacement::Prefetch(
   return PlanPrefetch(*plan_, input);
 }
 
+bool SessionPlacement::WantsLoadsAhead(
+    const std::function<bool(uint64_t)>& resident) const {
+  if (policy_ != Policy::kAuto || config_.planner != PlannerKind::kBelady ||
+      !config_.prefetch || !Planned()) {
+    return false;
+  }
+  // PlanPrefetch's window: the op being served and the ones ahead of it.
+  const size_t n = plan_->size();
+  const size_t lookahead = config_.lookahead_ops == 0
+                               ? n - 1
+                               : std::min(config_.lookahead_ops, n - 1);
+  for (size_t d = 0; d <= lookahead; ++d) {
+    for (uint64_t c : plan_->op((pos_ + d) % n).chunks) {
+      if (!resident(c)) return true;
+    }
+  }
+  return false;
+}
+
 bool SessionPlacement::WriteBackAhead(uint64_t chunk) const {
   if (!Planned() || config_.planner != PlannerKind::kBelady ||
       !host_writes_pending_.contains(chunk)) {

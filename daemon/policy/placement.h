@@ -146,6 +146,11 @@ class SessionPlacement {
   // Loads to start now (empty unless planned with prefetch on).
   std::vector<PrefetchAction> Prefetch(std::vector<ResidentChunk> resident,
                                        uint64_t resident_bytes) const;
+  // Whether Prefetch could start anything: false when it is off, or when
+  // every chunk of the ops it looks ahead at is `resident` (it only loads
+  // chunks that are not). O(window), so that a session whose step is all
+  // on the device pays nothing more per request.
+  bool WantsLoadsAhead(const std::function<bool(uint64_t)>& resident) const;
 
   // A chunk a host update of this step will still take and no op of the
   // step uses any more: worth writing back now (auto, planned).

@@ -5,6 +5,8 @@
 #include <limits>
 #include <unordered_set>
 
+#include "absl/container/flat_hash_map.h"
+
 namespace tidepool {
 namespace {
 
@@ -230,7 +232,10 @@ std::vector<PrefetchAction> PlanPrefetch(const Plan& plan,
     ResidentChunk r;
     uint64_t next = kNotYet;  // distance from pos to its next use
   };
-  std::unordered_map<uint64_t, Entry> resident;
+  // One allocation, not one per chunk: this runs on every request of a
+  // planned session. (The victim's choice does not depend on the order of
+  // iteration: BeladyBetter is a total order.)
+  absl::flat_hash_map<uint64_t, Entry> resident;
   resident.reserve(input.resident.size() + 16);
   for (const auto& r : input.resident) resident[r.chunk] = Entry{r};
   auto next_use = [&](uint64_t id, Entry& e) {
