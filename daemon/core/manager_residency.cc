@@ -64,10 +64,16 @@ void MemoryManager::Reindex(const Chunk& c) {
   } else {
     owner.evictable.Erase(c.id);
   }
-  if (c.device_offset) {
-    owner.resident.insert(c.id);
-  } else {
-    owner.resident.erase(c.id);
+  const bool changed = c.device_offset ? owner.resident.insert(c.id).second
+                                       : owner.resident.erase(c.id) > 0;
+  if (changed && owner.counted_plan != 0 &&
+      owner.counted_plan == owner.placement->plan_generation() &&
+      owner.placement->plan()->UsedByOps(c.id)) {
+    if (c.device_offset) {
+      --owner.plan_missing;
+    } else {
+      ++owner.plan_missing;
+    }
   }
   if (c.device_offset && c.dirty) {
     owner.dirty_resident.insert(c.id);
@@ -180,7 +186,7 @@ void MemoryManager::EnforceLimit(Session& session,
 }
 
 MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
-    const Session& session) const {
+    Session& session) const {
   PrefetchWork work;
   const SessionPlacement* placement = session.placement.get();
   // Both the write-backs ahead and the prefetches follow a plan: a session
@@ -197,6 +203,16 @@ MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
       work.write_backs.push_back(cid);
     }
   }
+  // Every chunk of the step on the device: nothing to load (O(1) but once
+  // a plan, when it is counted).
+  const Plan& plan = *placement->plan();
+  if (session.counted_plan != placement->plan_generation()) {
+    size_t resident_used = 0;
+    for (uint64_t cid : session.resident) resident_used += plan.UsedByOps(cid);
+    session.plan_missing = plan.op_chunk_count() - resident_used;
+    session.counted_plan = placement->plan_generation();
+  }
+  if (session.plan_missing == 0) return work;
   if (!placement->WantsLoadsAhead(
           [&](uint64_t cid) { return session.resident.contains(cid); })) {
     return work;

@@ -459,6 +459,11 @@ class MemoryManager {
     // evicted now (Reindex keeps both).
     std::set<uint64_t> resident;
     std::set<uint64_t> dirty_resident;  // of those, the dirty ones
+    // Chunks the plan's ops touch that are not resident, counted for plan
+    // generation `counted_plan` (0: not counted): none means nothing to
+    // prefetch, known in O(1) (PlanPrefetchWork).
+    uint64_t counted_plan = 0;
+    size_t plan_missing = 0;
     EvictionIndex evictable;
     SessionStatsView stats;
     // auto and static: the session's placement state; null otherwise.
@@ -584,7 +589,7 @@ class MemoryManager {
   // within its placement's limit, or nothing of it can move.
   void EnforceLimit(Session& session, const std::vector<uint64_t>& pinned,
                     CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  PrefetchWork PlanPrefetchWork(const Session& session) const
+  PrefetchWork PlanPrefetchWork(Session& session) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Starts that work, as planned now (RunPrefetch) or earlier without the
   // core (ApplyPrefetch: each step is checked against the state now).

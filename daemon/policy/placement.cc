@@ -245,6 +245,7 @@ void SessionPlacement::OnStep() {
           options = ChoosePlanOptions(*trace, options, reserve).options;
         }
         plan_.emplace(std::move(*trace), options);
+        ++plan_generation_;
         state_ = PlacementState::kPlanned;
         stats_.plan_ops = plan_->size();
       }

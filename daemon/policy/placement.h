@@ -158,6 +158,8 @@ class SessionPlacement {
 
   PlacementStatsView stats() const;
   const Plan* plan() const { return plan_ ? &*plan_ : nullptr; }
+  // Changes whenever plan() becomes another plan (1, 2, ...; 0: none yet).
+  uint64_t plan_generation() const { return plan_generation_; }
   // Position in the plan of the op being served (planned state only).
   std::optional<size_t> position() const;
   bool kept(uint64_t chunk) const;  // static: stays on the device
@@ -187,6 +189,7 @@ class SessionPlacement {
   bool recording_valid_ = true;  // false: an op without a key was seen
   uint32_t recorded_steps_ = 0;
   std::optional<Plan> plan_;
+  uint64_t plan_generation_ = 0;
   size_t pos_ = kNoPos;         // op being served in the plan
   size_t gemini_pos_ = kNoPos;  // ops seen this step (position-keyed)
   bool have_op_ = false;

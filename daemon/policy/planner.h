@@ -92,6 +92,10 @@ class Plan {
   uint64_t WindowBudget(size_t pos, uint64_t distance) const;
 
   uint64_t Rounded(uint64_t bytes) const;
+  // Whether an op of the step touches `chunk`, and how many chunks they
+  // touch in all.
+  bool UsedByOps(uint64_t chunk) const { return uses_.contains(chunk); }
+  size_t op_chunk_count() const { return uses_.size(); }
   // Bytes of a chunk the trace touched (unrounded); 0 if unknown.
   uint64_t ChunkBytes(uint64_t chunk) const;
   // The measured capacity the budgets derive from.

@@ -141,6 +141,54 @@ TEST_P(ManagerIndexTest, IndexesMatchAScanAfterEveryRequest) {
 
 INSTANTIATE_TEST_SUITE_P(Seeds, ManagerIndexTest, ::testing::Range(1u, 7u));
 
+// An auto session that follows its plan: a step of 24 ops over 24 chunks
+// on a device of 16 slots (so prefetches and evictions go on all the time),
+// and then one that holds all of them. The plan's count of chunks off the
+// device (what lets a request skip the prefetcher) is checked with the
+// rest after every request.
+TEST(PlannedIndexTest, IndexesMatchAScanWhileFollowingAPlan) {
+  for (uint64_t pool : {uint64_t{1} << 20, uint64_t{4} << 20}) {
+    std::unique_ptr<MemoryManager> manager = NewManager(64 << 20, pool);
+    ASSERT_NE(manager, nullptr);
+    auto s = manager->OpenSession({.policy = Policy::kAuto, .pid = getpid()});
+    ASSERT_TRUE(s.ok()) << s.status();
+    std::vector<TensorSpec> specs;
+    for (int i = 0; i < 24; ++i) {
+      specs.push_back({"t" + std::to_string(i),
+                       DType::kU8,
+                       {static_cast<int64_t>(64 * kKiB)},
+                       Group::kParam});
+    }
+    auto placed = manager->Register(s->id, s->token, specs);
+    ASSERT_TRUE(placed.ok()) << placed.status();
+    uint64_t seq = 0;
+    for (int step = 0; step < 6; ++step) {
+      for (int k = 0; k < 24; ++k) {
+        const std::vector<uint64_t> t = {placed->tensors[k].tensor_id};
+        OpContext op{.key = "op" + std::to_string(k), .seq = ++seq};
+        ASSERT_TRUE(
+            manager
+                ->Acquire(s->id, s->token, t,
+                          k % 2 ? AccessMode::kReadWrite : AccessMode::kRead,
+                          &op)
+                .ok());
+        absl::Status consistent = manager->CheckIndexes();
+        ASSERT_TRUE(consistent.ok()) << "step " << step << ": " << consistent;
+        ASSERT_TRUE(
+            manager->Release(s->id, s->token, t, TensorState::kHold).ok());
+        consistent = manager->CheckIndexes();
+        ASSERT_TRUE(consistent.ok()) << "step " << step << ": " << consistent;
+      }
+      auto marked = manager->MarkStep(s->id, s->token);
+      ASSERT_TRUE(marked.ok()) << marked.status();
+      if (step >= 2) {
+        ASSERT_TRUE(marked->has_value());
+        EXPECT_EQ((*marked)->state, PlacementState::kPlanned);
+      }
+    }
+  }
+}
+
 class HostSlabTest : public ::testing::Test {
  protected:
   void SetUp() override {
