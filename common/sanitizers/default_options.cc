@@ -35,13 +35,16 @@ __tsan_default_options() {
 // unchecked. Project code stays checked. gRPC carries its errors as
 // absl::Status, so a status it makes on one thread (seen: inside gRPC on the fd
 // listener's) is copied by libabsl_status on another after such a
-// handoff: that library's calls too.
+// handoff: that library's calls too. And Abseil's deadlock detector
+// (GraphCycles), whose nodes gRPC's threads remove at shutdown under a
+// base_internal::SpinLock that TSan does not see either.
 __attribute__((used, visibility("default"))) const char*
 __tsan_default_suppressions() {
   return "called_from_lib:libgrpc.so\n"
          "called_from_lib:libgpr.so\n"
          "called_from_lib:libgrpc++.so\n"
          "called_from_lib:libabsl_status.so\n"
+         "called_from_lib:libabsl_graphcycles_internal.so\n"
          "race:tzset_internal\n";
 }
 
