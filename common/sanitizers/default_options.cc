@@ -37,7 +37,9 @@ __tsan_default_options() {
 // listener's) is copied by libabsl_status on another after such a
 // handoff: that library's calls too. And Abseil's deadlock detector
 // (GraphCycles), whose nodes gRPC's threads remove at shutdown under a
-// base_internal::SpinLock that TSan does not see either.
+// base_internal::SpinLock that TSan does not see either, and its time
+// zone cache (cctz), whose mutex gRPC's threads create and take behind
+// Abseil's call_once.
 __attribute__((used, visibility("default"))) const char*
 __tsan_default_suppressions() {
   return "called_from_lib:libgrpc.so\n"
@@ -45,6 +47,7 @@ __tsan_default_suppressions() {
          "called_from_lib:libgrpc++.so\n"
          "called_from_lib:libabsl_status.so\n"
          "called_from_lib:libabsl_graphcycles_internal.so\n"
+         "called_from_lib:libabsl_time_zone.so\n"
          "race:tzset_internal\n";
 }
 
