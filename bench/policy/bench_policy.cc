@@ -607,13 +607,20 @@ int Main() {
           }
           absl::PrintF(
               "    plan: reserve %d MiB (blocked without %.1f GB), %d of %d "
-              "placed sets on the device (room for %d; %d MiB kept), "
-              "smallest demand budget %d MiB of %d MiB, offline LRU %.1f "
-              "GB; in recorded order %s\n",
+              "placed sets on the device, %s (room for %d latest first; "
+              "%d MiB kept; %d candidates replayed, all on the host %.1f "
+              "GB), smallest demand budget %d MiB of %d MiB, offline LRU "
+              "%.1f GB; in recorded order %s\n",
               choice.options.prefetch_reserve / kMiB,
               double(choice.blocked_without_reserve) * scale / 1e9,
               plan.placed_on_device(), plan.trace().placed.size(),
+              choice.options.device_set_order ==
+                      PlanOptions::DeviceSetOrder::kChunkOrder
+                  ? "in chunk order"
+                  : "latest first",
               choice.device_sets_allowed, plan.kept_bytes() / kMiB,
+              choice.candidates,
+              double(choice.no_device_sets.moved()) * scale / 1e9,
               min_budget / kMiB, capacity / kMiB,
               double(choice.lru.moved()) * scale / 1e9, placed);
         }
@@ -759,7 +766,7 @@ int Main() {
         const bool lose = moved > best_other_bytes * 1.001;
         auto_losses += lose;
         absl::PrintF(
-            "%-11s %3d%% auto vs best other: bytes %.2fx (%s, %.1f GB)%s, "
+            "%-11s %3d%% auto vs best other: bytes %.3fx (%s, %.2f GB)%s, "
             "step %.2fx (%s, %.2f s)\n",
             model.name, pct, moved / best_other_bytes, best_bytes_policy,
             best_other_bytes / 1e9, lose ? " MORE" : "",

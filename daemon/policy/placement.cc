@@ -162,11 +162,11 @@ bool SessionPlacement::OnAcquire(const OpContext* op,
 void SessionPlacement::OnPlacedServed(std::span<const Touch> touches,
                                       bool on_device) {
   ++(on_device ? stats_.updates_on_device : stats_.updates_on_host);
-  if (on_device) return;
+  auto& pending = on_device ? device_writes_pending_ : host_writes_pending_;
   for (const Touch& t : touches) {
-    auto it = host_writes_pending_.find(t.chunk);
-    if (t.write && it != host_writes_pending_.end() && --it->second <= 0) {
-      host_writes_pending_.erase(it);
+    auto it = pending.find(t.chunk);
+    if (t.write && it != pending.end() && --it->second <= 0) {
+      pending.erase(it);
     }
   }
 }
@@ -275,8 +275,10 @@ void SessionPlacement::OnStep() {
   resynced_in_step_ = false;
   pos_ = kNoPos;
   host_writes_pending_.clear();
+  device_writes_pending_.clear();
   if (state_ == PlacementState::kPlanned && plan_) {
     host_writes_pending_ = plan_->host_writes();
+    device_writes_pending_ = plan_->device_writes();
   }
 }
 
@@ -417,7 +419,8 @@ bool SessionPlacement::WantsLoadsAhead(
 
 bool SessionPlacement::WriteBackAhead(uint64_t chunk) const {
   if (!Planned() || config_.planner != PlannerKind::kBelady ||
-      !host_writes_pending_.contains(chunk)) {
+      !host_writes_pending_.contains(chunk) ||
+      device_writes_pending_.contains(chunk)) {
     return false;
   }
   const uint64_t d = plan_->NextUse(chunk, pos_, StillNeeded(chunk));

@@ -153,7 +153,10 @@ class SessionPlacement {
   bool WantsLoadsAhead(const std::function<bool(uint64_t)>& resident) const;
 
   // A chunk a host update of this step will still take and no op of the
-  // step uses any more: worth writing back now (auto, planned).
+  // step uses any more: worth writing back now (auto, planned). Not while
+  // a device update of the step has yet to write it (a chunk shared by a
+  // device and a host update): it would be dirty again, and written back
+  // a second time when the host update takes it.
   bool WriteBackAhead(uint64_t chunk) const;
 
   PlacementStatsView stats() const;
@@ -204,6 +207,8 @@ class SessionPlacement {
   std::unordered_set<uint64_t> acquired_in_op_;
   // Planned: host updates each chunk still awaits this step.
   std::unordered_map<uint64_t, int> host_writes_pending_;
+  // Planned: device updates each chunk still awaits this step.
+  std::unordered_map<uint64_t, int> device_writes_pending_;
   PlacementStatsView stats_;
 
   // static: chunks per group in registration order; kept_ is derived.

@@ -100,10 +100,30 @@ void Plan::PlaceUpdates() {
   // the host, where its state never crosses the link.
   const bool place = options_.place_updates && op_bytes <= room;
   room = SatSub(room, op_bytes);
-  // Latest first: the updates that come last in a step (the first layers'
-  // after backward) end the step on the CPU's critical path, and theirs
-  // are the parameters the next forward needs first.
+  // The order the sets are offered the room in (PlanOptions::
+  // DeviceSetOrder). Latest first: the updates that come last in a step
+  // (the first layers' after backward) end the step on the CPU's critical
+  // path, and theirs are the parameters the next forward needs first.
+  std::vector<const PlacedSet*> order;
+  order.reserve(trace_.placed.size());
   for (auto it = trace_.placed.rbegin(); it != trace_.placed.rend(); ++it) {
+    order.push_back(&*it);
+  }
+  if (options_.device_set_order == PlanOptions::DeviceSetOrder::kChunkOrder) {
+    // By the first chunk of a set's own state; sets of op chunks only
+    // (no state: they take no room) keep their place at the end.
+    auto first_state = [&](const PlacedSet* set) {
+      for (uint64_t c : set->chunks) {  // ascending
+        if (!op_chunks.contains(c)) return c;
+      }
+      return std::numeric_limits<uint64_t>::max();
+    };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](const PlacedSet* a, const PlacedSet* b) {
+                       return first_state(a) < first_state(b);
+                     });
+  }
+  for (const PlacedSet* it : order) {
     const PlacedSet& set = *it;
     // A set of op chunks only (reading a gradient, writing parameters)
     // needs no room of its own: it runs wherever those chunks are then.
@@ -135,6 +155,11 @@ void Plan::PlaceUpdates() {
   }
   std::unordered_set<uint64_t> dropped;
   for (const PlacedSet& set : trace_.placed) {
+    if (placed_.at(set.chunks) == Place::kDevice) {
+      for (uint64_t c : set.written) {
+        device_writes_[c] += std::max(set.writes, 1);
+      }
+    }
     if (placed_.at(set.chunks) != Place::kHost) continue;
     for (uint64_t c : set.written) {
       host_writes_[c] += std::max(set.writes, 1);
@@ -454,8 +479,8 @@ PlanChoice ChoosePlanOptions(const Trace& trace, PlanOptions base,
         Plan(trace, lru),
         {.steps = 3, .measure_from = 2, .victim = OfflineVictim::kLru});
   }
-  // Reserve or not, each with as many device sets as fit; then the device
-  // sets are checked against placing none.
+  // Reserve or not, each with as many device sets as fit (latest first);
+  // then the device sets are chosen with the reserve fixed.
   PlanOptions without = base;
   without.prefetch_reserve = 0;
   const OfflineResult r0 = replay(without);
@@ -476,23 +501,35 @@ PlanChoice ChoosePlanOptions(const Trace& trace, PlanOptions base,
       best = rr;
     }
   }
-  const size_t allowed = Plan(trace, chosen).placed_on_device();
-  choice.device_sets_allowed = allowed;
-  if (allowed > 0) {
-    PlanOptions none = chosen;
-    none.max_device_sets = 0;
-    const OfflineResult r_none = replay(none);
-    // Fewer device sets free room: the most that move no more bytes.
-    size_t k = allowed;
-    OfflineResult rk = best;
-    while (k > 0 && rk.moved() > r_none.moved()) {
-      --k;
-      PlanOptions o = chosen;
-      o.max_device_sets = k;
-      rk = k == 0 ? r_none : replay(o);
+  // Device sets: every prefix of each order the room allows, none
+  // included; the fewest bytes win, then the most device sets, then the
+  // earlier order (latest first).
+  chosen.max_device_sets = 0;
+  best = replay(chosen);
+  choice.no_device_sets = best;
+  choice.candidates = 1;
+  size_t best_sets = 0;
+  for (const auto order : {PlanOptions::DeviceSetOrder::kLatestFirst,
+                           PlanOptions::DeviceSetOrder::kChunkOrder}) {
+    PlanOptions o = chosen;
+    o.device_set_order = order;
+    o.max_device_sets = ~size_t{0};
+    const size_t allowed = Plan(trace, o).placed_on_device();
+    if (order == PlanOptions::DeviceSetOrder::kLatestFirst) {
+      choice.device_sets_allowed = allowed;
     }
-    chosen.max_device_sets = k;
-    best = rk;
+    for (size_t k = 1; k <= allowed; ++k) {
+      o.max_device_sets = k;
+      const OfflineResult r = replay(o);
+      ++choice.candidates;
+      if (r.moved() < best.moved() ||
+          (r.moved() == best.moved() && k > best_sets)) {
+        best = r;
+        best_sets = k;
+        chosen.device_set_order = order;
+        chosen.max_device_sets = k;
+      }
+    }
   }
   choice.options = chosen;
   choice.chosen = best;

@@ -58,8 +58,24 @@ struct PlanOptions {
   // Placed updates (Trace::placed) may go to the device where their chunks
   // fit beside every op's for the whole step. false: all on the host.
   bool place_updates = true;
-  // At most this many placed sets go to the device (latest first).
+  // At most this many placed sets go to the device, taken in
+  // `device_set_order`.
   size_t max_device_sets = ~size_t{0};
+  // The order in which placed sets are offered the room left beside the
+  // ops' chunks (each that fits goes to the device, until
+  // max_device_sets):
+  // - kLatestFirst: the last recorded first (the updates that end the step
+  //   on the CPU's critical path, whose parameters the next forward needs
+  //   first);
+  // - kChunkOrder: by the first chunk of their own state (chunks not used
+  //   by ops), ascending. The registry packs tensors into chunks in
+  //   registration order, so sets adjacent in this order share chunks at
+  //   their edges, and a run of them shares edges only with the sets just
+  //   outside it: a kept chunk that a host update also writes is written
+  //   back and loaded again every step. This is the set `static` keeps
+  //   (the first registered optimizer chunks).
+  enum class DeviceSetOrder { kLatestFirst, kChunkOrder };
+  DeviceSetOrder device_set_order = DeviceSetOrder::kLatestFirst;
 };
 
 class Plan {
@@ -103,10 +119,11 @@ class Plan {
 
   // Placed updates. The plan puts a recorded set on the device when every
   // op's chunks fit the smallest demand budget and the set's other chunks
-  // fit beside them (the last recorded first): such chunks are kept on the
-  // device for good (the optimizer state of GPU Adam). The rest update in
-  // their host homes (CPU Adam), which drops the device copy of what they
-  // write right after its last op in the step. Unknown sets: host.
+  // fit beside them (in PlanOptions::device_set_order): such chunks are
+  // kept on the device for good (the optimizer state of GPU Adam). The
+  // rest update in their host homes (CPU Adam), which drops the device
+  // copy of what they write right after its last op in the step. Unknown
+  // sets: host.
   bool PlacedOnDevice(std::span<const uint64_t> chunks) const;
   // A recorded set of op chunks only: it runs wherever they are then (on
   // the device if all have a device copy), since it needs no room.
@@ -122,6 +139,10 @@ class Plan {
   // Per chunk, how many host-placed acquires write it each step.
   const std::unordered_map<uint64_t, int>& host_writes() const {
     return host_writes_;
+  }
+  // Per chunk, how many device-placed acquires write it each step.
+  const std::unordered_map<uint64_t, int>& device_writes() const {
+    return device_writes_;
   }
 
  private:
@@ -141,6 +162,7 @@ class Plan {
   size_t placed_on_device_ = 0;
   std::vector<std::vector<uint64_t>> drops_after_;
   std::unordered_map<uint64_t, int> host_writes_;
+  std::unordered_map<uint64_t, int> device_writes_;
 };
 
 // Belady's choice among `candidates` (never empty) at op `pos`: the chunk
@@ -225,16 +247,27 @@ OfflineResult SimulateOffline(const Plan& plan, const OfflineOptions& options);
 //   unblocks (OfflineResult::blocked_bytes without it: each streams into
 //   the reserve during the op before instead), and if the step then moves
 //   no more than LRU on the same trace and budget;
-// - of the placed sets the room allows on the device (latest first), the
-//   most that keep the step's bytes within those of placing none: a kept
-//   chunk of optimizer state takes room the ops' chunks could use.
+// - the device sets: every prefix of each order (PlanOptions::
+//   DeviceSetOrder) of the sets the room allows on the device, none
+//   included, is replayed, and the plan that moves the fewest bytes is
+//   taken (on a tie, the one with more device sets: GPU Adam is faster
+//   and keeps state off the link; then latest first). Bytes are not
+//   monotone in the number of sets: a kept chunk that a host update also
+//   writes (a set's state sharing a chunk with a host-placed neighbour's)
+//   moves twice every step, and kept chunks take room the ops' chunks
+//   could use. The plan moves no more than any candidate, all-host
+//   (`cpu`-like) among them, as far as the replay matches the daemon;
+//   kChunkOrder's prefixes are the sets `static` places on the device
+//   (the first registered state) where they fit auto's room.
 // `base` gives capacity, margin, granularity and whether to place updates.
 struct PlanChoice {
   PlanOptions options;
   OfflineResult chosen;  // the chosen plan, replayed
   OfflineResult lru;     // LRU on the same trace, budgets, updates on host
   uint64_t blocked_without_reserve = 0;
-  size_t device_sets_allowed = 0;  // before the byte check
+  size_t device_sets_allowed = 0;  // latest first, before the byte check
+  OfflineResult no_device_sets;    // every update on the host, replayed
+  size_t candidates = 0;           // plans replayed for the device sets
 };
 // A proven lower bound on the bytes any placement policy moves over
 // `steps` repetitions of `trace`'s ops, starting from any device contents

@@ -207,6 +207,51 @@ TEST_F(SmallPlacedTest, WritesBackAheadWhatTheHostUpdateWillTake) {
   EXPECT_TRUE(p_.WriteBackAhead(2));
 }
 
+// A placed acquire of `chunks` (1 MiB each, all written); returns whether
+// it ran on the device.
+bool PlacedUpdate(SessionPlacement& p, const std::vector<uint64_t>& chunks) {
+  std::vector<SessionPlacement::Touch> touches;
+  for (uint64_t c : chunks) touches.push_back({c, kMiB, true});
+  const bool on_device = p.OnPlacedAcquire(touches, /*resident=*/false);
+  p.OnPlacedServed(touches, on_device);
+  return on_device;
+}
+
+TEST_F(PlacedTest, NoWriteBackAheadWhileADeviceUpdateWillWriteTheChunk) {
+  // Chunk 1 (op a's) belongs to a device update {1, 11} and to a host
+  // update {1, 2, 21..27} whose state does not fit. Written back right
+  // after op a, chunk 1 would be made dirty again by the device update
+  // and written back a second time when the host update takes it.
+  SessionPlacement p(Policy::kAuto, PlacementConfig{}, 8 * kMiB, kMiB);
+  const std::vector<uint64_t> device_set = {1, 11};
+  const std::vector<uint64_t> host_set = {1, 2, 21, 22, 23, 24, 25, 26, 27};
+  uint64_t seq = 0;
+  auto op = [&](const std::string& key, uint64_t chunk) {
+    OpContext ctx{.key = key, .seq = ++seq};
+    const SessionPlacement::Touch t{chunk, kMiB, true};
+    p.OnAcquire(&ctx, nullptr, {&t, 1});
+  };
+  op("a", 1);
+  PlacedUpdate(p, device_set);
+  op("b", 2);
+  PlacedUpdate(p, host_set);
+  p.OnStep();
+  ASSERT_EQ(p.stats().state, PlacementState::kPlanned);
+  ASSERT_TRUE(p.plan()->PlacedOnDevice(device_set));
+  ASSERT_FALSE(p.plan()->PlacedOnDevice(host_set));
+  op("a", 1);
+  EXPECT_FALSE(p.WriteBackAhead(1));  // the device update still writes it
+  EXPECT_TRUE(PlacedUpdate(p, device_set));
+  EXPECT_TRUE(p.WriteBackAhead(1));  // now only the host update is left
+  op("b", 2);
+  EXPECT_FALSE(PlacedUpdate(p, host_set));
+  EXPECT_FALSE(p.WriteBackAhead(1));
+  // The next step awaits both again.
+  p.OnStep();
+  op("a", 1);
+  EXPECT_FALSE(p.WriteBackAhead(1));
+}
+
 TEST(StaticPlacementTest, KeepsTheFirstFractionOfEachGroup) {
   PlacementConfig config;
   config.static_param_offload = 0.5;

@@ -457,5 +457,94 @@ TEST(PlannerTest, DeviceUpdatesOnlyWhereTheyCostNoBytes) {
   EXPECT_EQ(both.chosen.moved(), 0u);
 }
 
+// Three layers' ops (chunks 1, 2, 3, written by backward) and their
+// updates, recorded in the order a, b, c; `states` are their state chunks
+// (1 byte each). Room: the ops' 3 chunks and 2 chunks of state.
+Trace ThreeUpdateTrace(const std::vector<std::vector<uint64_t>>& states) {
+  Trace t = MakeTrace({{1}, {2}, {3}}, {{1}, {2}, {3}});
+  for (uint64_t part = 0; part < 3; ++part) {
+    PlacedSet set;
+    set.chunks = {part + 1};
+    for (uint64_t c : states[part]) {
+      set.chunks.push_back(c);
+      t.chunk_bytes[c] = 1;
+    }
+    std::sort(set.chunks.begin(), set.chunks.end());
+    set.written = set.chunks;
+    set.writes = 1;
+    t.placed.push_back(set);
+  }
+  return t;
+}
+
+TEST(PlannerTest, DeviceUpdatesInChunkOrderWhereLatestFirstSharesAnEdge) {
+  // b's and c's state share chunk 13. Latest first, c goes to the device
+  // and b's host update writes back and drops the kept chunk 13 every
+  // step: as many bytes as all on the host (6: each parameter written
+  // back and loaded again). In chunk order a goes (what `static` keeps,
+  // the first registered state), shares nothing and saves its
+  // parameter's 2 bytes.
+  const Trace t = ThreeUpdateTrace({{10, 11}, {12, 13}, {13, 14}});
+  const PlanOptions base{.pool_capacity = 5, .margin_ratio = 0};
+  const std::vector<uint64_t> a = {1, 10, 11}, c = {3, 13, 14};
+  ASSERT_TRUE(Plan(t, base).PlacedOnDevice(c));
+  const OfflineOptions replay{.steps = 3, .measure_from = 2};
+  PlanOptions none = base;
+  none.max_device_sets = 0;
+  ASSERT_EQ(SimulateOffline(Plan(t, base), replay).moved(), 6u);
+  ASSERT_EQ(SimulateOffline(Plan(t, none), replay).moved(), 6u);
+  const PlanChoice choice = ChoosePlanOptions(t, base, 0);
+  const Plan plan(t, choice.options);
+  EXPECT_EQ(choice.options.device_set_order,
+            PlanOptions::DeviceSetOrder::kChunkOrder);
+  EXPECT_TRUE(plan.PlacedOnDevice(a));
+  EXPECT_FALSE(plan.PlacedOnDevice(c));
+  EXPECT_EQ(choice.chosen.moved(), 4u);
+  EXPECT_EQ(SimulateOffline(plan, replay).moved(), 4u);
+  EXPECT_EQ(choice.no_device_sets.moved(), 6u);
+}
+
+TEST(PlannerTest, DeviceUpdatesLatestFirstWhereChunkOrderSharesAnEdge) {
+  // Now a's and b's state share chunk 11: in chunk order a goes to the
+  // device and b's host update moves the kept chunk 11 twice a step (no
+  // better than all on the host); latest first c goes and shares nothing.
+  const Trace t = ThreeUpdateTrace({{10, 11}, {11, 12}, {13, 14}});
+  const PlanOptions base{.pool_capacity = 5, .margin_ratio = 0};
+  PlanOptions chunk_order = base;
+  chunk_order.device_set_order = PlanOptions::DeviceSetOrder::kChunkOrder;
+  const OfflineOptions replay{.steps = 3, .measure_from = 2};
+  ASSERT_TRUE(
+      Plan(t, chunk_order).PlacedOnDevice(std::vector<uint64_t>{1, 10, 11}));
+  ASSERT_EQ(SimulateOffline(Plan(t, chunk_order), replay).moved(), 6u);
+  const PlanChoice choice = ChoosePlanOptions(t, base, 0);
+  const Plan plan(t, choice.options);
+  EXPECT_EQ(choice.options.device_set_order,
+            PlanOptions::DeviceSetOrder::kLatestFirst);
+  EXPECT_TRUE(plan.PlacedOnDevice(std::vector<uint64_t>{3, 13, 14}));
+  EXPECT_EQ(plan.placed_on_device(), 1u);
+  EXPECT_EQ(choice.chosen.moved(), 4u);
+}
+
+TEST(PlannerTest, DeviceUpdatesTakeTheFewestBytesOfAllCandidates) {
+  // Room for 4 chunks of state; a's and b's share chunk 11. Latest first
+  // takes c (13, 14) and b (11, 12): a's host update moves the kept chunk
+  // 11 twice a step, and a's parameter too: 4 bytes, fewer than all on
+  // the host (6), which was enough before. In chunk order a (10, 11) and
+  // b (12) share their edge on the device and only c's parameter moves: 2.
+  const Trace t = ThreeUpdateTrace({{10, 11}, {11, 12}, {13, 14}});
+  const PlanOptions base{.pool_capacity = 7, .margin_ratio = 0};
+  const OfflineOptions replay{.steps = 3, .measure_from = 2};
+  ASSERT_EQ(Plan(t, base).placed_on_device(), 2u);
+  ASSERT_EQ(SimulateOffline(Plan(t, base), replay).moved(), 4u);
+  const PlanChoice choice = ChoosePlanOptions(t, base, 0);
+  const Plan plan(t, choice.options);
+  EXPECT_EQ(choice.chosen.moved(), 2u);
+  EXPECT_EQ(SimulateOffline(plan, replay).moved(), 2u);
+  EXPECT_TRUE(plan.PlacedOnDevice(std::vector<uint64_t>{1, 10, 11}));
+  EXPECT_TRUE(plan.PlacedOnDevice(std::vector<uint64_t>{2, 11, 12}));
+  EXPECT_FALSE(plan.PlacedOnDevice(std::vector<uint64_t>{3, 13, 14}));
+  EXPECT_EQ(choice.no_device_sets.moved(), 6u);
+}
+
 }  // namespace
 }  // namespace tidepool
