@@ -144,9 +144,9 @@ int WorkerMain() {
   // evicts the least recently used and loads).
   std::vector<uint64_t> cycle;
   const int planned_ops = absl::GetFlag(FLAGS_planned_ops);
-  const size_t cycle_length =
-      planned_ops > 0 ? static_cast<size_t>(planned_ops)
-                      : (absl::GetFlag(FLAGS_evicting) ? 64 : 1);
+  const size_t cycle_length = planned_ops > 0
+                                  ? static_cast<size_t>(planned_ops)
+                                  : (absl::GetFlag(FLAGS_evicting) ? 64 : 1);
   constexpr int kBatch = 8192;
   for (int first = 0; first < count; first += kBatch) {
     std::vector<tidepool::TensorSpec> specs;
@@ -194,8 +194,9 @@ int WorkerMain() {
   // planned, record the step and plan it).
   const auto warm_until = Clock::now() + std::chrono::milliseconds(100);
   const size_t warm_pairs = std::max<size_t>(200, 3 * cycle.size());
-  for (size_t i = 0; i < warm_pairs && (Clock::now() < warm_until ||
-                                        (planned_ops > 0 && i < 3 * cycle.size()));
+  for (size_t i = 0;
+       i < warm_pairs &&
+       (Clock::now() < warm_until || (planned_ops > 0 && i < 3 * cycle.size()));
        ++i) {
     absl::Status r = pair();
     if (!r.ok()) {
@@ -550,9 +551,10 @@ int main(int argc, char** argv) {
       ReadIntFile("/proc/sys/vm/max_map_count"),
       ::sysconf(_SC_NPROCESSORS_ONLN));
   if (absl::GetFlag(FLAGS_planned_ops) > 0) {
-    std::printf("planned: each pair an op of a %d-op step over as many "
-                "tensors, a step mark after each step; timed after the plan\n",
-                absl::GetFlag(FLAGS_planned_ops));
+    std::printf(
+        "planned: each pair an op of a %d-op step over as many "
+        "tensors, a step mark after each step; timed after the plan\n",
+        absl::GetFlag(FLAGS_planned_ops));
   }
   if (!absl::GetFlag(FLAGS_daemon_args).empty()) {
     std::printf("tidepoold flags: %s\n",
