@@ -415,10 +415,7 @@ absl::StatusOr<AcquireResult> MemoryManager::AcquireInHostHome(
 absl::Status MemoryManager::Release(uint64_t id, const Token& token,
                                     const std::vector<uint64_t>& tensor_ids,
                                     TensorState target) {
-  if (tensor_ids.empty()) return absl::InvalidArgumentError("no tensors given");
-  if (tensor_ids.size() > options_.max_tensors_per_request) {
-    return absl::InvalidArgumentError("too many tensors in one request");
-  }
+  TP_RETURN_IF_ERROR(CheckRequestSize(tensor_ids));
   if (target != TensorState::kHold && target != TensorState::kHoldAfterBwd &&
       target != TensorState::kFree) {
     return absl::InvalidArgumentError(

@@ -207,9 +207,7 @@ MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
   // a plan, when it is counted).
   const Plan& plan = *placement->plan();
   if (session.counted_plan != placement->plan_generation()) {
-    size_t resident_used = 0;
-    for (uint64_t cid : session.resident) resident_used += plan.UsedByOps(cid);
-    session.plan_missing = plan.op_chunk_count() - resident_used;
+    session.plan_missing = PlanChunksOffDevice(session, plan);
     session.counted_plan = placement->plan_generation();
   }
   if (session.plan_missing == 0) return work;
@@ -231,6 +229,13 @@ MemoryManager::PrefetchWork MemoryManager::PlanPrefetchWork(
   work.actions =
       placement->Prefetch(std::move(resident), session.stats.device_bytes);
   return work;
+}
+
+size_t MemoryManager::PlanChunksOffDevice(const Session& session,
+                                          const Plan& plan) {
+  size_t resident_used = 0;
+  for (uint64_t cid : session.resident) resident_used += plan.UsedByOps(cid);
+  return plan.op_chunk_count() - resident_used;
 }
 
 void MemoryManager::RunPrefetch(Session& session) {

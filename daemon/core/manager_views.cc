@@ -182,16 +182,12 @@ absl::Status MemoryManager::CheckIndexes() const {
   for (const auto& [id, session] : sessions_) {
     if (session.counted_plan != 0 &&
         session.counted_plan == session.placement->plan_generation()) {
-      const Plan& plan = *session.placement->plan();
-      size_t resident_used = 0;
-      for (uint64_t cid : session.resident) {
-        resident_used += plan.UsedByOps(cid);
-      }
-      if (session.plan_missing != plan.op_chunk_count() - resident_used) {
-        return absl::InternalError(
-            absl::StrCat("session ", id, " counts ", session.plan_missing,
-                         " of its plan's chunks off the device, ",
-                         plan.op_chunk_count() - resident_used, " are"));
+      const size_t off =
+          PlanChunksOffDevice(session, *session.placement->plan());
+      if (session.plan_missing != off) {
+        return absl::InternalError(absl::StrCat(
+            "session ", id, " counts ", session.plan_missing,
+            " of its plan's chunks off the device, ", off, " are"));
       }
     }
     if (!device_state_[session.device].sessions.contains(id)) {

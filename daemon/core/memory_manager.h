@@ -481,7 +481,7 @@ class MemoryManager {
 
   absl::StatusOr<Session*> Authenticate(uint64_t id, const Token& token)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // An acquire's tensor list: not empty, within max_tensors_per_request.
+  // A request's tensor list: not empty, within max_tensors_per_request.
   absl::Status CheckRequestSize(const std::vector<uint64_t>& tensor_ids) const;
   // Checks that every tensor may become COMPUTE (registered here, listed
   // once, legal transition, its chunk not in use on the other side) and
@@ -591,6 +591,9 @@ class MemoryManager {
                     CopyBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   PrefetchWork PlanPrefetchWork(Session& session) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The chunks `plan`'s ops touch that are not among the session's
+  // resident ones, counted afresh (what Session::plan_missing keeps).
+  static size_t PlanChunksOffDevice(const Session& session, const Plan& plan);
   // Starts that work, as planned now (RunPrefetch) or earlier without the
   // core (ApplyPrefetch: each step is checked against the state now).
   void RunPrefetch(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
