@@ -18,6 +18,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "daemon/config/config.h"
 #include "daemon/core/memory_manager.h"
@@ -29,6 +30,9 @@
 #include "daemon/server/metrics_bridge.h"
 
 ABSL_FLAG(std::string, config, "", "TOML config file (flags override it)");
+ABSL_FLAG(bool, mutex_deadlock_detection, false,
+          "check the lock order on every lock (a debugging aid: it takes one "
+          "process-wide lock per acquisition; the tests turn it on)");
 ABSL_FLAG(std::string, socket, "", "gRPC Unix socket path");
 ABSL_FLAG(std::string, fd_socket, "", "fd socket path (default <socket>.fd)");
 ABSL_FLAG(std::string, metrics_address, "",
@@ -318,6 +322,13 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  // Abseil built without NDEBUG (as distributions ship it) checks the lock
+  // order on every Mutex::Lock, under one process-wide lock: every
+  // session's request would serialise on it.
+  absl::SetMutexDeadlockDetectionMode(
+      absl::GetFlag(FLAGS_mutex_deadlock_detection)
+          ? absl::OnDeadlockCycle::kAbort
+          : absl::OnDeadlockCycle::kIgnore);
   absl::Status status = tidepool::Run();
   if (!status.ok()) {
     std::cerr << "tidepoold: " << status << std::endl;

@@ -125,18 +125,23 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free);
 // use: garbage (an entry `seq` that is neither the old nor the expected
 // value, bad counts, unknown operations) gets an error completion for the
 // entry the daemon expected next, nothing else. Version 2: the ring (1 had
-// one slot each way).
+// one slot each way). Version 3: step marks (kMarkStep) travel the ring
+// too, so that a step costs the daemon no gRPC thread, whose wake-ups
+// preempt the spinning ends (common/spin_wait.h backs off for a while
+// after a preemption).
 inline constexpr uint32_t kHotPathMagic = 0x50485054;  // "TPHP"
-inline constexpr uint32_t kHotPathVersion = 2;
+inline constexpr uint32_t kHotPathVersion = 3;
 inline constexpr uint32_t kHotPathRing = 16;
 inline constexpr uint32_t kHotPathMaxTensors = 64;
 inline constexpr uint32_t kHotPathMaxKey = 120;
+inline constexpr uint32_t kHotPathMaxPlacement = 256;
 
 enum class HotPathOp : uint32_t {
   kAcquire = 1,        // arg: tidepool.v1.AccessMode value
   kAcquireOnHost = 2,  // arg: tidepool.v1.AccessMode value
   kRelease = 3,        // arg: tidepool.v1.TensorState value
   kAcquirePlaced = 4,  // arg: tidepool.v1.AccessMode value
+  kMarkStep = 5,       // no tensors, arg 0; as the MarkStep RPC
 };
 
 struct HotPathRequest {
@@ -160,13 +165,16 @@ struct HotPathRequest {
 struct HotPathCompletion {
   int32_t status_code;  // absl::StatusCode
   uint32_t count;
-  uint32_t on_host;  // acquires: offsets are into the host pool
-  uint32_t reserved;
+  uint32_t on_host;          // acquires: offsets are into the host pool
+  uint32_t placement_bytes;  // kMarkStep: bytes of `placement` used
   uint64_t ready_sequence;
   uint64_t map_generation;  // as AcquireResponse.map_generation
   char message[320];        // long enough for every error the manager returns
   uint64_t offsets[kHotPathMaxTensors];  // into the pool the op names
   uint64_t sizes[kHotPathMaxTensors];
+  // kMarkStep of an auto or static session: its tidepool.v1.PlacementStatus,
+  // serialized, last_divergence shortened to fit; 0 bytes otherwise.
+  char placement[kHotPathMaxPlacement];
 };
 
 struct HotPathRequestEntry {

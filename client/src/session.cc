@@ -673,6 +673,20 @@ void Session::BeginOp(std::string key, uint64_t non_model_bytes) {
 absl::Status Session::Flush() { return impl_->Drain("Flush", true); }
 
 absl::StatusOr<PlacementStatus> Session::MarkStep() {
+  if (impl_->hot() != nullptr && !impl_->closed_) {
+    // Over the ring: the daemon serves it in order after the releases
+    // posted before it, as it would after a drain.
+    wire::HotPathRequest request = HotRequest(wire::HotPathOp::kMarkStep, 0, {});
+    wire::HotPathCompletion completion;
+    TP_RETURN_IF_ERROR(impl_->HotCall("MarkStep", request, &completion));
+    v1::PlacementStatus placement;
+    if (completion.placement_bytes > sizeof(completion.placement) ||
+        !placement.ParseFromArray(completion.placement,
+                                  static_cast<int>(completion.placement_bytes))) {
+      return absl::DataLossError("MarkStep: malformed hot path completion");
+    }
+    return FromProto(placement);
+  }
   TP_RETURN_IF_ERROR(impl_->Drain("MarkStep", true));
   v1::MarkStepRequest request;
   *request.mutable_session() = impl_->Ref();

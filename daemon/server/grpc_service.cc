@@ -57,30 +57,6 @@ void FillSessionStats(const SessionStatsView& v, v1::SessionStats* s) {
   s->set_prefetch_wasted(v.prefetch_wasted);
 }
 
-void FillPlacement(const PlacementStatsView& v, v1::PlacementStatus* out) {
-  switch (v.state) {
-    case PlacementState::kRecording:
-      out->set_state(v1::PLACEMENT_STATE_RECORDING);
-      break;
-    case PlacementState::kPlanned:
-      out->set_state(v1::PLACEMENT_STATE_PLANNED);
-      break;
-    case PlacementState::kFallback:
-      out->set_state(v1::PLACEMENT_STATE_FALLBACK);
-      break;
-  }
-  out->set_plan_ops(v.plan_ops);
-  out->set_replans(v.replans);
-  out->set_planned_ops(v.planned_ops);
-  out->set_unplanned_ops(v.unplanned_ops);
-  out->set_updates_on_device(v.updates_on_device);
-  out->set_updates_on_host(v.updates_on_host);
-  out->set_kept_bytes(v.kept_bytes);
-  out->set_resyncs(v.resyncs);
-  out->set_steps(v.steps);
-  out->set_last_divergence(v.last_divergence);
-}
-
 absl::StatusOr<PlacementConfig> PlacementFromProto(
     const v1::PlacementOptions& p, PlacementConfig config) {
   if (p.warmup_steps() != 0) config.warmup_steps = p.warmup_steps();
@@ -146,6 +122,30 @@ v1::ResidencyEventKind ToProto(ResidencyEventKind kind) {
 #endif
 
 }  // namespace
+
+void FillPlacement(const PlacementStatsView& v, v1::PlacementStatus* out) {
+  switch (v.state) {
+    case PlacementState::kRecording:
+      out->set_state(v1::PLACEMENT_STATE_RECORDING);
+      break;
+    case PlacementState::kPlanned:
+      out->set_state(v1::PLACEMENT_STATE_PLANNED);
+      break;
+    case PlacementState::kFallback:
+      out->set_state(v1::PLACEMENT_STATE_FALLBACK);
+      break;
+  }
+  out->set_plan_ops(v.plan_ops);
+  out->set_replans(v.replans);
+  out->set_planned_ops(v.planned_ops);
+  out->set_unplanned_ops(v.unplanned_ops);
+  out->set_updates_on_device(v.updates_on_device);
+  out->set_updates_on_host(v.updates_on_host);
+  out->set_kept_bytes(v.kept_bytes);
+  out->set_resyncs(v.resyncs);
+  out->set_steps(v.steps);
+  out->set_last_divergence(v.last_divergence);
+}
 
 template <typename Fn>
 grpc::Status GrpcService::Run(absl::string_view method, Fn&& fn) {

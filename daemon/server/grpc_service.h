@@ -20,6 +20,10 @@ using RpcObserver = std::function<void(absl::string_view method, double seconds,
 using PeerLookup =
     std::function<std::optional<PeerCredentials>(const std::string& peer)>;
 
+// A placement's state as the RPCs report it (MarkStep, GetStats; the hot
+// path's kMarkStep).
+void FillPlacement(const PlacementStatsView& v, v1::PlacementStatus* out);
+
 class GrpcService final : public v1::Tidepool::Service {
  public:
   GrpcService(MemoryManager* manager, std::string fd_socket_path,

@@ -62,11 +62,31 @@ uint64_t Previous(uint64_t k) {
   return k > wire::kHotPathRing ? k - wire::kHotPathRing : 0;
 }
 
-bool IsAcquire(uint32_t op) {
+// Requests that are not run behind a failure the client has not seen:
+// the acquires (the client must not hold tensors it does not know it
+// holds) and step marks (as over gRPC, where the client first returns the
+// failure and marks no step).
+bool NeedsFailuresSeen(uint32_t op) {
   const auto o = static_cast<wire::HotPathOp>(op);
   return o == wire::HotPathOp::kAcquire ||
          o == wire::HotPathOp::kAcquireOnHost ||
-         o == wire::HotPathOp::kAcquirePlaced;
+         o == wire::HotPathOp::kAcquirePlaced ||
+         o == wire::HotPathOp::kMarkStep;
+}
+
+// The placement in the completion, its free-text field shortened until it
+// fits.
+void FillPlacement(const PlacementStatsView& v,
+                   wire::HotPathCompletion* completion) {
+  v1::PlacementStatus status;
+  FillPlacement(v, &status);
+  while (status.ByteSizeLong() > wire::kHotPathMaxPlacement) {
+    std::string* text = status.mutable_last_divergence();
+    const size_t excess = status.ByteSizeLong() - wire::kHotPathMaxPlacement;
+    text->resize(text->size() > excess ? text->size() - excess : 0);
+  }
+  completion->placement_bytes = static_cast<uint32_t>(status.ByteSizeLong());
+  status.SerializeToArray(completion->placement, wire::kHotPathMaxPlacement);
 }
 
 }  // namespace
@@ -115,9 +135,10 @@ void HotPathServer::Loop() {
                absl::StrCat("hot path: request entry ", wire::HotPathIndex(k),
                             " holds ", "sequence ", seq, ", expected ", k)),
            &completion);
-    } else if (IsAcquire(request.op) && request.failures_seen != failures) {
+    } else if (NeedsFailuresSeen(request.op) &&
+               request.failures_seen != failures) {
       Fill(absl::AbortedError(absl::StrCat(
-               "hot path: acquire not run: the client had seen ",
+               "hot path: request not run: the client had seen ",
                request.failures_seen, " failed requests of ", failures)),
            &completion);
     } else {
@@ -140,6 +161,18 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
   const auto start = std::chrono::steady_clock::now();
   absl::string_view method = "Acquire";
   absl::Status status = [&]() -> absl::Status {
+    const auto op = static_cast<wire::HotPathOp>(request.op);
+    if (op == wire::HotPathOp::kMarkStep) {
+      method = "MarkStep";
+      if (request.count != 0 || request.key_len != 0) {
+        return absl::InvalidArgumentError(
+            "hot path: a step mark names no tensors and no op");
+      }
+      TP_ASSIGN_OR_RETURN(std::optional<PlacementStatsView> placement,
+                          manager_->MarkStep(session_id_, token_));
+      if (placement) FillPlacement(*placement, completion);
+      return absl::OkStatus();
+    }
     if (request.count == 0 || request.count > wire::kHotPathMaxTensors) {
       return absl::InvalidArgumentError(
           absl::StrCat("hot path: ", request.count, " tensors (1..",
@@ -150,7 +183,6 @@ void HotPathServer::Serve(const wire::HotPathRequest& request,
     }
     const std::vector<uint64_t> ids(request.tensor_ids,
                                     request.tensor_ids + request.count);
-    const auto op = static_cast<wire::HotPathOp>(request.op);
     if (op == wire::HotPathOp::kRelease) {
       method = "Release";
       TP_ASSIGN_OR_RETURN(const TensorState target,

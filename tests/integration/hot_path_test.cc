@@ -265,6 +265,67 @@ TEST_F(HotPathTest, AnAcquireBehindAFailedReleaseIsNotRun) {
   EXPECT_EQ(raw_->Call(3), 0) << raw_->Wait(3).message;
 }
 
+// Step marks travel the ring too, in order with the rest: one with
+// tensors or an op key is refused, and one posted behind a release that
+// then fails is not run (as over gRPC, where the client returns the
+// failure and marks no step).
+TEST_F(HotPathTest, AStepMarkIsCheckedAndWaitsForEarlierFailures) {
+  const std::vector<uint64_t> ids = raw_->Register(1);
+  ASSERT_EQ(ids.size(), 1u);
+  raw_->Fill(1, Op::kMarkStep, ids[0]);  // a tensor
+  EXPECT_EQ(raw_->Call(1), kInvalid);
+  EXPECT_THAT(raw_->Wait(1).message, HasSubstr("names no tensors"));
+  raw_->Fill(2, Op::kMarkStep, 0, 1);
+  raw_->Request(2).count = 0;
+  raw_->Request(2).key_len = 3;
+  EXPECT_EQ(raw_->Call(2), kInvalid);
+  raw_->Fill(3, Op::kRelease, ids[0], 2);  // never acquired
+  raw_->Fill(4, Op::kMarkStep, 0, /*failures_seen=*/2);
+  raw_->Request(4).count = 0;
+  raw_->Post(3);
+  raw_->Post(4);
+  EXPECT_EQ(raw_->Wait(3).status_code, kPrecondition);
+  EXPECT_EQ(raw_->Wait(4).status_code, kAborted);
+  raw_->Fill(5, Op::kMarkStep, 0, /*failures_seen=*/4);
+  raw_->Request(5).count = 0;
+  EXPECT_EQ(raw_->Call(5), 0) << raw_->Wait(5).message;
+  EXPECT_EQ(raw_->Wait(5).placement_bytes, 0u);  // a cpu session: none
+}
+
+// Through the library, an auto session's step marks go over the ring and
+// report the placement as GetStats does, up to its plan.
+TEST_F(HotPathTest, StepMarksOverTheRingReportThePlacement) {
+  SessionOptions options;
+  options.socket = daemon_->socket();
+  options.policy = Policy::kAuto;
+  auto s = Session::Open(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto t = (*s)->Register({{"a", DType::kU8, {4096}, Group::kParam},
+                           {"b", DType::kU8, {4096}, Group::kParam}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  PlacementStatus last;
+  for (int step = 0; step < 6; ++step) {
+    for (size_t i = 0; i < t->size(); ++i) {
+      const TensorInfo& info = (*t)[i];
+      (*s)->BeginOp(i == 0 ? "a" : "b");
+      ASSERT_TRUE((*s)->Acquire({&info.id, 1}, AccessMode::kRead).ok());
+      ASSERT_TRUE((*s)->Release({&info.id, 1}, TensorState::kHold).ok());
+    }
+    auto marked = (*s)->MarkStep();
+    ASSERT_TRUE(marked.ok()) << marked.status();
+    EXPECT_EQ(marked->steps, static_cast<uint64_t>(step + 1));
+    last = *marked;
+  }
+  EXPECT_EQ(last.state, "planned");
+  EXPECT_EQ(last.plan_ops, 2u);
+  auto stats = (*s)->Placement();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->state, last.state);
+  EXPECT_EQ(stats->steps, last.steps);
+  EXPECT_EQ(stats->planned_ops, last.planned_ops);
+  EXPECT_EQ(stats->replans, last.replans);
+}
+
 // A client that goes away with a ring full of requests queued: the daemon
 // reclaims the session (its hot-path thread stops) and serves the others.
 TEST_F(HotPathTest, AClientGoneWithRequestsQueuedIsReclaimed) {

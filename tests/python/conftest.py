@@ -37,7 +37,8 @@ class Daemon:
         self.socket = os.path.join(self.dir, "run", "tidepoold.sock")
         self.log = open(os.path.join(self.dir, "tidepoold.log"), "w+")
         self.proc = subprocess.Popen(
-            [*DIE_WITH_TEST, str(BIN_DIR / "tidepoold"), f"--socket={self.socket}", *flags],
+            [*DIE_WITH_TEST, str(BIN_DIR / "tidepoold"), f"--socket={self.socket}",
+             "--mutex_deadlock_detection", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):

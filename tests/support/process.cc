@@ -132,7 +132,9 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(
                                    "--host_pool=" + options.host_pool,
                                    "--chunk_size=" + options.chunk_size,
                                    "--socket=" + d->socket_,
-                                   "--fd_socket=" + d->fd_socket_};
+                                   "--fd_socket=" + d->fd_socket_,
+                                   // A lock-order inversion aborts the test.
+                                   "--mutex_deadlock_detection"};
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   auto child = ChildProcess::Spawn(argv);
   if (!child.ok()) return child.status();
