@@ -2,9 +2,10 @@
 # The main job (`make demo`): start tidepoold on a private socket, train a
 # Hugging Face causal LM (OPT from its config class, random init) on real
 # text through tidepool.torch under the `auto` policy, with a model state
-# (bf16 parameters + fp32 master + Adam m and v, 14 bytes a parameter)
+# (bf16 parameters, or fp32 on a CPU without native bf16 matmul, + fp32
+# master + Adam m and v: 14 or 16 bytes a parameter)
 # several times the daemon's device pool; train the same model on the same
-# batches without tidepool (the same bf16 mixed-precision recipe in plain
+# batches without tidepool (the same mixed-precision recipe in plain
 # PyTorch), print a summary, write the two loss curves to
 # demo-output/loss_opt_auto.png, and fail when the curves differ beyond
 # tolerance. The daemon stops at exit.

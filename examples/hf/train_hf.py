@@ -10,7 +10,8 @@ the `tokenizers` library. It trains twice from the same initial weights on
 the same batches:
 
 - through tidepool (``tidepool.torch.wrap`` under a policy, ``auto`` by
-  default): bf16 parameters for compute, fp32 masters and Adam moments in
+  default): bf16 parameters for compute (fp32 on a CPU without native bf16
+  matmul, --param_dtype), fp32 masters and Adam moments in
   tidepool chunks that the daemon pages through a device pool several times
   smaller than the model's state;
 - without tidepool, with the same mixed-precision recipe written out here: a
@@ -90,6 +91,10 @@ def parse_args() -> argparse.Namespace:
                    help="steps left out of tokens/s (auto traces and plans during the first)")
     p.add_argument("--min_state_ratio", type=float, default=4.0,
                    help="refuse to run unless model state / device pool is at least this")
+    p.add_argument("--param_dtype", default=env("TIDEPOOL_DEMO_DTYPE", "auto"),
+                   choices=["auto", "bf16", "fp32"],
+                   help="what compute reads; auto: bf16 on a GPU and on CPUs with native bf16 "
+                        "matmul, fp32 elsewhere (AVX2-only CPUs run bf16 matmul ~60x slower)")
     p.add_argument("--no_baseline", action="store_true")
     p.add_argument("--out", default=env("TIDEPOOL_DEMO_OUT", "demo-output"))
     return p.parse_args()
@@ -188,9 +193,31 @@ def unique_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return out
 
 
-def state_bytes(model: torch.nn.Module) -> int:
-    """bf16 parameters + fp32 master + Adam m and v: 14 bytes a parameter."""
-    return sum(p.numel() for p in unique_params(model)) * 14
+def param_dtype(choice: str) -> torch.dtype:
+    """The compute copy's dtype: bf16 where the compute device runs it
+    natively (a GPU, a CPU with AVX-512 BF16 or AMX), fp32 elsewhere: torch
+    runs bf16 matmul on an AVX2-only CPU through a scalar fallback, ~60x
+    slower than fp32, which would time the CPU's arithmetic, not tidepool."""
+    if choice != "auto":
+        return torch.bfloat16 if choice == "bf16" else torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = True
+    return torch.bfloat16 if native else torch.float32
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def state_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Parameters (bf16 or fp32) + fp32 master + Adam m and v: 14 or 16
+    bytes a parameter."""
+    esize = torch.empty((), dtype=dtype).element_size()
+    return sum(p.numel() for p in unique_params(model)) * (esize + 12)
 
 
 def lr_lambda(args):
@@ -205,14 +232,16 @@ def lr_lambda(args):
 class MixedPrecisionBaseline:
     """The recipe tidepool's bf16 path follows, in plain PyTorch: compute on
     a bf16 copy of the model, fp32 master weights updated by
-    torch.optim.AdamW on the gradients cast to fp32, copied back to bf16."""
+    torch.optim.AdamW on the gradients cast to fp32, copied back to bf16
+    (with ``dtype`` fp32, the compute copy is fp32)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, args) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, args,
+                 dtype: torch.dtype) -> None:
         self.model = model.to(device)
         self.params = unique_params(self.model)
         self.masters = [p.detach().clone().float().requires_grad_(True) for p in self.params]
         for p in self.params:  # parameters only: buffers stay as they are
-            p.data = p.data.to(torch.bfloat16)
+            p.data = p.data.to(dtype)
         self.opt = torch.optim.AdamW(self.masters, lr=args.lr, weight_decay=args.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(args))
 
@@ -348,15 +377,17 @@ def main() -> int:
     nparams = sum(p.numel() for p in unique_params(model))
     baseline_model = None if args.no_baseline else copy.deepcopy(model)  # same init
 
+    dtype = param_dtype(args.param_dtype)
     model, optimizer = tp.wrap(model, policy=args.policy, lr=args.lr,
-                               weight_decay=args.weight_decay, param_dtype=torch.bfloat16,
+                               weight_decay=args.weight_decay, param_dtype=dtype,
                                socket=args.socket)
     handle = model.tidepool
     pool = handle.stats()["device_pool_capacity"]
-    ratio = state_bytes(model) / pool
+    ratio = state_bytes(model, dtype) / pool
     print(f"model: {args.arch.upper()} {args.layers} layers x {args.hidden} wide, "
-          f"{nparams / 1e6:.2f} M parameters; state {human(state_bytes(model))} "
-          f"(14 B/param) = {ratio:.1f}x the {human(pool)} device pool of "
+          f"{nparams / 1e6:.2f} M parameters; state {human(state_bytes(model, dtype))} "
+          f"({state_bytes(model, dtype) // nparams} B/param, {dtype_label(dtype)} compute) = "
+          f"{ratio:.1f}x the {human(pool)} device pool of "
           f"{handle.session.device['name']}; compute on {handle.device}", file=sys.stderr)
     if ratio < args.min_state_ratio:
         handle.close()
@@ -388,7 +419,7 @@ def main() -> int:
     base_losses, base_times, base_eval, base_wall = [], [], float("nan"), float("nan")
     base_evals: dict[int, float] = {}
     if baseline_model is not None:
-        base = MixedPrecisionBaseline(baseline_model, device, args)
+        base = MixedPrecisionBaseline(baseline_model, device, args, dtype)
         wall0 = time.perf_counter()
         base_losses, base_times, base_evals = train(
             "baseline", base.step, batches, device, args,
@@ -407,7 +438,8 @@ def main() -> int:
                  f"AdamW lr {args.lr:g} (warm-up {args.warmup}, cosine), wd {args.weight_decay:g}")
     lines.append(f"data         {len(files)} text files (licences + docs), byte-level BPE "
                  f"trained here; {len(train_tokens):,} train / {len(eval_tokens):,} held-out tokens")
-    lines.append(f"memory       state {human(state_bytes(model))} (bf16 + fp32 master + m + v) = "
+    lines.append(f"memory       state {human(state_bytes(model, dtype))} "
+                 f"({dtype_label(dtype)} + fp32 master + m + v) = "
                  f"{ratio:.1f}x the device pool ({human(pool)}); chunk {human(chunk)} "
                  f"({chunk_why})")
     lines.append(f"peak device  {human(stats['peak_device_bytes'])} of {human(pool)} "
@@ -475,7 +507,7 @@ def main() -> int:
              f"licence + docs text, BPE vocab {vocab}, seq {args.seq} x batch {args.batch}")
     plot(png, tp_losses, base_losses, args, title)
     lines.append(f"plot         {png.resolve()}")
-    summary = {"args": vars(args), "params": nparams, "state_bytes": state_bytes(model),
+    summary = {"args": vars(args), "params": nparams, "state_bytes": state_bytes(model, dtype),
                "pool_bytes": pool, "chunk_bytes": chunk, "stats": stats,
                "tidepool_losses": tp_losses, "baseline_losses": base_losses,
                "tidepool_eval": tp_eval, "baseline_eval": base_eval,
