@@ -60,8 +60,11 @@ def test_errors_carry_the_daemons_message(daemon, tmp_path):
         with pytest.raises(tidepool.NotFoundError, match="not registered"):
             s.acquire([424242])
         (t,) = s.register([("x", "f32", [4], "param")])
-        with pytest.raises(tidepool.Error):
-            s.release([t.id])  # not acquired
+        s.release([t.id])  # not acquired: posted, its failure comes next
+        with pytest.raises(tidepool.FailedPreconditionError,
+                           match="an earlier Release failed"):
+            s.flush()
+        s.flush()  # raised once
         s.acquire([t.id])
         s.release([t.id])  # the session is still fine
     finally:

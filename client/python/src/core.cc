@@ -294,13 +294,16 @@ class PySession {
                uintptr_t stream) {
     const TensorState t = ParseTarget(target);
     nb::gil_scoped_release release;
-    // Synchronous for now: Python callers get their own release's error
-    // from release() (the C++ Session posts it and reports a failure on a
-    // later call). Flush costs one hot-path wait, small next to the
-    // binding's own overhead.
-    absl::Status r =
-        get().Release(ids, t, reinterpret_cast<CudaStream>(stream));
-    Check(r.ok() ? get().Flush() : r);
+    // Posted without waiting, as in C++: the trainer computes while the
+    // daemon serves it (waiting cost a sleep and wake-up of both ends per
+    // release, a quarter of a CPU step of the demo). A failure is raised by
+    // the session's next call.
+    Check(get().Release(ids, t, reinterpret_cast<CudaStream>(stream)));
+  }
+
+  void Flush() {
+    nb::gil_scoped_release release;
+    Check(get().Flush());
   }
 
   void Close() {
@@ -486,7 +489,12 @@ NB_MODULE(_core, m) {
           "COMPUTE where the policy places the update: (on_device, views).")
       .def("release", &PySession::Release, "ids"_a, "target"_a = "hold",
            "stream"_a = 0,
-           "Ends COMPUTE; target is 'hold', 'hold_after_bwd' or 'free'.")
+           "Ends COMPUTE; target is 'hold', 'hold_after_bwd' or 'free'. "
+           "Posted without waiting: a failure is raised by the session's "
+           "next call, its message starting 'an earlier Release failed'.")
+      .def("flush", &PySession::Flush,
+           "Waits until every posted release is served; raises the first "
+           "that failed.")
       .def(
           "begin_op",
           [](PySession& s, std::string key, uint64_t non_model_bytes) {

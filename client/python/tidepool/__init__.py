@@ -17,7 +17,9 @@ backend), valid until the matching release. Most users want
 
 Every daemon error arrives as a :class:`tidepool.Error` subclass with the
 daemon's message (``UnavailableError`` when no daemon answers on the
-socket).
+socket). ``release`` does not wait for the daemon: a release that fails is
+raised by the session's next call (or ``s.flush()``), its message starting
+"an earlier Release failed".
 """
 from __future__ import annotations
 
