@@ -676,13 +676,15 @@ absl::StatusOr<PlacementStatus> Session::MarkStep() {
   if (impl_->hot() != nullptr && !impl_->closed_) {
     // Over the ring: the daemon serves it in order after the releases
     // posted before it, as it would after a drain.
-    wire::HotPathRequest request = HotRequest(wire::HotPathOp::kMarkStep, 0, {});
+    wire::HotPathRequest request =
+        HotRequest(wire::HotPathOp::kMarkStep, 0, {});
     wire::HotPathCompletion completion;
     TP_RETURN_IF_ERROR(impl_->HotCall("MarkStep", request, &completion));
     v1::PlacementStatus placement;
     if (completion.placement_bytes > sizeof(completion.placement) ||
-        !placement.ParseFromArray(completion.placement,
-                                  static_cast<int>(completion.placement_bytes))) {
+        !placement.ParseFromArray(
+            completion.placement,
+            static_cast<int>(completion.placement_bytes))) {
       return absl::DataLossError("MarkStep: malformed hot path completion");
     }
     return FromProto(placement);

@@ -126,15 +126,13 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(
   d->dir_ = tmpl;
   d->socket_ = d->dir_ + "/tidepoold.sock";
   d->fd_socket_ = d->dir_ + "/tidepoold.fd.sock";
-  std::vector<std::string> argv = {BinDir() + "/tidepoold",
-                                   "--device=" + options.device,
-                                   "--sim_capacity=" + options.sim_capacity,
-                                   "--host_pool=" + options.host_pool,
-                                   "--chunk_size=" + options.chunk_size,
-                                   "--socket=" + d->socket_,
-                                   "--fd_socket=" + d->fd_socket_,
-                                   // A lock-order inversion aborts the test.
-                                   "--mutex_deadlock_detection"};
+  std::vector<std::string> argv = {
+      BinDir() + "/tidepoold", "--device=" + options.device,
+      "--sim_capacity=" + options.sim_capacity,
+      "--host_pool=" + options.host_pool, "--chunk_size=" + options.chunk_size,
+      "--socket=" + d->socket_, "--fd_socket=" + d->fd_socket_,
+      // A lock-order inversion aborts the test.
+      "--mutex_deadlock_detection"};
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   auto child = ChildProcess::Spawn(argv);
   if (!child.ok()) return child.status();
