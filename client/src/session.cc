@@ -24,6 +24,15 @@ namespace tidepool {
 
 namespace {
 
+// The daemon's replies are as large as what was asked (a Register of 1M
+// tensors, the chunk list of a large session): gRPC's default 4 MiB
+// receive limit would refuse those over ~200k tensors.
+grpc::ChannelArguments UnlimitedReplies() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  return args;
+}
+
 // A hot-path request; `arg` is the proto enum value of the access mode or
 // release target, read back with FromProto on the daemon's side.
 wire::HotPathRequest HotRequest(wire::HotPathOp op, int arg,
@@ -341,8 +350,9 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
         absl::StrCat("no permission to use ", socket_,
                      ": join the daemon's group (usually 'tidepool')"));
   }
-  stub_ = v1::Tidepool::NewStub(grpc::CreateChannel(
-      "unix:" + socket_, grpc::InsecureChannelCredentials()));
+  stub_ = v1::Tidepool::NewStub(grpc::CreateCustomChannel(
+      "unix:" + socket_, grpc::InsecureChannelCredentials(),
+      UnlimitedReplies()));
 
   v1::OpenSessionRequest request;
   request.set_device(options.device);

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/unix_socket.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -362,6 +363,25 @@ TEST_F(DaemonTest, HostAcquireSeesAndFeedsTheDevice) {
   dev = s->Acquire({&id, 1}, AccessMode::kRead);
   ASSERT_TRUE(dev.ok());
   EXPECT_EQ(static_cast<uint8_t*>((*dev)[0].data)[(1 << 20) - 1], 0x43);
+}
+
+// A Register whose answer is larger than gRPC's default 4 MiB receive
+// limit (400k tensors, 5.8 MB) comes back in full.
+TEST_F(DaemonTest, ALargeRegisterIsAnsweredInFull) {
+  auto s = Open(Policy::kCpu);
+  ASSERT_NE(s, nullptr);
+  constexpr int kTensors = 400'000;
+  std::vector<TensorSpec> specs;
+  specs.reserve(kTensors);
+  for (int i = 0; i < kTensors; ++i) {
+    specs.push_back(
+        {absl::StrCat("t", i), DType::kU8, {64}, Group::kOptimState});
+  }
+  auto t = s->Register(specs);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->size(), static_cast<size_t>(kTensors));
+  EXPECT_NE((*t)[0].id, (*t)[kTensors - 1].id);
+  EXPECT_EQ((*t)[kTensors - 1].bytes, 64u);
 }
 
 TEST(DaemonStartTest, MissingDaemonIsAClearError) {

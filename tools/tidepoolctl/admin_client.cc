@@ -34,6 +34,14 @@ absl::Status NoPermission(const std::string& path, const struct stat& st,
       what, path, st.st_mode & 07777, group, group, group));
 }
 
+// The daemon's replies are as large as what was asked (the chunk list of
+// a large session): gRPC's default 4 MiB receive limit would refuse them.
+grpc::ChannelArguments UnlimitedReplies() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  return args;
+}
+
 }  // namespace
 
 absl::Status CheckSocketAccess(const std::string& socket) {
@@ -75,8 +83,9 @@ absl::Status CheckSocketAccess(const std::string& socket) {
 
 absl::StatusOr<AdminClient> AdminClient::Connect(const std::string& socket) {
   if (absl::Status s = CheckSocketAccess(socket); !s.ok()) return s;
-  auto stub = v1::Tidepool::NewStub(grpc::CreateChannel(
-      "unix:" + socket, grpc::InsecureChannelCredentials()));
+  auto stub = v1::Tidepool::NewStub(grpc::CreateCustomChannel(
+      "unix:" + socket, grpc::InsecureChannelCredentials(),
+      UnlimitedReplies()));
   return AdminClient(socket, std::move(stub));
 }
 
