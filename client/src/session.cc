@@ -24,9 +24,9 @@ namespace tidepool {
 
 namespace {
 
-// The daemon's replies are as large as what was asked (a Register of 1M
-// tensors, the chunk list of a large session): gRPC's default 4 MiB
-// receive limit would refuse those over ~200k tensors.
+// The daemon's replies are as large as what was asked (a Register of
+// 400k tensors answers 5.8 MB; the chunk list of a large session): gRPC's
+// default 4 MiB receive limit would refuse them.
 grpc::ChannelArguments UnlimitedReplies() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
