@@ -17,21 +17,13 @@
 #include "common/spin_wait.h"
 #include "common/status_macros.h"
 #include "common/unix_socket.h"
+#include "proto/channel.h"
 #include "proto/convert.h"
 #include "proto/tidepool.grpc.pb.h"
 
 namespace tidepool {
 
 namespace {
-
-// The daemon's replies are as large as what was asked (a Register of
-// 400k tensors answers 5.8 MB; the chunk list of a large session): gRPC's
-// default 4 MiB receive limit would refuse them.
-grpc::ChannelArguments UnlimitedReplies() {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
-  return args;
-}
 
 // A hot-path request; `arg` is the proto enum value of the access mode or
 // release target, read back with FromProto on the daemon's side.
@@ -350,9 +342,7 @@ absl::Status Session::Impl::Open(const SessionOptions& options) {
         absl::StrCat("no permission to use ", socket_,
                      ": join the daemon's group (usually 'tidepool')"));
   }
-  stub_ = v1::Tidepool::NewStub(grpc::CreateCustomChannel(
-      "unix:" + socket_, grpc::InsecureChannelCredentials(),
-      UnlimitedReplies()));
+  stub_ = v1::Tidepool::NewStub(UnixChannel(socket_));
 
   v1::OpenSessionRequest request;
   request.set_device(options.device);

@@ -159,10 +159,10 @@ class HotPathTest : public ::testing::Test {
     ASSERT_NE(raw_, nullptr);
   }
 
-  std::unique_ptr<Session> Open() {
+  std::unique_ptr<Session> Open(Policy policy = Policy::kCpu) {
     SessionOptions options;
     options.socket = daemon_->socket();
-    options.policy = Policy::kCpu;
+    options.policy = policy;
     auto s = Session::Open(options);
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? std::move(*s) : nullptr;
@@ -295,30 +295,27 @@ TEST_F(HotPathTest, AStepMarkIsCheckedAndWaitsForEarlierFailures) {
 // Through the library, an auto session's step marks go over the ring and
 // report the placement as GetStats does, up to its plan.
 TEST_F(HotPathTest, StepMarksOverTheRingReportThePlacement) {
-  SessionOptions options;
-  options.socket = daemon_->socket();
-  options.policy = Policy::kAuto;
-  auto s = Session::Open(options);
-  ASSERT_TRUE(s.ok()) << s.status();
-  auto t = (*s)->Register({{"a", DType::kU8, {4096}, Group::kParam},
-                           {"b", DType::kU8, {4096}, Group::kParam}});
+  auto s = Open(Policy::kAuto);
+  ASSERT_NE(s, nullptr);
+  auto t = s->Register({{"a", DType::kU8, {4096}, Group::kParam},
+                        {"b", DType::kU8, {4096}, Group::kParam}});
   ASSERT_TRUE(t.ok()) << t.status();
   PlacementStatus last;
   for (int step = 0; step < 6; ++step) {
     for (size_t i = 0; i < t->size(); ++i) {
       const TensorInfo& info = (*t)[i];
-      (*s)->BeginOp(i == 0 ? "a" : "b");
-      ASSERT_TRUE((*s)->Acquire({&info.id, 1}, AccessMode::kRead).ok());
-      ASSERT_TRUE((*s)->Release({&info.id, 1}, TensorState::kHold).ok());
+      s->BeginOp(i == 0 ? "a" : "b");
+      ASSERT_TRUE(s->Acquire({&info.id, 1}, AccessMode::kRead).ok());
+      ASSERT_TRUE(s->Release({&info.id, 1}, TensorState::kHold).ok());
     }
-    auto marked = (*s)->MarkStep();
+    auto marked = s->MarkStep();
     ASSERT_TRUE(marked.ok()) << marked.status();
     EXPECT_EQ(marked->steps, static_cast<uint64_t>(step + 1));
     last = *marked;
   }
   EXPECT_EQ(last.state, "planned");
   EXPECT_EQ(last.plan_ops, 2u);
-  auto stats = (*s)->Placement();
+  auto stats = s->Placement();
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->state, last.state);
   EXPECT_EQ(stats->steps, last.steps);

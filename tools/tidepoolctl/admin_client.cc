@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "proto/channel.h"
 #include "proto/convert.h"
 
 namespace tidepool::ctl {
@@ -32,14 +33,6 @@ absl::Status NoPermission(const std::string& path, const struct stat& st,
       "needs to be in group '%s' (sudo usermod -aG %s $USER, then log in "
       "again) or to run as root",
       what, path, st.st_mode & 07777, group, group, group));
-}
-
-// The daemon's replies are as large as what was asked (the chunk list of
-// a large session): gRPC's default 4 MiB receive limit would refuse them.
-grpc::ChannelArguments UnlimitedReplies() {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
-  return args;
 }
 
 }  // namespace
@@ -83,9 +76,7 @@ absl::Status CheckSocketAccess(const std::string& socket) {
 
 absl::StatusOr<AdminClient> AdminClient::Connect(const std::string& socket) {
   if (absl::Status s = CheckSocketAccess(socket); !s.ok()) return s;
-  auto stub = v1::Tidepool::NewStub(grpc::CreateCustomChannel(
-      "unix:" + socket, grpc::InsecureChannelCredentials(),
-      UnlimitedReplies()));
+  auto stub = v1::Tidepool::NewStub(UnixChannel(socket));
   return AdminClient(socket, std::move(stub));
 }
 
