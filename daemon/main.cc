@@ -52,6 +52,8 @@ ABSL_FLAG(int, sim_copy_workers, 0,
 ABSL_FLAG(std::string, device_pool, "",
           "cuda device pool size; default: free memory minus 2GiB");
 ABSL_FLAG(std::string, default_policy, "", "cuda | cpu (default cpu)");
+ABSL_FLAG(int, hot_path_threads, -1,
+          "threads serving the sessions' hot paths (0: one per CPU)");
 ABSL_FLAG(int, attach_timeout, 0,
           "seconds an opened session may take to attach");
 
@@ -80,6 +82,9 @@ absl::StatusOr<DaemonConfig> BuildConfig() {
   }
   if (absl::GetFlag(FLAGS_attach_timeout) > 0) {
     config.attach_timeout_seconds = absl::GetFlag(FLAGS_attach_timeout);
+  }
+  if (absl::GetFlag(FLAGS_hot_path_threads) >= 0) {
+    config.hot_path_threads = absl::GetFlag(FLAGS_hot_path_threads);
   }
   if (config.fd_socket.empty()) config.fd_socket = config.socket + ".fd";
   TP_ASSIGN_OR_RETURN(const uint64_t sim_capacity,
@@ -267,7 +272,8 @@ absl::Status Run() {
     LOG(INFO) << "metrics on http://" << config.metrics_address << "/metrics";
   }
 
-  FdServer fd_server(&manager, bridge.MakeRpcObserver());
+  FdServer fd_server(&manager, bridge.MakeRpcObserver(),
+                     {.hot_path_threads = config.hot_path_threads});
   TP_RETURN_IF_ERROR(fd_server.Start(config.fd_socket));
   GrpcService service(&manager, config.fd_socket, bridge.MakeRpcObserver());
   // The daemon accepts the gRPC socket's connections itself, to know who

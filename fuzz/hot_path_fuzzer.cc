@@ -47,7 +47,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto r = manager.Register(session->id, session->token, specs); r.ok()) {
     for (const auto& t : r->tensors) ids.push_back(t.tensor_id);
   }
-  auto server = HotPathServer::Start(&manager, session->id, session->token);
+  auto server =
+      HotPathServer::Start(nullptr, &manager, session->id, session->token);
   if (server.ok()) {
     while (!bytes.empty()) {
       wire::HotPathRequest request;

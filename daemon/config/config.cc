@@ -112,6 +112,8 @@ absl::StatusOr<bool> ParseLimit(const std::string& key, const toml::node& node,
   } else if (key == "max_rpc_threads") {
     // gRPC's synchronous server needs a few threads to poll at all.
     TP_RETURN_IF_ERROR(set_int(&c->max_rpc_threads, 4, 1 << 16));
+  } else if (key == "hot_path_threads") {
+    TP_RETURN_IF_ERROR(set_int(&c->hot_path_threads, 0, 1024));
   } else {
     return false;
   }

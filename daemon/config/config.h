@@ -37,6 +37,9 @@ struct DaemonConfig {
   uint64_t max_request_bytes = 64ull << 20;
   int max_streams_per_connection = 64;
   int max_rpc_threads = 128;
+  // Threads that serve the sessions' hot-path rings; 0: one per CPU
+  // (daemon/server/hot_path_poller.h).
+  int hot_path_threads = 0;
 
   absl::Status Validate() const;
 };

@@ -320,8 +320,8 @@ absl::Status FdServer::Attach(Conn& conn) {
   TP_ASSIGN_OR_RETURN(const AttachGrant grant, manager_->Attach(request, peer));
   Token token;
   std::memcpy(token.data(), request.token, token.size());
-  auto hot_path =
-      HotPathServer::Start(manager_, request.session_id, token, observer_);
+  auto hot_path = HotPathServer::Start(&hot_path_pollers_, manager_,
+                                       request.session_id, token, observer_);
   if (!hot_path.ok()) {
     manager_->Detached(request.session_id);
     return hot_path.status();

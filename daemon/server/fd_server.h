@@ -30,6 +30,7 @@
 #include "absl/time/time.h"
 #include "common/unique_fd.h"
 #include "daemon/core/memory_manager.h"
+#include "daemon/server/hot_path_poller.h"
 #include "daemon/server/hot_path_server.h"
 
 namespace tidepool {
@@ -43,6 +44,9 @@ struct FdServerLimits {
   size_t max_pending_per_uid = 32;
   // A peer gets this long to send its attach request.
   absl::Duration handshake_timeout = absl::Seconds(5);
+  // Threads that serve the attached sessions' hot paths (0: one per CPU;
+  // hot_path_poller.h).
+  int hot_path_threads = 0;
 };
 
 class FdServer {
@@ -50,7 +54,10 @@ class FdServer {
   // `observer` (may be empty) times hot-path requests like RPCs.
   explicit FdServer(MemoryManager* manager, RpcObserver observer = nullptr,
                     FdServerLimits limits = {})
-      : manager_(manager), observer_(std::move(observer)), limits_(limits) {}
+      : manager_(manager),
+        observer_(std::move(observer)),
+        limits_(limits),
+        hot_path_pollers_(limits.hot_path_threads) {}
   ~FdServer();
 
   // Listens on `path` (mode 0660) and starts the serving thread.
@@ -93,6 +100,8 @@ class FdServer {
   MemoryManager* manager_;
   RpcObserver observer_;
   const FdServerLimits limits_;
+  // Before conns_: it outlives the rings they hold.
+  HotPathPollers hot_path_pollers_;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;   // eventfd: stop, or adopted connections waiting

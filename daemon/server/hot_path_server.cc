@@ -3,11 +3,11 @@
 #include <chrono>
 #include <cstring>
 #include <new>
-#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "common/futex.h"
 #include "common/status_macros.h"
+#include "daemon/server/hot_path_poller.h"
 #include "proto/convert.h"
 
 namespace tidepool {
@@ -23,8 +23,8 @@ void Fill(const absl::Status& status, wire::HotPathCompletion* c) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HotPathServer>> HotPathServer::Start(
-    MemoryManager* manager, uint64_t session_id, const Token& token,
-    RpcObserver observer) {
+    HotPathPollers* pollers, MemoryManager* manager, uint64_t session_id,
+    const Token& token, RpcObserver observer) {
   std::unique_ptr<HotPathServer> s(
       new HotPathServer(manager, session_id, token, std::move(observer)));
   const size_t bytes = (sizeof(wire::HotPath) + 4095) & ~size_t{4095};
@@ -34,24 +34,15 @@ absl::StatusOr<std::unique_ptr<HotPathServer>> HotPathServer::Start(
   page->magic = wire::kHotPathMagic;
   page->version = wire::kHotPathVersion;
   page->ring_entries = wire::kHotPathRing;
-  // Out of threads (a task limit) is the daemon's problem to report, not
-  // to die of: the session is refused.
-  try {
-    s->thread_ = std::thread([raw = s.get()] { raw->Loop(); });
-  } catch (const std::system_error& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("no thread for the session's hot path: ", e.what()));
+  if (pollers != nullptr) {
+    TP_RETURN_IF_ERROR(pollers->Add(s.get()));
+    s->pollers_ = pollers;
   }
   return s;
 }
 
 HotPathServer::~HotPathServer() {
-  stop_.store(true);
-  if (mapping_.data() != nullptr) {
-    page()->request_bell.fetch_add(1);
-    FutexWakeAll(&page()->request_bell);
-  }
-  if (thread_.joinable()) thread_.join();
+  if (pollers_ != nullptr) pollers_->Remove(this);
 }
 
 namespace {
@@ -91,69 +82,46 @@ void FillPlacement(const PlacementStatsView& v,
 
 }  // namespace
 
-bool HotPathServer::WaitForEntry(uint64_t k) {
-  wire::HotPath* hp = page();
-  std::atomic<uint64_t>& seq = hp->requests[wire::HotPathIndex(k)].seq;
-  const uint64_t before = Previous(k);
-  auto changed = [&] {
-    return seq.load(std::memory_order_acquire) != before ||
-           stop_.load(std::memory_order_relaxed);
-  };
-  if (spin_.Spin(changed)) return !stop_.load(std::memory_order_relaxed);
-  const int64_t gave_up = AdaptiveSpin::NowNs();
-  // Tell the client to ring, then look once more before sleeping (the
-  // client bumps the bell after publishing, then reads the flag).
-  hp->daemon_sleeping.store(1, std::memory_order_seq_cst);
-  while (true) {
-    const uint32_t bell = hp->request_bell.load(std::memory_order_seq_cst);
-    if (changed()) break;
-    // A timeout too, so that a stop request is never missed.
-    FutexWait(&hp->request_bell, bell, 200'000'000);
-  }
-  hp->daemon_sleeping.store(0, std::memory_order_relaxed);
-  spin_.Slept(AdaptiveSpin::NowNs() - gave_up);
-  return !stop_.load(std::memory_order_relaxed);
+bool HotPathServer::Ready() const {
+  const uint64_t k = handled_ + 1;
+  return page()->requests[wire::HotPathIndex(k)].seq.load(
+             std::memory_order_acquire) != Previous(k);
 }
 
-void HotPathServer::Loop() {
+void HotPathServer::ServeNext() {
   wire::HotPath* hp = page();
-  uint64_t handled = 0;   // requests completed, in order
-  uint64_t failures = 0;  // failed completions posted
-  while (!stop_.load(std::memory_order_relaxed)) {
-    const uint64_t k = handled + 1;
-    if (!WaitForEntry(k)) break;
-    wire::HotPathRequestEntry& entry = hp->requests[wire::HotPathIndex(k)];
-    const uint64_t seq = entry.seq.load(std::memory_order_acquire);
-    // The page is the client's to scribble on: work on a private copy.
-    wire::HotPathRequest request;
-    std::memcpy(&request, &entry.request, sizeof(request));
-    wire::HotPathCompletion completion{};
-    if (seq != k) {
-      // Neither the old value nor k: the client broke its own ring. The
-      // entry completes with an error and the daemon moves on to k + 1.
-      Fill(absl::InvalidArgumentError(
-               absl::StrCat("hot path: request entry ", wire::HotPathIndex(k),
-                            " holds ", "sequence ", seq, ", expected ", k)),
-           &completion);
-    } else if (NeedsFailuresSeen(request.op) &&
-               request.failures_seen != failures) {
-      Fill(absl::AbortedError(absl::StrCat(
-               "hot path: request not run: the client had seen ",
-               request.failures_seen, " failed requests of ", failures)),
-           &completion);
-    } else {
-      Serve(request, &completion);
-    }
-    if (completion.status_code != 0) ++failures;
-    wire::HotPathCompletionEntry& done = hp->completions[wire::HotPathIndex(k)];
-    std::memcpy(&done.completion, &completion, sizeof(completion));
-    done.seq.store(k, std::memory_order_release);
-    hp->completion_bell.fetch_add(1, std::memory_order_seq_cst);
-    if (hp->client_sleeping.load(std::memory_order_seq_cst) != 0) {
-      FutexWakeAll(&hp->completion_bell);
-    }
-    handled = k;
+  const uint64_t k = handled_ + 1;
+  wire::HotPathRequestEntry& entry = hp->requests[wire::HotPathIndex(k)];
+  const uint64_t seq = entry.seq.load(std::memory_order_acquire);
+  // The page is the client's to scribble on: work on a private copy.
+  wire::HotPathRequest request;
+  std::memcpy(&request, &entry.request, sizeof(request));
+  wire::HotPathCompletion completion{};
+  if (seq != k) {
+    // Neither the old value nor k: the client broke its own ring. The
+    // entry completes with an error and the daemon moves on to k + 1.
+    Fill(absl::InvalidArgumentError(
+             absl::StrCat("hot path: request entry ", wire::HotPathIndex(k),
+                          " holds ", "sequence ", seq, ", expected ", k)),
+         &completion);
+  } else if (NeedsFailuresSeen(request.op) &&
+             request.failures_seen != failures_) {
+    Fill(absl::AbortedError(absl::StrCat(
+             "hot path: request not run: the client had seen ",
+             request.failures_seen, " failed requests of ", failures_)),
+         &completion);
+  } else {
+    Serve(request, &completion);
   }
+  if (completion.status_code != 0) ++failures_;
+  wire::HotPathCompletionEntry& done = hp->completions[wire::HotPathIndex(k)];
+  std::memcpy(&done.completion, &completion, sizeof(completion));
+  done.seq.store(k, std::memory_order_release);
+  hp->completion_bell.fetch_add(1, std::memory_order_seq_cst);
+  if (hp->client_sleeping.load(std::memory_order_seq_cst) != 0) {
+    FutexWakeAll(&hp->completion_bell);
+  }
+  handled_ = k;
 }
 
 void HotPathServer::Serve(const wire::HotPathRequest& request,

@@ -1,22 +1,22 @@
 // Serves one session's hot path (proto/wire.h HotPath): acquire and release
 // requests that the client posts in a shared-memory ring instead of sending
-// over gRPC. One thread per attached session takes the ring's entries in
-// order: it copies and checks each, runs it through the MemoryManager as
-// the session (it holds the session's token) and posts its completion.
-// Between requests it spins for a while when they have been arriving
-// quickly (common/spin_wait.h) and otherwise sleeps on the doorbell.
+// over gRPC. A HotPathServer is the daemon's side of one ring: it owns the
+// page and the session's place in it, and it copies and checks each
+// request, runs it through the MemoryManager as the session (it holds the
+// session's token) and posts its completion. It does not own a thread:
+// the pollers (hot_path_poller.h) take the ring's entries in order, on a
+// few threads shared by all sessions.
 //
-//   auto hot = HotPathServer::Start(&manager, session_id, token, observer);
+//   HotPathPollers pollers;
+//   auto hot = HotPathServer::Start(&pollers, &manager, session_id, token);
 //   send (*hot)->fd() to the client with the other pool fds;
-//   ... destroying the server stops its thread.
+//   ... destroying the server takes it off its poller first.
 #pragma once
 
 #include <atomic>
 #include <memory>
-#include <thread>
 
 #include "common/shared_memory.h"
-#include "common/spin_wait.h"
 #include "common/unique_fd.h"
 #include "daemon/core/memory_manager.h"
 #include "daemon/server/grpc_service.h"
@@ -24,20 +24,37 @@
 
 namespace tidepool {
 
+class HotPathPollers;
+
 class HotPathServer {
  public:
+  // Maps a fresh ring and hands it to `pollers` (nullptr: nobody serves
+  // it; tests and the fuzzer call Serve themselves).
   static absl::StatusOr<std::unique_ptr<HotPathServer>> Start(
-      MemoryManager* manager, uint64_t session_id, const Token& token,
-      RpcObserver observer = nullptr);
+      HotPathPollers* pollers, MemoryManager* manager, uint64_t session_id,
+      const Token& token, RpcObserver observer = nullptr);
   ~HotPathServer();
 
   int fd() const { return fd_.get(); }
   uint64_t bytes() const { return mapping_.size(); }
 
-  // One request, as the serving thread runs it (exposed for tests and the
-  // fuzzer; the ring's own checks, sequence and failures_seen, are Loop's).
+  // One request, as the poller runs it (exposed for tests and the fuzzer;
+  // the ring's own checks, sequence and failures_seen, are ServeNext's).
   void Serve(const wire::HotPathRequest& request,
              wire::HotPathCompletion* completion);
+
+  // For the poller that serves this ring, and only from its thread (the
+  // ring's position is that thread's alone):
+  //
+  // Whether the client has posted the next request.
+  bool Ready() const;
+  // Serves the next request and posts its completion; after Ready().
+  void ServeNext();
+  // The client's doorbell and the daemon's "may sleep" flag (common/futex.h).
+  std::atomic<uint32_t>* request_bell() const { return &page()->request_bell; }
+  void SetSleeping(bool sleeping) const {
+    page()->daemon_sleeping.store(sleeping ? 1 : 0, std::memory_order_seq_cst);
+  }
 
  private:
   HotPathServer(MemoryManager* manager, uint64_t session_id, Token token,
@@ -46,10 +63,6 @@ class HotPathServer {
         session_id_(session_id),
         token_(token),
         observer_(std::move(observer)) {}
-  void Loop();
-  // Waits until the request entry for `k` changes from what it held
-  // before request k was posted; false if the server is stopping.
-  bool WaitForEntry(uint64_t k);
   wire::HotPath* page() const {
     return reinterpret_cast<wire::HotPath*>(mapping_.data());
   }
@@ -60,9 +73,10 @@ class HotPathServer {
   RpcObserver observer_;
   UniqueFd fd_;
   SharedMapping mapping_;
-  std::atomic<bool> stop_{false};
-  AdaptiveSpin spin_;  // the serving thread's alone
-  std::thread thread_;
+  HotPathPollers* pollers_ = nullptr;  // set once added
+  // The serving poller thread's alone.
+  uint64_t handled_ = 0;   // requests completed, in order
+  uint64_t failures_ = 0;  // failed completions posted
 };
 
 }  // namespace tidepool

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "common/futex.h"
@@ -421,6 +422,80 @@ TEST_F(HotPathTest, ReleasesBeyondTheRingAllCountAndFailuresAreNotLost) {
   EXPECT_GT(reported, 0u);
   EXPECT_EQ(reported, ids.size() - not_posted);
   EXPECT_TRUE(s->Flush().ok());
+}
+
+}  // namespace
+}  // namespace tidepool
+
+namespace tidepool {
+namespace {
+
+size_t ThreadsOf(pid_t pid) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(pid) + "/task")) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+// Sixteen sessions on a daemon with two hot-path threads: the threads do not
+// grow with the sessions, every session's requests are served in order
+// while the others post theirs, and a session that goes away with a full
+// ring queued leaves the others served (its poller lets go of it).
+TEST(HotPathThreadsTest,
+     SixteenSessionsShareTwoThreadsAndAreEachServedInOrder) {
+  auto daemon = DaemonProcess::Start(
+      DaemonOptions{.extra_args = {"--hot_path_threads=2"}});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const pid_t pid = (*daemon)->process().pid();
+  constexpr int kSessions = 16;
+  std::vector<std::unique_ptr<RawHotPath>> raws;
+  std::vector<std::vector<uint64_t>> ids;
+  // The first session starts the pollers' thread; count from there.
+  raws.push_back(RawHotPath::Open(**daemon));
+  ASSERT_NE(raws.back(), nullptr);
+  const size_t threads_with_one = ThreadsOf(pid);
+  for (int i = 1; i < kSessions; ++i) {
+    raws.push_back(RawHotPath::Open(**daemon));
+    ASSERT_NE(raws.back(), nullptr);
+  }
+  // One more poller, and a few gRPC threads that the opens may have
+  // started; a thread per session would be 15 more.
+  EXPECT_LE(ThreadsOf(pid), threads_with_one + 4)
+      << "a thread per session instead of two for all";
+  for (auto& raw : raws) ids.push_back(raw->Register(2));
+
+  // Session 0 queues a full ring of acquires of tensors that are already
+  // held after the first (all fail but the first) and goes away.
+  RawHotPath& gone = *raws[0];
+  for (uint64_t k = 1; k <= wire::kHotPathRing; ++k) {
+    gone.Fill(k, Op::kAcquire, ids[0][0]);
+    gone.Post(k);
+  }
+  gone.Detach();
+
+  constexpr uint64_t kPairs = 300;
+  std::vector<std::thread> threads;
+  std::vector<int> failures(kSessions, 0);
+  for (int i = 1; i < kSessions; ++i) {
+    threads.emplace_back([&, i] {
+      RawHotPath& raw = *raws[i];
+      // Acquire k, release k+1, ...: a request served out of order fails
+      // (a second acquire of a held tensor, a release of a free one).
+      for (uint64_t k = 1; k <= 2 * kPairs; ++k) {
+        raw.Fill(k, k % 2 ? Op::kAcquire : Op::kRelease,
+                 ids[i][(k - 1) / 2 % 2]);
+        if (raw.Call(k) != 0) ++failures[i];
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 1; i < kSessions; ++i) {
+    EXPECT_EQ(failures[i], 0) << "session " << i;
+  }
+  EXPECT_LE(ThreadsOf(pid), threads_with_one + 4);
 }
 
 }  // namespace

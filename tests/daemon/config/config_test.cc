@@ -105,6 +105,7 @@ max_trace_bytes_per_session = "1MiB"
 max_request_bytes = "8MiB"
 max_streams_per_connection = 16
 max_rpc_threads = 32
+hot_path_threads = 3
 )",
                        "limits.toml");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -118,6 +119,7 @@ max_rpc_threads = 32
   EXPECT_EQ(c->max_request_bytes, 8ull << 20);
   EXPECT_EQ(c->max_streams_per_connection, 16);
   EXPECT_EQ(c->max_rpc_threads, 32);
+  EXPECT_EQ(c->hot_path_threads, 3);
 }
 
 TEST(ConfigTest, LimitsOutOfRangeNameTheKeyAndTheRange) {
@@ -130,6 +132,7 @@ TEST(ConfigTest, LimitsOutOfRangeNameTheKeyAndTheRange) {
   EXPECT_NE(text.status().message().find("max_rpc_threads must be an integer"),
             absl::string_view::npos)
       << text.status();
+  EXPECT_FALSE(ParseConfig("hot_path_threads = -1\n", "f").ok());
   // gRPC takes the request limit as an int.
   EXPECT_FALSE(ParseConfig("max_request_bytes = \"4GiB\"\n", "f").ok());
   EXPECT_FALSE(ParseConfig("max_request_bytes = \"4KiB\"\n", "f").ok());
@@ -158,6 +161,7 @@ TEST(ConfigTest, TheShippedConfigParsesWithTheDefaultLimits) {
   EXPECT_EQ(shipped->max_request_bytes, d.max_request_bytes);
   EXPECT_EQ(shipped->max_streams_per_connection, d.max_streams_per_connection);
   EXPECT_EQ(shipped->max_rpc_threads, d.max_rpc_threads);
+  EXPECT_EQ(shipped->hot_path_threads, d.hot_path_threads);
 }
 
 }  // namespace
