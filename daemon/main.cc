@@ -83,7 +83,8 @@ absl::StatusOr<DaemonConfig> BuildConfig() {
   if (absl::GetFlag(FLAGS_attach_timeout) > 0) {
     config.attach_timeout_seconds = absl::GetFlag(FLAGS_attach_timeout);
   }
-  if (absl::GetFlag(FLAGS_hot_path_threads) >= 0) {
+  // -1: not given (Validate refuses any other negative value).
+  if (absl::GetFlag(FLAGS_hot_path_threads) != -1) {
     config.hot_path_threads = absl::GetFlag(FLAGS_hot_path_threads);
   }
   if (config.fd_socket.empty()) config.fd_socket = config.socket + ".fd";

@@ -285,6 +285,10 @@ absl::Status DaemonConfig::Validate() const {
       return absl::InvalidArgumentError("sim_copy_workers must be in 0..16");
     }
   }
+  if (hot_path_threads < 0 || hot_path_threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hot_path_threads must be in 0..1024, not ", hot_path_threads));
+  }
   if (default_policy != "cpu" && default_policy != "cuda" &&
       default_policy != "auto" && default_policy != "static") {
     return absl::InvalidArgumentError(

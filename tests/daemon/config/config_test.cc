@@ -74,6 +74,11 @@ TEST(ConfigTest, BadFilesAreClearErrors) {
   auto policy = ParseConfig("default_policy = \"fast\"\n", "f");
   ASSERT_TRUE(policy.ok());
   EXPECT_FALSE(policy->Validate().ok());
+  // As --hot_path_threads sets it, past the file's checks.
+  DaemonConfig threads;
+  threads.hot_path_threads = 2000;
+  EXPECT_NE(threads.Validate().message().find("hot_path_threads must be in"),
+            absl::string_view::npos);
   EXPECT_EQ(LoadConfigFile("/nonexistent/tidepoold.toml").status().code(),
             absl::StatusCode::kNotFound);
 }
