@@ -10,9 +10,9 @@
 #include <random>
 #include <vector>
 
-#include "daemon/backend/sim_backend.h"
 #include "daemon/core/memory_manager.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
@@ -28,32 +28,12 @@ struct Client {
   std::vector<std::vector<uint64_t>> held;
 };
 
-// A manager of 64 KiB chunks on a sim device of `pool_bytes`; null (and a
-// test failure) if a pool cannot be made.
-std::unique_ptr<MemoryManager> NewManager(uint64_t host_bytes,
-                                          uint64_t pool_bytes) {
-  auto host = HostPool::Create(host_bytes);
-  EXPECT_TRUE(host.ok()) << host.status();
-  if (!host.ok()) return nullptr;
-  BackendOptions b;
-  b.pool_bytes = pool_bytes;
-  auto sim = SimBackend::Create(b, host->data(), host->size());
-  EXPECT_TRUE(sim.ok()) << sim.status();
-  if (!sim.ok()) return nullptr;
-  std::vector<std::unique_ptr<DeviceBackend>> devices;
-  devices.push_back(std::move(*sim));
-  ManagerOptions options;
-  options.chunk_size = 64 * kKiB;
-  return std::make_unique<MemoryManager>(options, std::move(*host),
-                                         std::move(devices));
-}
-
 class ManagerIndexTest : public ::testing::TestWithParam<uint32_t> {};
 
 TEST_P(ManagerIndexTest, IndexesMatchAScanAfterEveryRequest) {
   std::mt19937 rng(GetParam());
   // 16 slots of 64 KiB: evictions all the time.
-  std::unique_ptr<MemoryManager> owned = NewManager(64 << 20, 1 << 20);
+  std::unique_ptr<MemoryManager> owned = NewSimManager(64 << 20, 1 << 20);
   ASSERT_NE(owned, nullptr);
   MemoryManager& manager = *owned;
 
@@ -148,7 +128,7 @@ INSTANTIATE_TEST_SUITE_P(Seeds, ManagerIndexTest, ::testing::Range(1u, 7u));
 // rest after every request.
 TEST(PlannedIndexTest, IndexesMatchAScanWhileFollowingAPlan) {
   for (uint64_t pool : {uint64_t{1} << 20, uint64_t{4} << 20}) {
-    std::unique_ptr<MemoryManager> manager = NewManager(64 << 20, pool);
+    std::unique_ptr<MemoryManager> manager = NewSimManager(64 << 20, pool);
     ASSERT_NE(manager, nullptr);
     auto s = manager->OpenSession({.policy = Policy::kAuto, .pid = getpid()});
     ASSERT_TRUE(s.ok()) << s.status();
@@ -192,7 +172,7 @@ TEST(PlannedIndexTest, IndexesMatchAScanWhileFollowingAPlan) {
 class HostSlabTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    manager_ = NewManager(256 << 20, 4 << 20);
+    manager_ = NewSimManager(256 << 20, 4 << 20);
     ASSERT_NE(manager_, nullptr);
   }
 

@@ -7,6 +7,8 @@
 // TSan by make test-tsan.
 #include "daemon/server/hot_path_poller.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstring>
 #include <thread>
@@ -14,32 +16,15 @@
 
 #include "common/futex.h"
 #include "common/shared_memory.h"
-#include "daemon/backend/sim_backend.h"
 #include "daemon/core/memory_manager.h"
 #include "daemon/server/hot_path_server.h"
 #include "gtest/gtest.h"
 #include "proto/tidepool.pb.h"
 #include "proto/wire.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
-
-std::unique_ptr<MemoryManager> NewManager() {
-  auto host = HostPool::Create(64 << 20);
-  EXPECT_TRUE(host.ok()) << host.status();
-  if (!host.ok()) return nullptr;
-  BackendOptions b;
-  b.pool_bytes = 16 << 20;
-  auto sim = SimBackend::Create(b, host->data(), host->size());
-  EXPECT_TRUE(sim.ok()) << sim.status();
-  if (!sim.ok()) return nullptr;
-  std::vector<std::unique_ptr<DeviceBackend>> devices;
-  devices.push_back(std::move(*sim));
-  ManagerOptions options;
-  options.chunk_size = 64 << 10;
-  return std::make_unique<MemoryManager>(options, std::move(*host),
-                                         std::move(devices));
-}
 
 // One session and its ring, as a client sees it.
 class Ring {
@@ -153,7 +138,7 @@ INSTANTIATE_TEST_SUITE_P(Sleep, HotPathPollersTest, ::testing::Bool(),
 // Six rings on at most three pollers: every ring is served, in order, and
 // the threads stop at the bound (one per ring without futex_waitv).
 TEST_P(HotPathPollersTest, RingsShareTheBoundedThreads) {
-  auto manager = NewManager();
+  auto manager = NewSimManager(64 << 20, 16 << 20);
   ASSERT_NE(manager, nullptr);
   HotPathPollers pollers(3, one_ring_each());
   std::vector<std::unique_ptr<Ring>> rings;
@@ -179,7 +164,7 @@ TEST_P(HotPathPollersTest, RingsShareTheBoundedThreads) {
 // never miss a request or get one out of order, and a removed ring, whose
 // page is unmapped at once, is not touched again (ASan, TSan).
 TEST_P(HotPathPollersTest, RingsComeAndGoWhileOthersAreServed) {
-  auto manager = NewManager();
+  auto manager = NewSimManager(64 << 20, 16 << 20);
   ASSERT_NE(manager, nullptr);
   HotPathPollers pollers(1, one_ring_each());
   auto a = Ring::Open(*manager, pollers);
