@@ -69,8 +69,8 @@ class HotPathPollers {
  private:
   class Poller;
 
-  size_t max_threads_;
-  size_t rings_per_poller_;  // 1 without futex_waitv
+  const size_t max_threads_;
+  const size_t rings_per_poller_;  // 1 without futex_waitv
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Poller>> pollers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<HotPathServer*, Poller*> serving_ ABSL_GUARDED_BY(mu_);
