@@ -99,6 +99,7 @@ struct RunResult {
   double to_device = 0, to_host = 0;  // bytes per step, full scale
   double stall = 0, step = 0;         // seconds per step, full scale
   uint64_t prefetch_hits = 0, prefetch_late = 0, prefetch_wasted = 0;
+  uint64_t prefetch_late_short = 0;  // of prefetch_late: one op of lead
   int device_updates = 0, host_updates = 0;  // last measured step
   std::vector<int> where;  // per part: 1 device, 0 host (hybrid)
   std::string placement;   // the planner's state at the end
@@ -364,6 +365,8 @@ RunResult RunPolicy(const testing::DaemonProcess& daemon,
   out.prefetch_hits = after->prefetch_hits - before.prefetch_hits;
   out.prefetch_late = after->prefetch_late - before.prefetch_late;
   out.prefetch_wasted = after->prefetch_wasted - before.prefetch_wasted;
+  out.prefetch_late_short =
+      after->prefetch_late_short_lead - before.prefetch_late_short_lead;
   std::vector<std::pair<double, std::string>> worst;
   for (const auto& [key, wall] : op_stall) worst.push_back({wall, key});
   std::sort(worst.rbegin(), worst.rend());
@@ -502,9 +505,11 @@ int Main() {
       "the %d measured step(s) from any start; plan = auto's plan replayed "
       "offline. Step bounds: device compute incl. GPU Adam, CPU Adam, the "
       "bound's bytes / link, and the critical path (last backward op -> "
-      "update -> upload -> next forward), for auto's placement.\n\n",
+      "update -> upload -> next forward), for auto's placement. prefetch = "
+      "the share of prefetches in time / the same leaving out the late ones "
+      "issued only an op ahead (no room earlier).\n\n",
       measured);
-  absl::PrintF("%-11s %4s %-7s %9s %9s %8s %8s %8s %8s %7s %9s %7s\n", "model",
+  absl::PrintF("%-11s %4s %-7s %9s %9s %8s %8s %8s %8s %7s %13s %7s\n", "model",
                "cap", "policy", "H2D GB", "D2H GB", "xBound", "stall s",
                "step s", "xLB", "xGemini", "prefetch", "GPU-upd");
   int violations = 0;
@@ -720,9 +725,18 @@ int Main() {
         }
         std::string prefetch = "-";
         if (r.prefetch_hits + r.prefetch_late > 0) {
+          // The second figure leaves out the late ones issued only an op
+          // ahead (no room earlier): how the link kept up where it could.
+          const uint64_t with_lead =
+              r.prefetch_hits + r.prefetch_late - r.prefetch_late_short;
           prefetch = absl::StrFormat(
-              "%.0f%% hit", 100.0 * r.prefetch_hits /
-                                double(r.prefetch_hits + r.prefetch_late));
+              "%.0f%%/%s hit",
+              100.0 * r.prefetch_hits /
+                  double(r.prefetch_hits + r.prefetch_late),
+              with_lead == 0
+                  ? std::string("-")
+                  : absl::StrFormat("%.0f%%",
+                                    100.0 * r.prefetch_hits / with_lead));
         }
         const std::string updates =
             Hybrid() ? absl::StrCat(r.device_updates, "/",
@@ -730,7 +744,7 @@ int Main() {
                      : "-";
         absl::PrintF(
             "%-11s %3d%% %-7s %9.1f %9.1f %8.2f %8.2f %8.2f %8.2f "
-            "%7s %9s %7s\n",
+            "%7s %13s %7s\n",
             model.name, pct, policy, r.to_device / 1e9, r.to_host / 1e9,
             bin + bout > 0 ? moved / (bin + bout) : 0.0, r.stall, r.step,
             r.step / lb, vs_gemini, prefetch, updates);

@@ -739,6 +739,7 @@ absl::StatusOr<SessionStats> Session::Stats() {
   out.prefetch_bytes = s.prefetch_bytes();
   out.prefetch_hits = s.prefetch_hits();
   out.prefetch_late = s.prefetch_late();
+  out.prefetch_late_short_lead = s.prefetch_late_short_lead();
   out.prefetch_wasted = s.prefetch_wasted();
   return out;
 }

@@ -114,6 +114,11 @@ void MemoryManager::NotePrefetchUse(Session& session,
     const bool arrived =
         devices_[session.device]->CompletedSequence() >= c.arrival_sequence;
     ++(arrived ? session.stats.prefetch_hits : session.stats.prefetch_late);
+    // EnterCompute has counted this acquire: a prefetch issued after the
+    // previous acquire (at it, or at its release) had one op of lead.
+    if (!arrived && session.stats.acquires - c.prefetch_acquires <= 1) {
+      ++session.stats.prefetch_late_short_lead;
+    }
     observer().OnPrefetch(session.device, arrived ? PrefetchOutcome::kHit
                                                   : PrefetchOutcome::kLate);
   }

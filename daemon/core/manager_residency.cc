@@ -301,6 +301,7 @@ void MemoryManager::ApplyPrefetch(Session& session, const PrefetchWork& work) {
     c.device_offset = *offset;
     c.dirty = false;
     c.prefetched = true;
+    c.prefetch_acquires = session.stats.acquires;
     batch.to_device.push_back(CopyOp{*c.host_offset, *offset, c.bytes});
     session.stats.device_bytes += rounded;
     session.stats.peak_device_bytes =

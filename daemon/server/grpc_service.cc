@@ -54,6 +54,7 @@ void FillSessionStats(const SessionStatsView& v, v1::SessionStats* s) {
   s->set_prefetch_bytes(v.prefetch_bytes);
   s->set_prefetch_hits(v.prefetch_hits);
   s->set_prefetch_late(v.prefetch_late);
+  s->set_prefetch_late_short_lead(v.prefetch_late_short_lead);
   s->set_prefetch_wasted(v.prefetch_wasted);
 }
 

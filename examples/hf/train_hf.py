@@ -450,7 +450,8 @@ def main() -> int:
                  f"{stats['bytes_to_host'] / args.steps / MiB:.1f} MiB a step)")
     lines.append(f"evictions    {stats['evictions']} ({stats['clean_evictions']} clean)")
     lines.append(f"prefetch     {stats['prefetches']} issued, {stats['prefetch_hits']} hits, "
-                 f"{stats['prefetch_late']} late, {stats['prefetch_wasted']} wasted")
+                 f"{stats['prefetch_late']} late ({stats.get('prefetch_late_short_lead', 0)} of them "
+                 f"issued only an op ahead), {stats['prefetch_wasted']} wasted")
     placement = stats["placement"]
     lines.append(f"placement    policy {args.policy}: {placement.get('state')}, "
                  f"{placement.get('replans', 0)} replans")

@@ -348,6 +348,7 @@ nb::dict StatsDict(const SessionStats& s) {
   d["prefetch_bytes"] = s.prefetch_bytes;
   d["prefetch_hits"] = s.prefetch_hits;
   d["prefetch_late"] = s.prefetch_late;
+  d["prefetch_late_short_lead"] = s.prefetch_late_short_lead;
   d["prefetch_wasted"] = s.prefetch_wasted;
   return d;
 }

@@ -278,11 +278,16 @@ TEST(StaticPlacementTest, KeepsTheFirstFractionOfEachGroup) {
 
 class AutoManagerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { MakeManager(/*link_gbps=*/0); }
+
+  // A fresh manager over a 12 MiB sim device; link_gbps 0 = unthrottled.
+  void MakeManager(double link_gbps) {
+    manager_.reset();
     auto host = HostPool::Create(128 * kMiB);
     ASSERT_TRUE(host.ok());
     BackendOptions b;
     b.pool_bytes = 12 * kMiB;  // three 4 MiB chunks
+    b.sim_link_gbps = link_gbps;
     auto sim = SimBackend::Create(b, host->data(), host->size());
     ASSERT_TRUE(sim.ok());
     std::vector<std::unique_ptr<DeviceBackend>> devices;
@@ -473,6 +478,51 @@ TEST_F(AutoManagerTest, PrefetchLoadsTheNextOpsChunksAhead) {
             st->session.prefetches);
   EXPECT_EQ(st->session.prefetch_wasted, 0u);
   EXPECT_LE(st->session.peak_device_bytes, 12 * kMiB);
+}
+
+// On a link too slow for any prefetch to arrive in time, every prefetch is
+// late, and the stats say which of them had only the op just before their
+// use to arrive in (the plan had no room for them earlier) and which had
+// more.
+TEST_F(AutoManagerTest, LatePrefetchesAreSplitByTheirLead) {
+  // Three slots. In the cycle over five chunks, the chunk to drop for the
+  // next op's load is always the one just used (its next use is the
+  // farthest), so each load can start only at the release before its op.
+  // In the second trace chunks 0 and 1 stay resident and 2, 3, 4 take the
+  // third slot in turn: each can be loaded as soon as the one before it is
+  // released, two ops before its own use.
+  const std::vector<int> cycle = {0, 1, 2, 3, 4};
+  const std::vector<int> two_hot = {0, 1, 2, 0, 1, 3, 0, 1, 4};
+  for (const auto* seq : {&cycle, &two_hot}) {
+    SCOPED_TRACE(seq == &cycle ? "cycle" : "two hot");
+    MakeManager(/*link_gbps=*/0.05);  // a 4 MiB load takes ~80 ms
+    tensors_.clear();
+    chunks_.clear();
+    PlacementConfig config;
+    config.margin_ratio = 0;
+    Open(config);
+    RegisterChunks(5);
+    RunStep(*seq);
+    RunStep(*seq);
+    auto before = manager_->Stats(id_, token_);
+    ASSERT_TRUE(before.ok());
+    RunStep(*seq);
+    auto after = manager_->Stats(id_, token_);
+    ASSERT_TRUE(after.ok());
+    const SessionStatsView& a = before->session;
+    const SessionStatsView& b = after->session;
+    const uint64_t late = b.prefetch_late - a.prefetch_late;
+    const uint64_t short_lead =
+        b.prefetch_late_short_lead - a.prefetch_late_short_lead;
+    EXPECT_EQ(b.prefetch_hits - a.prefetch_hits, 0u);
+    if (seq == &cycle) {
+      EXPECT_GT(late, 0u);
+      EXPECT_EQ(short_lead, late);
+    } else {
+      EXPECT_EQ(late, 3u);  // chunks 2, 3 and 4
+      EXPECT_EQ(short_lead, 0u);
+    }
+  }
 }
 
 TEST_F(AutoManagerTest, PlacedUpdateFallsBackToTheHostWhenTheDeviceIsFull) {
