@@ -99,7 +99,7 @@ struct RunResult {
   double to_device = 0, to_host = 0;  // bytes per step, full scale
   double stall = 0, step = 0;         // seconds per step, full scale
   uint64_t prefetch_hits = 0, prefetch_late = 0, prefetch_wasted = 0;
-  uint64_t prefetch_late_short = 0;  // of prefetch_late: one op of lead
+  uint64_t prefetch_late_short = 0;          // of prefetch_late: one op of lead
   int device_updates = 0, host_updates = 0;  // last measured step
   std::vector<int> where;  // per part: 1 device, 0 host (hybrid)
   std::string placement;   // the planner's state at the end

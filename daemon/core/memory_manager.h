@@ -180,8 +180,8 @@ struct SessionStatsView {
   // and what became of them.
   uint64_t prefetches = 0;
   uint64_t prefetch_bytes = 0;
-  uint64_t prefetch_hits = 0;    // arrived before the acquire
-  uint64_t prefetch_late = 0;    // still in flight at the acquire
+  uint64_t prefetch_hits = 0;  // arrived before the acquire
+  uint64_t prefetch_late = 0;  // still in flight at the acquire
   // Of prefetch_late: issued only during the op just before the use, so the
   // link had at most that op's time to bring it (no room or no plan earlier).
   uint64_t prefetch_late_short_lead = 0;
@@ -435,8 +435,8 @@ class MemoryManager {
     int host_compute_count = 0;        // of compute_count, acquired on the host
     uint64_t host_ready_sequence = 0;  // the write-back a host reader awaits
     uint64_t last_use_tick = 0;
-    uint64_t arrival_sequence = 0;  // the load that brought it in
-    bool prefetched = false;        // loaded ahead of use, not yet acquired
+    uint64_t arrival_sequence = 0;   // the load that brought it in
+    bool prefetched = false;         // loaded ahead of use, not yet acquired
     uint64_t prefetch_acquires = 0;  // the session's acquires at the prefetch
     std::vector<uint64_t> tensors;
     int busy_tensors = 0;  // of `tensors`, those not FREE

@@ -134,8 +134,8 @@ struct SessionStats {
   // Prefetch (auto): loads started ahead of use and their outcomes.
   uint64_t prefetches = 0;
   uint64_t prefetch_bytes = 0;
-  uint64_t prefetch_hits = 0;    // arrived before the acquire
-  uint64_t prefetch_late = 0;    // still in flight at the acquire
+  uint64_t prefetch_hits = 0;  // arrived before the acquire
+  uint64_t prefetch_late = 0;  // still in flight at the acquire
   // Of prefetch_late: issued only during the op just before the use.
   uint64_t prefetch_late_short_lead = 0;
   uint64_t prefetch_wasted = 0;  // evicted before any use
