@@ -29,8 +29,8 @@ std::string BinDir() {
 // signal. Between the two the child only makes async-signal-safe calls (the
 // test is multithreaded); a failed exec reports its errno through a
 // close-on-exec pipe, as posix_spawn would return it.
-absl::StatusOr<ChildProcess> ChildProcess::Spawn(
-    std::vector<std::string> argv) {
+absl::StatusOr<ChildProcess> ChildProcess::Spawn(std::vector<std::string> argv,
+                                                 bool stdout_to_stderr) {
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
@@ -52,6 +52,8 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(
     // The parent may have died before prctl: then getppid() is init's
     // (or a subreaper's) pid and the signal would never come.
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+      err = errno;
+    } else if (stdout_to_stderr && ::dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
       err = errno;
     } else if (::getppid() != parent) {
       ::_exit(127);
@@ -134,7 +136,9 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(
       // A lock-order inversion aborts the test.
       "--mutex_deadlock_detection"};
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
-  auto child = ChildProcess::Spawn(argv);
+  // Its stdout ("tidepoold ready: ...") joins its log on stderr: a bench
+  // prints its table on stdout, and `2>/dev/null` then leaves the table.
+  auto child = ChildProcess::Spawn(argv, /*stdout_to_stderr=*/true);
   if (!child.ok()) return child.status();
   d->process_ = std::make_unique<ChildProcess>(std::move(*child));
   // Ready once both sockets exist (the gRPC one is bound last).

@@ -21,8 +21,11 @@ std::string BinDir();
 // tidepoold or client behind, though its destructors never run.
 class ChildProcess {
  public:
-  // Starts `argv[0]` (a path) with arguments; stdout/stderr are inherited.
-  static absl::StatusOr<ChildProcess> Spawn(std::vector<std::string> argv);
+  // Starts `argv[0]` (a path) with arguments; stdout/stderr are inherited,
+  // or with `stdout_to_stderr` both go to the caller's stderr (so that a
+  // bench's table on stdout is never cut by a daemon's lines).
+  static absl::StatusOr<ChildProcess> Spawn(std::vector<std::string> argv,
+                                            bool stdout_to_stderr = false);
   ChildProcess(ChildProcess&& other) noexcept;
   ChildProcess& operator=(ChildProcess&&) = delete;
   ~ChildProcess();  // kills and reaps a child that is still running
