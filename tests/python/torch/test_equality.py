@@ -47,6 +47,12 @@ def _train_and_compare(daemon, arch, policy, checkpointing, dtype, loss_tol, par
         assert stats["peak_device_bytes"] <= POOL
         if policy == "auto":
             assert stats["placement"]["state"] == "planned"
+            # The plan prefetched, and every prefetch that was used is
+            # accounted once: in time or late (the demo prints these).
+            assert stats["prefetches"] > 0
+            used = stats["prefetch_hits"] + stats["prefetch_late"]
+            assert used + stats["prefetch_wasted"] <= stats["prefetches"]
+            assert 0 <= stats["prefetch_late_short_lead"] <= stats["prefetch_late"]
         phases = model.tidepool.engine.phases
         assert phases["fwd"] and phases["bwd"] and phases["grad"]
         # Checkpointed layers ran their forward again inside backward.
