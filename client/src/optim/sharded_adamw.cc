@@ -19,7 +19,7 @@ absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(
     return absl::InvalidArgumentError("optimizer: session and comm required");
   }
   auto impl = std::make_unique<Impl>(session, comm, options);
-  TP_RETURN_IF_ERROR_(impl->Init(std::move(blocks)));
+  TP_RETURN_IF_ERROR(impl->Init(std::move(blocks)));
   return std::unique_ptr<ShardedAdamW>(new ShardedAdamW(std::move(impl)));
 }
 

@@ -87,7 +87,7 @@ absl::Status ShardedAdamW::Impl::Save(absl::string_view dir) {
     if (!out) return absl::PermissionDeniedError("cannot write " + tmp);
     out.write(header.data(), header.size());
     for (const Block& blk : blocks_) {
-      TP_RETURN_IF_ERROR_(
+      TP_RETURN_IF_ERROR(
           WithState(blk, false, [&](float* master, float* m, float* v) {
             for (const float* p : {master, m, v}) {
               out.write(reinterpret_cast<const char*>(p),
@@ -255,15 +255,15 @@ absl::Status ShardedAdamW::Impl::Load(absl::string_view dir) {
     }
     headers.push_back(*std::move(h));
   }
-  TP_RETURN_IF_ERROR_(AgreeOrFail(local, "load"));
+  TP_RETURN_IF_ERROR(AgreeOrFail(local, "load"));
   // Only the data reads are left to fail. State changes from here on.
   for (size_t b = 0; local.ok() && b < blocks_.size(); ++b) {
     local = LoadBlock(dir, static_cast<int>(b), saved_world, headers, files);
   }
-  TP_RETURN_IF_ERROR_(AgreeOrFail(local, "load"));
+  TP_RETURN_IF_ERROR(AgreeOrFail(local, "load"));
   for (size_t b = 0; b < blocks_.size(); ++b) {
     blocks_[b].steps = headers[0].blocks[b].steps;
-    TP_RETURN_IF_ERROR_(ParamsFromMaster(blocks_[b]));
+    TP_RETURN_IF_ERROR(ParamsFromMaster(blocks_[b]));
   }
   step_ = headers[0].step;
   iterations_ = headers[0].iterations;
@@ -274,7 +274,7 @@ absl::Status ShardedAdamW::Impl::Load(absl::string_view dir) {
 absl::Status ShardedAdamW::Impl::AgreeOrFail(const absl::Status& local,
                                              const char* what) {
   double failed = local.ok() ? 0.0 : 1.0;
-  TP_RETURN_IF_ERROR_(comm_->AllReduceSum(&failed, 1, DType::kF64));
+  TP_RETURN_IF_ERROR(comm_->AllReduceSum(&failed, 1, DType::kF64));
   if (!local.ok()) return local;
   if (failed > 0) {
     return absl::AbortedError(absl::StrCat("optimizer: checkpoint ", what,

@@ -44,6 +44,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/dtype.h"
 #include "tidepool/optimizer.h"
@@ -52,12 +53,6 @@
 
 #include "kernels/cuda/descriptors.h"
 #endif
-
-// Private to the optimizer's sources (this header is not installed).
-#define TP_RETURN_IF_ERROR_(expr)                      \
-  do {                                                 \
-    if (absl::Status s_ = (expr); !s_.ok()) return s_; \
-  } while (0)
 
 namespace tidepool {
 

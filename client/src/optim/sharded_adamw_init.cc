@@ -122,7 +122,7 @@ absl::Status ShardedAdamW::Impl::Init(std::vector<ParamBlock> params) {
                              .beta2 = options_.beta2,
                              .eps = options_.eps,
                              .weight_decay = options_.weight_decay};
-  TP_RETURN_IF_ERROR_(kernels::ValidateAdamWParams(check));
+  TP_RETURN_IF_ERROR(kernels::ValidateAdamWParams(check));
   lr_.store(options_.lr);
   {
     absl::MutexLock lock(&mu_);
@@ -137,7 +137,7 @@ absl::Status ShardedAdamW::Impl::Init(std::vector<ParamBlock> params) {
 absl::Status ShardedAdamW::Impl::InitFromParams() {
   for (Block& blk : blocks_) {
     std::vector<float> wide(blk.param.count);
-    TP_RETURN_IF_ERROR_(
+    TP_RETURN_IF_ERROR(
         ReadTensor(blk.param.tensor_id, [&](const void* src, uint64_t bytes) {
           if (bytes < blk.param.count * DTypeSize(blk.param.dtype)) {
             return absl::InternalError("optimizer: parameter tensor shrank");
@@ -145,13 +145,13 @@ absl::Status ShardedAdamW::Impl::InitFromParams() {
           return kernels::CpuConvertToF32(src, *KernelType(blk.param.dtype),
                                           wide.data(), blk.param.count);
         }));
-    TP_RETURN_IF_ERROR_(InitBlock(blk, wide.data()));
+    TP_RETURN_IF_ERROR(InitBlock(blk, wide.data()));
   }
   return absl::OkStatus();
 }
 
 absl::Status ShardedAdamW::Impl::InitBlock(Block& blk, const float* values) {
-  TP_RETURN_IF_ERROR_(
+  TP_RETURN_IF_ERROR(
       WithState(blk, true, [&](float* master, float* m, float* v) {
         std::fill(master, master + blk.shard, 0.0f);
         std::copy_n(values + blk.begin, blk.valid, master);

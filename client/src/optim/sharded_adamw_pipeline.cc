@@ -40,10 +40,10 @@ absl::Status ShardedAdamW::Impl::ReadGradient(const Work& w,
 absl::Status ShardedAdamW::Impl::Reduce(Work& w) {
   Block& blk = blocks_[w.block];
   std::vector<float> full = std::move(w.full);
-  if (full.empty()) TP_RETURN_IF_ERROR_(ReadGradient(w, full));
+  if (full.empty()) TP_RETURN_IF_ERROR(ReadGradient(w, full));
   std::vector<float> shard(blk.shard);
-  TP_RETURN_IF_ERROR_(comm_->ReduceScatterSum(full.data(), shard.data(),
-                                              blk.shard, DType::kF32));
+  TP_RETURN_IF_ERROR(comm_->ReduceScatterSum(full.data(), shard.data(),
+                                             blk.shard, DType::kF32));
   auto st =
       kernels::CpuGradStats(shard.data(), kernels::DType::kF32, blk.shard);
   if (!st.ok()) return st.status();
@@ -60,7 +60,7 @@ absl::Status ShardedAdamW::Impl::Reduce(Work& w) {
       absl::MutexLock lock(&mu_);
       g = std::move(grad_shards_[w.block]);
     }
-    TP_RETURN_IF_ERROR_(Update(w.block, g, 1.0f));
+    TP_RETURN_IF_ERROR(Update(w.block, g, 1.0f));
     absl::MutexLock lock(&mu_);
     phase_[w.block] = Phase::kUpdated;
   }
@@ -96,7 +96,7 @@ absl::Status ShardedAdamW::Impl::Report(int block, uint64_t grad_tensor,
     // the trainer may write other gradient tensors of its chunk next,
     // which a later read in the worker would collide with. A wrong one
     // fails here, so nothing is reduced or updated.
-    TP_RETURN_IF_ERROR_(ReadGradient(w, w.full));
+    TP_RETURN_IF_ERROR(ReadGradient(w, w.full));
   }
   {
     absl::MutexLock lock(&mu_);

@@ -40,9 +40,9 @@ absl::Status ShardedAdamW::Impl::CpuUpdate(const Block& blk,
                                            const std::vector<float>& grad,
                                            std::vector<char>& shard_param) {
   if (blk.param.dtype == DType::kF32) {
-    TP_RETURN_IF_ERROR_(kernels::CpuAdamW(p, master, m, v, grad.data(),
-                                          kernels::DType::kF32, nullptr,
-                                          kernels::DType::kBF16, blk.shard));
+    TP_RETURN_IF_ERROR(kernels::CpuAdamW(p, master, m, v, grad.data(),
+                                         kernels::DType::kF32, nullptr,
+                                         kernels::DType::kBF16, blk.shard));
     std::memcpy(shard_param.data(), master, blk.shard * 4);
     return absl::OkStatus();
   }
@@ -59,7 +59,7 @@ absl::Status ShardedAdamW::Impl::CudaReady() {
     if (!ordinal.ok()) return ordinal.status();
     cuda_ordinal_ = *ordinal;
   }
-  TP_RETURN_IF_ERROR_(Cuda(cudaSetDevice(cuda_ordinal_), "cudaSetDevice"));
+  TP_RETURN_IF_ERROR(Cuda(cudaSetDevice(cuda_ordinal_), "cudaSetDevice"));
   if (cuda_ready_) return absl::OkStatus();
   // Create everything, then publish: a failure leaves nothing half made
   // for the destructor (what was made is freed here).
@@ -94,7 +94,7 @@ absl::Status ShardedAdamW::Impl::CudaUpdate(const Block& blk,
                                             std::vector<char>& shard_param) {
   const bool f32 = blk.param.dtype == DType::kF32;
   const size_t es = DTypeSize(blk.param.dtype);
-  TP_RETURN_IF_ERROR_(
+  TP_RETURN_IF_ERROR(
       Cuda(cudaMemcpyAsync(grad_dev_, grad.data(), blk.shard * sizeof(float),
                            cudaMemcpyHostToDevice, stream_),
            "gradient upload"));
@@ -106,15 +106,15 @@ absl::Status ShardedAdamW::Impl::CudaUpdate(const Block& blk,
                                   static_cast<int64_t>(blk.shard)};
   // From pageable memory: staged before the call returns, so `chunk` may
   // go out of scope.
-  TP_RETURN_IF_ERROR_(Cuda(cudaMemcpyAsync(chunk_dev_, &chunk, sizeof(chunk),
-                                           cudaMemcpyHostToDevice, stream_),
-                           "descriptor upload"));
+  TP_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(chunk_dev_, &chunk, sizeof(chunk),
+                                          cudaMemcpyHostToDevice, stream_),
+                          "descriptor upload"));
   // param_dtype must be f16/bf16 even when nothing is written (fp32).
-  TP_RETURN_IF_ERROR_(kernels::FusedAdamW(
+  TP_RETURN_IF_ERROR(kernels::FusedAdamW(
       p, chunk_dev_, 1, kernels::DType::kF32,
       f32 ? kernels::DType::kBF16 : *KernelType(blk.param.dtype),
       /*grad_scale_dev=*/nullptr, /*skip_dev=*/nullptr, stream_));
-  TP_RETURN_IF_ERROR_(
+  TP_RETURN_IF_ERROR(
       Cuda(cudaMemcpyAsync(shard_param.data(), f32 ? master : out_dev_,
                            blk.shard * es, cudaMemcpyDeviceToHost, stream_),
            "parameter download"));
@@ -137,7 +137,7 @@ absl::Status ShardedAdamW::Impl::Update(int b, const std::vector<float>& grad,
   CudaStream stream = nullptr;
 #ifdef TIDEPOOL_HAVE_CUDA
   if (cuda_ && session_->policy() != Policy::kCpu) {  // may be on the GPU
-    TP_RETURN_IF_ERROR_(CudaReady());
+    TP_RETURN_IF_ERROR(CudaReady());
     stream = reinterpret_cast<CudaStream>(stream_);
   }
 #endif
@@ -190,7 +190,7 @@ absl::StatusOr<StepResult> ShardedAdamW::Impl::Step() {
     phases = phase_;
   }
   // One all-reduce of two scalars per step.
-  TP_RETURN_IF_ERROR_(comm_->AllReduceSum(stats, 2, DType::kF64));
+  TP_RETURN_IF_ERROR(comm_->AllReduceSum(stats, 2, DType::kF64));
   StepResult result;
   result.loss_scale = scaler_.scale();
   const float inv_scale = 1.0f / scaler_.scale();

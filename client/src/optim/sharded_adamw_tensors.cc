@@ -63,15 +63,15 @@ absl::Status ShardedAdamW::Impl::GatherParams(
     const Block& blk, const std::vector<char>& shard_param) {
   const size_t es = DTypeSize(blk.param.dtype);
   std::vector<char> full(blk.shard * comm_->world() * es);
-  TP_RETURN_IF_ERROR_(comm_->AllGather(shard_param.data(), full.data(),
-                                       blk.shard, blk.param.dtype));
+  TP_RETURN_IF_ERROR(comm_->AllGather(shard_param.data(), full.data(),
+                                      blk.shard, blk.param.dtype));
   return WriteTensor(blk.param.tensor_id, full.data(), blk.param.count * es);
 }
 
 absl::Status ShardedAdamW::Impl::ParamsFromMaster(const Block& blk) {
   const size_t es = DTypeSize(blk.param.dtype);
   std::vector<char> shard_param(blk.shard * es);
-  TP_RETURN_IF_ERROR_(WithState(blk, false, [&](float* master, float*, float*) {
+  TP_RETURN_IF_ERROR(WithState(blk, false, [&](float* master, float*, float*) {
     if (blk.param.dtype == DType::kF32) {
       std::memcpy(shard_param.data(), master, blk.shard * 4);
       return absl::OkStatus();
