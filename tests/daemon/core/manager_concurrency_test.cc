@@ -13,43 +13,14 @@
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "daemon/backend/sim_backend.h"
 #include "daemon/core/memory_manager.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
 
 constexpr uint64_t kKiB = 1 << 10;
-
-struct Pools {
-  std::unique_ptr<MemoryManager> manager;
-  uint8_t* host = nullptr;
-  uint8_t* device = nullptr;
-};
-
-// A manager of 64 KiB chunks on one sim device of `pool_bytes`, with the
-// memory of both pools as the test may read and write it.
-Pools NewManager(uint64_t host_bytes, uint64_t pool_bytes) {
-  Pools pools;
-  auto host = HostPool::Create(host_bytes);
-  EXPECT_TRUE(host.ok()) << host.status();
-  if (!host.ok()) return pools;
-  BackendOptions b;
-  b.pool_bytes = pool_bytes;
-  auto sim = SimBackend::Create(b, host->data(), host->size());
-  EXPECT_TRUE(sim.ok()) << sim.status();
-  if (!sim.ok()) return pools;
-  pools.host = host->data();
-  pools.device = (*sim)->HostVisibleDeviceMemory();
-  std::vector<std::unique_ptr<DeviceBackend>> devices;
-  devices.push_back(std::move(*sim));
-  ManagerOptions options;
-  options.chunk_size = 64 * kKiB;
-  pools.manager = std::make_unique<MemoryManager>(options, std::move(*host),
-                                                  std::move(devices));
-  return pools;
-}
 
 void AwaitCopies(MemoryManager& manager, uint64_t sequence) {
   while (manager.devices()[0]->CompletedSequence() < sequence) {
@@ -76,7 +47,8 @@ class StallingObserver : public ManagerObserver {
 // nothing); session B's resident acquire and its release complete
 // meanwhile. Under one lock for every session, B would wait for A.
 TEST(ManagerConcurrencyTest, ASessionDoesNotWaitForAnotherOnesBookkeeping) {
-  Pools pools = NewManager(16 << 20, 4 << 20);
+  SimManager pools =
+      NewSimManager({.host_bytes = 16 << 20, .pool_bytes = 4 << 20});
   ASSERT_NE(pools.manager, nullptr);
   MemoryManager& manager = *pools.manager;
   StallingObserver observer;
@@ -129,7 +101,8 @@ struct Worker {
 // (device, host, placed) finds the bytes its session last wrote, through
 // loads, evictions and write-backs that other sessions' requests cause.
 TEST(ManagerConcurrencyTest, ParallelSessionsKeepTheirBytes) {
-  Pools pools = NewManager(64 << 20, 1 << 20);
+  SimManager pools =
+      NewSimManager({.host_bytes = 64 << 20, .pool_bytes = 1 << 20});
   ASSERT_NE(pools.manager, nullptr);
   MemoryManager& manager = *pools.manager;
   const Policy policies[] = {Policy::kCpu, Policy::kCpu, Policy::kAuto,

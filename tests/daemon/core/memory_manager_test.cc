@@ -8,8 +8,8 @@
 #include <cstring>
 #include <thread>
 
-#include "daemon/backend/sim_backend.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
@@ -19,20 +19,13 @@ constexpr uint64_t kMiB = 1 << 20;
 class MemoryManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto host = HostPool::Create(256 * kMiB);
-    ASSERT_TRUE(host.ok());
-    host_ = host->data();
-    BackendOptions b;
-    b.pool_bytes = 16 * kMiB;  // 4 chunks of 4 MiB
-    auto sim = SimBackend::Create(b, host->data(), host->size());
-    ASSERT_TRUE(sim.ok());
-    device_ = (*sim)->HostVisibleDeviceMemory();
-    std::vector<std::unique_ptr<DeviceBackend>> devices;
-    devices.push_back(std::move(*sim));
-    ManagerOptions options;
-    options.chunk_size = 4 * kMiB;
-    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
-                                               std::move(devices));
+    SimManager sim = NewSimManager({.host_bytes = 256 * kMiB,
+                                    .pool_bytes = 16 * kMiB,  // 4 chunks
+                                    .chunk_size = 4 * kMiB});
+    ASSERT_NE(sim.manager, nullptr);
+    manager_ = std::move(sim.manager);
+    host_ = sim.host;
+    device_ = sim.device;
     auto s = manager_->OpenSession({.policy = Policy::kCpu, .pid = getpid()});
     ASSERT_TRUE(s.ok());
     id_ = s->id;
@@ -405,20 +398,13 @@ TEST_F(HostAcquireTest, PlacedAcquiresFollowThePolicy) {
 // A host reader of a chunk that was just evicted must wait for its
 // write-back, which a slow link keeps in flight.
 TEST(HostReadAfterEvictionTest, WaitsForTheWriteBack) {
-  auto host = HostPool::Create(64 * kMiB);
-  ASSERT_TRUE(host.ok());
-  uint8_t* host_mem = host->data();
-  BackendOptions b;
-  b.pool_bytes = 8 * kMiB;  // two chunks
-  b.sim_link_gbps = 0.05;   // 4 MiB take ~80 ms
-  auto sim = SimBackend::Create(b, host->data(), host->size());
-  ASSERT_TRUE(sim.ok());
-  uint8_t* device = (*sim)->HostVisibleDeviceMemory();
-  std::vector<std::unique_ptr<DeviceBackend>> devices;
-  devices.push_back(std::move(*sim));
-  ManagerOptions options;
-  options.chunk_size = 4 * kMiB;
-  MemoryManager manager(options, std::move(*host), std::move(devices));
+  SimManager sim = NewSimManager({.pool_bytes = 8 * kMiB,  // two chunks
+                                  .chunk_size = 4 * kMiB,
+                                  .link_gbps = 0.05});  // 4 MiB: ~80 ms
+  ASSERT_NE(sim.manager, nullptr);
+  MemoryManager& manager = *sim.manager;
+  uint8_t* host_mem = sim.host;
+  uint8_t* device = sim.device;
   auto s = manager.OpenSession({.policy = Policy::kCpu, .pid = getpid()});
   ASSERT_TRUE(s.ok());
   std::vector<TensorSpec> specs;

@@ -3,9 +3,9 @@
 // bounded ring; unknown sessions are NOT_FOUND.
 #include <unistd.h>
 
-#include "daemon/backend/sim_backend.h"
 #include "daemon/core/memory_manager.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
@@ -15,19 +15,13 @@ constexpr uint64_t kMiB = 1 << 20;
 class ResidencyLogTest : public ::testing::Test {
  protected:
   void Start(size_t capacity) {
-    auto host = HostPool::Create(64 * kMiB);
-    ASSERT_TRUE(host.ok());
-    BackendOptions b;
-    b.pool_bytes = 8 * kMiB;  // 2 chunks of 4 MiB
-    auto sim = SimBackend::Create(b, host->data(), host->size());
-    ASSERT_TRUE(sim.ok());
-    std::vector<std::unique_ptr<DeviceBackend>> devices;
-    devices.push_back(std::move(*sim));
     ManagerOptions options;
-    options.chunk_size = 4 * kMiB;
     options.residency_event_capacity = capacity;
-    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
-                                               std::move(devices));
+    manager_ = NewSimManager({.pool_bytes = 8 * kMiB,  // 2 chunks of 4 MiB
+                              .chunk_size = 4 * kMiB,
+                              .options = options})
+                   .manager;
+    ASSERT_NE(manager_, nullptr);
     auto s = manager_->OpenSession(
         {.policy = Policy::kCpu, .pid = getpid(), .client_name = "trainer"});
     ASSERT_TRUE(s.ok());

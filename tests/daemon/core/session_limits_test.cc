@@ -6,10 +6,10 @@
 
 #include <string>
 
-#include "daemon/backend/sim_backend.h"
 #include "daemon/core/memory_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
@@ -21,18 +21,12 @@ constexpr uint64_t kMiB = 1 << 20;
 class SessionLimitsTest : public ::testing::Test {
  protected:
   void Start(ManagerOptions options) {
-    auto host = HostPool::Create(64 * kMiB);
-    ASSERT_TRUE(host.ok());
-    BackendOptions b;
-    b.pool_bytes = 16 * kMiB;
-    auto sim = SimBackend::Create(b, host->data(), host->size());
-    ASSERT_TRUE(sim.ok());
-    std::vector<std::unique_ptr<DeviceBackend>> devices;
-    devices.push_back(std::move(*sim));
-    options.chunk_size = 4 * kMiB;
     options.residency_event_capacity = 0;  // no log: heap figures are ours
-    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
-                                               std::move(devices));
+    manager_ = NewSimManager({.pool_bytes = 16 * kMiB,
+                              .chunk_size = 4 * kMiB,
+                              .options = options})
+                   .manager;
+    ASSERT_NE(manager_, nullptr);
   }
 
   absl::StatusOr<OpenedSession> OpenAs(int32_t pid, uid_t uid) {

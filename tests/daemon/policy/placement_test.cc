@@ -9,9 +9,9 @@
 #include <limits>
 #include <set>
 
-#include "daemon/backend/sim_backend.h"
 #include "daemon/core/memory_manager.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/sim_manager.h"
 
 namespace tidepool {
 namespace {
@@ -283,19 +283,12 @@ class AutoManagerTest : public ::testing::Test {
   // A fresh manager over a 12 MiB sim device; link_gbps 0 = unthrottled.
   void MakeManager(double link_gbps) {
     manager_.reset();
-    auto host = HostPool::Create(128 * kMiB);
-    ASSERT_TRUE(host.ok());
-    BackendOptions b;
-    b.pool_bytes = 12 * kMiB;  // three 4 MiB chunks
-    b.sim_link_gbps = link_gbps;
-    auto sim = SimBackend::Create(b, host->data(), host->size());
-    ASSERT_TRUE(sim.ok());
-    std::vector<std::unique_ptr<DeviceBackend>> devices;
-    devices.push_back(std::move(*sim));
-    ManagerOptions options;
-    options.chunk_size = 4 * kMiB;
-    manager_ = std::make_unique<MemoryManager>(options, std::move(*host),
-                                               std::move(devices));
+    manager_ = NewSimManager({.host_bytes = 128 * kMiB,
+                              .pool_bytes = 12 * kMiB,  // three 4 MiB chunks
+                              .chunk_size = 4 * kMiB,
+                              .link_gbps = link_gbps})
+                   .manager;
+    ASSERT_NE(manager_, nullptr);
   }
 
   void Open(PlacementConfig config) {
