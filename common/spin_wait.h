@@ -17,10 +17,17 @@
 //     spinner on a loaded machine burns its share and then loses the CPU
 //     for whole time slices (milliseconds), while a futex sleeper that is
 //     woken gets it back at once; so under load both ends just sleep.
-//     Preemption shows as a gap between two clock reads of a spin, or as
-//     a rise in the thread's involuntary context switches (getrusage,
-//     read at most every kSampleNs), which also catches preemption
-//     outside the spin, such as in the middle of serving a request;
+//     Preemption shows as a rise in the thread's involuntary context
+//     switches (getrusage): read at most every kSampleNs, which also
+//     catches preemption outside the spin, such as in the middle of
+//     serving a request, and at once when the spin sees a gap between two
+//     clock reads;
+//   - a gap without such a switch is not preemption: the machine itself
+//     stalled (a virtual CPU that its host ran something else on, an
+//     interrupt), which no thread here asked for and sleeping would not
+//     help, so the spin goes on. On a cloud VM with busy neighbours this
+//     happens hundreds of times a second; backing off for each one left
+//     both ends of the hot path asleep, at the futex floor, all the time;
 //   - inside the spin, a pause instruction every iteration and a
 //     sched_yield now and then hand the core to whatever else is runnable.
 //
@@ -50,7 +57,8 @@ class AdaptiveSpin {
   static constexpr int64_t kMaxSpinNs = 40'000;
   // Below this the budget drops to zero (no spin at all).
   static constexpr int64_t kMinSpinNs = 2'000;
-  // A gap this long between two clock reads in the spin: preempted.
+  // A gap this long between two clock reads in the spin: preempted, or
+  // the machine stalled (the context switches tell which).
   static constexpr int64_t kPreemptedNs = 20'000;
   // No spinning for this long after a preemption.
   static constexpr int64_t kBackoffNs = 20'000'000;
@@ -88,10 +96,7 @@ class AdaptiveSpin {
       }
       if ((i & 31) != 0) continue;
       const int64_t now = NowNs();
-      if (now - last > kPreemptedNs) {
-        no_spin_until_ns_ = now + kBackoffNs;
-        return ready();
-      }
+      if (now - last > kPreemptedNs && Sample(now)) return ready();
       if (now - start > budget_ns_) break;
       last = now;
       if ((i & 255) == 0) sched_yield();
@@ -106,20 +111,24 @@ class AdaptiveSpin {
   }
 
   int64_t budget_ns() const { return budget_ns_; }
+  // Whether it holds off spinning now, after a preemption.
+  bool backing_off() const { return NowNs() < no_spin_until_ns_; }
 
  private:
-  void Sample(int64_t now) {
+  // Reads the thread's involuntary context switches; true (and backs off)
+  // if they rose since the last read.
+  bool Sample(int64_t now) {
     sampled_ns_ = now;
     rusage usage;
-    if (getrusage(RUSAGE_THREAD, &usage) != 0) return;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) return false;
     // Only the same thread's count means anything (callers under a lock
     // may come from several threads).
     const pid_t tid = gettid();
-    if (tid == tid_ && usage.ru_nivcsw != nivcsw_) {
-      no_spin_until_ns_ = now + kBackoffNs;
-    }
+    const bool preempted = tid == tid_ && usage.ru_nivcsw != nivcsw_;
+    if (preempted) no_spin_until_ns_ = now + kBackoffNs;
     tid_ = tid;
     nivcsw_ = usage.ru_nivcsw;
+    return preempted;
   }
 
   void Shrink() {
