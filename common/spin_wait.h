@@ -5,13 +5,23 @@
 // spin window, and it steals the CPU from the very peer it waits for when
 // the machine is loaded, so the budget adapts:
 //
-//   - a wait that the spin satisfies keeps the full budget;
-//   - a spin that runs out halves the budget (down to zero: sleep at once);
-//   - a sleep that ends soon after the spin gave up (within kMaxSpinNs)
-//     restores the full budget at once: requests arrive within the window
-//     again. (Doubling back from a small budget would not do: when both
-//     peers sleep, each one's wake-up takes longer than the other's short
-//     spin, so both would stay stuck at the bottom.)
+//   - a wait that the spin satisfies keeps the full budget (the window);
+//   - a spin that runs out halves the budget (down to zero: sleep at once)
+//     and narrows a widened window by a quarter, back toward kMaxSpinNs;
+//   - an answer that came soon after the spin gave up (a spin up to the
+//     window would have caught it) restores the full budget at once:
+//     answers arrive within the window again. (Doubling back from a small
+//     budget would not do: when both peers sleep, each one's wake-up takes
+//     longer than the other's short spin, so both would stay stuck at the
+//     bottom.)
+//   - an answer that a somewhat longer spin would have caught widens the
+//     window to cover it, up to kCeilingNs. Where waking a sleeping thread
+//     is slow (an idle vCPU of a VM takes its host 50-100 us to run
+//     again), the peer's answer to a request that had to wake it comes
+//     later than kMaxSpinNs: with a fixed window each end then sleeps on
+//     every request and pays the other's wake-up too. "Soon" is measured
+//     from when the answer was posted, which the caller passes (the ring
+//     carries it), not from when the sleeper woke;
 //   - a thread that was preempted does not spin for the next kBackoffNs:
 //     other threads want the CPUs, and the peer may be one of them. A
 //     spinner on a loaded machine burns its share and then loses the CPU
@@ -46,15 +56,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace tidepool {
 
 class AdaptiveSpin {
  public:
-  // The hard bound of one spin; also the window within which an arrival
-  // counts as "soon" (it would have been caught by a spin).
+  // The window a spin starts with: the bound of one spin, and how soon an
+  // arrival must come to count as "soon" (it would have been caught).
   static constexpr int64_t kMaxSpinNs = 40'000;
+  // How far the window may widen (see above).
+  static constexpr int64_t kCeilingNs = 400'000;
   // Below this the budget drops to zero (no spin at all).
   static constexpr int64_t kMinSpinNs = 2'000;
   // A gap this long between two clock reads in the spin: preempted, or
@@ -86,18 +99,20 @@ class AdaptiveSpin {
     if (ready()) return true;
     const int64_t start = NowNs();
     if (start - sampled_ns_ > kSampleNs) Sample(start);
+    spent_ns_ = 0;
     if (start < no_spin_until_ns_ || budget_ns_ <= 0) return false;
     int64_t last = start;
     for (uint32_t i = 1;; ++i) {
       CpuRelax();
       if (ready()) {
-        budget_ns_ = kMaxSpinNs;
+        budget_ns_ = window_ns_;
         return true;
       }
       if ((i & 31) != 0) continue;
       const int64_t now = NowNs();
       if (now - last > kPreemptedNs && Sample(now)) return ready();
-      if (now - start > budget_ns_) break;
+      spent_ns_ = now - start;
+      if (spent_ns_ > budget_ns_) break;
       last = now;
       if ((i & 255) == 0) sched_yield();
     }
@@ -105,12 +120,23 @@ class AdaptiveSpin {
     return ready();
   }
 
-  // The wait that Spin gave up on ended `waited_ns` after it did.
-  void Slept(int64_t waited_ns) {
-    if (waited_ns < kMaxSpinNs) budget_ns_ = kMaxSpinNs;
+  // What Spin gave up on came `late_ns` after it gave up: when the answer
+  // was posted, where the caller knows it, else when the caller woke.
+  void Slept(int64_t late_ns) {
+    // A spin this long would have caught it.
+    const int64_t needed = spent_ns_ + (late_ns > 0 ? late_ns : 0);
+    if (needed <= window_ns_) {
+      budget_ns_ = window_ns_;
+    } else if (needed < kCeilingNs) {
+      window_ns_ = std::min(kCeilingNs, needed + needed / 4);
+      budget_ns_ = window_ns_;
+    } else if (late_ns < kMaxSpinNs) {
+      budget_ns_ = window_ns_;  // soon after all: the spin was cut short
+    }
   }
 
   int64_t budget_ns() const { return budget_ns_; }
+  int64_t window_ns() const { return window_ns_; }
   // Whether it holds off spinning now, after a preemption.
   bool backing_off() const { return NowNs() < no_spin_until_ns_; }
 
@@ -134,9 +160,12 @@ class AdaptiveSpin {
   void Shrink() {
     budget_ns_ /= 2;
     if (budget_ns_ < kMinSpinNs) budget_ns_ = 0;
+    window_ns_ = std::max(kMaxSpinNs, window_ns_ - window_ns_ / 4);
   }
 
+  int64_t window_ns_ = kMaxSpinNs;
   int64_t budget_ns_ = kMaxSpinNs;
+  int64_t spent_ns_ = 0;          // how long the last Spin spun
   int64_t no_spin_until_ns_ = 0;  // set when preempted
   int64_t sampled_ns_ = 0;
   pid_t tid_ = 0;

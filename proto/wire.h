@@ -128,9 +128,11 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free);
 // one slot each way). Version 3: step marks (kMarkStep) travel the ring
 // too, so that a step costs the daemon no gRPC thread, whose wake-ups
 // preempt the spinning ends (common/spin_wait.h backs off for a while
-// after a preemption).
+// after a preemption). Version 4: each entry carries when it was posted,
+// so that an end that slept can tell how soon after its spin gave up the
+// other end posted (common/spin_wait.h), not only when it woke up.
 inline constexpr uint32_t kHotPathMagic = 0x50485054;  // "TPHP"
-inline constexpr uint32_t kHotPathVersion = 3;
+inline constexpr uint32_t kHotPathVersion = 4;
 inline constexpr uint32_t kHotPathRing = 16;
 inline constexpr uint32_t kHotPathMaxTensors = 64;
 inline constexpr uint32_t kHotPathMaxKey = 120;
@@ -179,11 +181,15 @@ struct HotPathCompletion {
 
 struct HotPathRequestEntry {
   alignas(64) std::atomic<uint64_t> seq;  // k once request k is in place
+  // CLOCK_MONOTONIC ns when the client posted it. Only a hint for the
+  // daemon's spin: a wrong value costs at most a bounded spin.
+  std::atomic<uint64_t> posted_ns;
   HotPathRequest request;
 };
 
 struct HotPathCompletionEntry {
   alignas(64) std::atomic<uint64_t> seq;  // k once completion k is in place
+  std::atomic<uint64_t> posted_ns;        // CLOCK_MONOTONIC ns, as above
   HotPathCompletion completion;
 };
 

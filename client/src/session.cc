@@ -216,7 +216,12 @@ absl::Status Session::Impl::HotRead(absl::string_view what, uint64_t k,
           }
         }
         hp->client_sleeping.store(0, std::memory_order_relaxed);
-        hot_spin_.Slept(AdaptiveSpin::NowNs() - gave_up);
+        // How soon after the give-up the daemon answered, not when this
+        // thread woke: with slow wake-ups (a VM's idle vCPU) the latter
+        // would always look too late to spin for.
+        hot_spin_.Slept(static_cast<int64_t>(
+                            entry.posted_ns.load(std::memory_order_relaxed)) -
+                        gave_up);
       }
     }
     hot_read_ = next;
@@ -271,6 +276,7 @@ absl::StatusOr<uint64_t> Session::Impl::HotPost(wire::HotPathRequest& request) {
   std::memcpy(&entry.request, &request,
               offsetof(wire::HotPathRequest, tensor_ids) +
                   request.count * sizeof(uint64_t));
+  entry.posted_ns.store(AdaptiveSpin::NowNs(), std::memory_order_relaxed);
   entry.seq.store(k, std::memory_order_release);
   hp->request_bell.fetch_add(1, std::memory_order_seq_cst);
   if (hp->daemon_sleeping.load(std::memory_order_seq_cst) != 0) {

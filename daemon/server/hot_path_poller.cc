@@ -103,6 +103,20 @@ class HotPathPollers::Poller {
     return false;
   }
 
+  // How soon after `gave_up` a request came: the earliest post time the
+  // ready rings' clients give, kept between `gave_up` and now (a client
+  // can move only this poller's spin budget, within its bounds); now when
+  // none is ready (woken for a change, or timed out).
+  int64_t LatenessAfter(int64_t gave_up) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t now = AdaptiveSpin::NowNs();
+    int64_t first = now;
+    for (const HotPathServer* ring : rings_) {
+      if (ring->Ready()) first = std::min(first, ring->PostedNs());
+    }
+    return std::max<int64_t>(first, gave_up) - gave_up;
+  }
+
   // Every ring's posted requests, each ring's in order and at most a
   // ring's worth at a time; false if there were none.
   bool ServeAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -147,7 +161,7 @@ class HotPathPollers::Poller {
         absl::MutexLock lock(&mu_);
         if (slept) {
           for (HotPathServer* ring : rings_) ring->SetSleeping(false);
-          spin_.Slept(AdaptiveSpin::NowNs() - gave_up);
+          spin_.Slept(LatenessAfter(gave_up));
           slept = false;
         }
         if (ServeAll()) continue;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/futex.h"
+#include "common/spin_wait.h"
 #include "common/status_macros.h"
 #include "daemon/server/hot_path_poller.h"
 #include "proto/convert.h"
@@ -88,6 +89,12 @@ bool HotPathServer::Ready() const {
              std::memory_order_acquire) != Previous(k);
 }
 
+int64_t HotPathServer::PostedNs() const {
+  return static_cast<int64_t>(
+      page()->requests[wire::HotPathIndex(handled_ + 1)].posted_ns.load(
+          std::memory_order_relaxed));
+}
+
 void HotPathServer::ServeNext() {
   wire::HotPath* hp = page();
   const uint64_t k = handled_ + 1;
@@ -116,6 +123,7 @@ void HotPathServer::ServeNext() {
   if (completion.status_code != 0) ++failures_;
   wire::HotPathCompletionEntry& done = hp->completions[wire::HotPathIndex(k)];
   std::memcpy(&done.completion, &completion, sizeof(completion));
+  done.posted_ns.store(AdaptiveSpin::NowNs(), std::memory_order_relaxed);
   done.seq.store(k, std::memory_order_release);
   hp->completion_bell.fetch_add(1, std::memory_order_seq_cst);
   if (hp->client_sleeping.load(std::memory_order_seq_cst) != 0) {

@@ -50,6 +50,9 @@ class HotPathServer {
   bool Ready() const;
   // Serves the next request and posts its completion; after Ready().
   void ServeNext();
+  // When the client says it posted the next request (CLOCK_MONOTONIC ns);
+  // after Ready(). The client's word: only for the poller's spin budget.
+  int64_t PostedNs() const;
   // The client's doorbell and the daemon's "may sleep" flag (common/futex.h).
   std::atomic<uint32_t>* request_bell() const { return &page()->request_bell; }
   void SetSleeping(bool sleeping) const {

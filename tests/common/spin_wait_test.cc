@@ -32,13 +32,64 @@ bool OnceWithoutPreemption(Try&& attempt) {
   return false;
 }
 
-TEST(AdaptiveSpinTest, ASpinThatRunsOutHalvesTheBudgetAndASoonWakeRestoresIt) {
+TEST(AdaptiveSpinTest,
+     ASpinThatRunsOutHalvesTheBudgetAndASoonAnswerRestoresIt) {
   EXPECT_TRUE(OnceWithoutPreemption([](AdaptiveSpin& spin) {
     EXPECT_FALSE(spin.Spin([] { return false; }));
     if (spin.backing_off()) return false;
     EXPECT_EQ(spin.budget_ns(), AdaptiveSpin::kMaxSpinNs / 2);
-    spin.Slept(/*waited_ns=*/1'000);
-    EXPECT_EQ(spin.budget_ns(), AdaptiveSpin::kMaxSpinNs);
+    spin.Slept(/*late_ns=*/0);
+    EXPECT_GE(spin.budget_ns(), AdaptiveSpin::kMaxSpinNs);
+    return true;
+  }));
+}
+
+TEST(AdaptiveSpinTest, AnAnswerFarTooLateLeavesTheBudgetShrunk) {
+  EXPECT_TRUE(OnceWithoutPreemption([](AdaptiveSpin& spin) {
+    EXPECT_FALSE(spin.Spin([] { return false; }));
+    if (spin.backing_off()) return false;
+    spin.Slept(/*late_ns=*/AdaptiveSpin::kCeilingNs);
+    EXPECT_EQ(spin.budget_ns(), AdaptiveSpin::kMaxSpinNs / 2);
+    EXPECT_EQ(spin.window_ns(), AdaptiveSpin::kMaxSpinNs);
+    return true;
+  }));
+}
+
+// Where the peer takes longer than the window to answer (its wake-up is
+// slow), an answer a little after the spin gave up widens the window, so
+// that the next wait of that length is caught by the spin, not slept.
+TEST(AdaptiveSpinTest, AnAnswerJustAfterTheSpinWidensTheWindowToCatchTheNext) {
+  constexpr int64_t kLate = 60'000;
+  EXPECT_TRUE(OnceWithoutPreemption([](AdaptiveSpin& spin) {
+    EXPECT_FALSE(spin.Spin([] { return false; }));
+    if (spin.backing_off()) return false;
+    spin.Slept(kLate);
+    EXPECT_GT(spin.window_ns(), AdaptiveSpin::kMaxSpinNs + kLate);
+    EXPECT_LE(spin.window_ns(), AdaptiveSpin::kCeilingNs);
+    EXPECT_EQ(spin.budget_ns(), spin.window_ns());
+    // The next answer comes as late: the spin waits for it.
+    const int64_t start = AdaptiveSpin::NowNs();
+    spin.Spin([&] {
+      return AdaptiveSpin::NowNs() - start > AdaptiveSpin::kMaxSpinNs + kLate;
+    });
+    if (spin.backing_off()) return false;
+    // Caught (the budget stays the window), not run out (it would halve).
+    EXPECT_EQ(spin.budget_ns(), spin.window_ns());
+    return true;
+  }));
+}
+
+TEST(AdaptiveSpinTest, RunningOutNarrowsAWidenedWindowBackToTheStart) {
+  EXPECT_TRUE(OnceWithoutPreemption([](AdaptiveSpin& spin) {
+    EXPECT_FALSE(spin.Spin([] { return false; }));
+    spin.Slept(/*late_ns=*/200'000);
+    EXPECT_GT(spin.window_ns(), AdaptiveSpin::kMaxSpinNs);
+    for (int i = 0; i < 40; ++i) {
+      spin.Spin([] { return false; });
+      spin.Slept(/*late_ns=*/10 * AdaptiveSpin::kCeilingNs);  // idle
+    }
+    if (spin.backing_off()) return false;
+    EXPECT_EQ(spin.window_ns(), AdaptiveSpin::kMaxSpinNs);
     return true;
   }));
 }
