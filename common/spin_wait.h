@@ -125,14 +125,11 @@ class AdaptiveSpin {
   void Slept(int64_t late_ns) {
     // A spin this long would have caught it.
     const int64_t needed = spent_ns_ + (late_ns > 0 ? late_ns : 0);
-    if (needed <= window_ns_) {
-      budget_ns_ = window_ns_;
-    } else if (needed < kCeilingNs) {
+    if (needed > window_ns_ && needed < kCeilingNs) {
       window_ns_ = std::min(kCeilingNs, needed + needed / 4);
-      budget_ns_ = window_ns_;
-    } else if (late_ns < kMaxSpinNs) {
-      budget_ns_ = window_ns_;  // soon after all: the spin was cut short
     }
+    // Within the window, or soon after a spin already at the ceiling.
+    if (needed <= window_ns_ || late_ns < kMaxSpinNs) budget_ns_ = window_ns_;
   }
 
   int64_t budget_ns() const { return budget_ns_; }
